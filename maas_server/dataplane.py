@@ -1,0 +1,368 @@
+"""The data plane: what each protocol call does, with no knowledge of HTTP.
+
+Routes parse requests and format answers; everything that decides (which model, whether the
+inputs fit it, what comes back) happens here and raises :mod:`maas_server.errors` when it must say
+no. Inputs are checked against the model before anything runs, so a bad request fails alone and
+with a message that names the input, what was expected and what was received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from maas_client.codec import DATATYPES, CodecError, decode_binary_tensor, element_count
+from maas_client.protocol import TensorPayload
+from maas_client.types import InferenceRequest, RequestInput, RequestOutput
+
+from . import __version__
+from .errors import BadRequestError, InternalError, ServerError
+from .repository import ModelRepository
+from .runtime import OnnxModel, TensorSpec
+from .settings import Settings
+
+__all__ = ["EXTENSIONS", "DataPlane", "InferenceResult"]
+
+logger = logging.getLogger("maas_server")
+
+EXTENSIONS = [
+    "binary_tensor_data",
+    "classification",
+    "model_repository",
+    "model_configuration",
+    "schedule_policy",
+    "parameters",
+]
+
+_CLIENT_FAULTS = (
+    ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+    ort.capi.onnxruntime_pybind11_state.Fail,
+)
+
+
+class InferenceResult:
+    """The outputs of one request, ready to be encoded."""
+
+    def __init__(
+        self, model: OnnxModel, request_id: str | None, outputs: list[TensorPayload]
+    ) -> None:
+        self.model_name = model.name
+        self.model_version = str(model.version)
+        self.request_id = request_id
+        self.outputs = outputs
+
+
+def _describe(spec: TensorSpec) -> str:
+    return f"{spec.datatype} {list(spec.shape)}"
+
+
+class DataPlane:
+    """Server, model and inference calls over one :class:`ModelRepository`."""
+
+    def __init__(self, repository: ModelRepository, settings: Settings) -> None:
+        self.repository = repository
+        self.settings = settings
+        self.started = False
+        self._load_lock = asyncio.Lock()
+
+    # --- server -----------------------------------------------------------------------------
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": "maas", "version": __version__, "extensions": EXTENSIONS}
+
+    def ready(self) -> bool:
+        if not self.started:
+            return False
+        return self.repository.all_ready() if self.settings.strict_readiness else True
+
+    # --- models -----------------------------------------------------------------------------
+
+    def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        model = self.repository.get(name, version)
+        record = self.repository.record(name)
+        return {
+            "name": name,
+            "versions": [str(v) for v in record.ready_versions()],
+            "platform": "onnx_onnxv1",
+            "inputs": [s.as_metadata() for s in model.inputs],
+            "outputs": [s.as_metadata() for s in model.outputs],
+            "parameters": {
+                "providers": model.providers,
+                "requested_providers": model.requested_providers,
+                "max_batch_size": model.max_batch_size,
+            },
+        }
+
+    def model_ready(self, name: str, version: str | None) -> bool:
+        try:
+            self.repository.get(name, version)
+        except ServerError as exc:
+            if exc.status_code == 503:
+                return False
+            raise
+        return True
+
+    def model_config(self, name: str, version: str | None) -> dict[str, Any]:
+        """The configuration in Triton's model_config shape, plus what maas adds."""
+        model = self.repository.get(name, version)
+        config = model.config
+        batched = model.max_batch_size > 0
+
+        def dims(spec: TensorSpec) -> list[int]:
+            return list(spec.shape[1:] if batched else spec.shape)
+
+        gpu = any(
+            p in ("CUDAExecutionProvider", "TensorrtExecutionProvider") for p in model.providers
+        )
+        return {
+            "name": name,
+            "platform": "onnx_onnxv1",
+            "backend": "onnxruntime",
+            "max_batch_size": model.max_batch_size,
+            "input": [
+                {"name": s.name, "data_type": f"TYPE_{_triton_type(s.datatype)}", "dims": dims(s)}
+                for s in model.inputs
+            ],
+            "output": [
+                {
+                    "name": s.name,
+                    "data_type": f"TYPE_{_triton_type(s.datatype)}",
+                    "dims": dims(s),
+                    **({"label_filename": config.labels} if config.labels else {}),
+                }
+                for s in model.outputs
+            ],
+            "instance_group": [
+                {"count": config.instance_count, "kind": "KIND_GPU" if gpu else "KIND_CPU"}
+            ],
+            "version_policy": config.version_policy.model_dump(exclude_none=True),
+            "execution_providers": {
+                "requested": model.requested_providers,
+                "active": model.providers,
+                "fell_back_to_cpu": model.fell_back_to_cpu,
+            },
+            "optimization": {"graph": {"level": config.graph_optimization_level}},
+            "warmup": config.warmup,
+            "require_gpu": config.require_gpu,
+        }
+
+    # --- repository -------------------------------------------------------------------------
+
+    def repository_index(self, ready_only: bool) -> list[dict[str, Any]]:
+        return self.repository.index(ready_only)
+
+    async def load_model(self, name: str, config_override: str | None) -> None:
+        record = await asyncio.to_thread(self.repository.load, name, config_override)
+        if record.state != "READY":
+            raise BadRequestError(f"failed to load model {name!r}: {record.reason}")
+
+    async def unload_model(self, name: str) -> None:
+        await asyncio.to_thread(self.repository.unload, name)
+
+    # --- inference --------------------------------------------------------------------------
+
+    async def infer(
+        self,
+        name: str,
+        version: str | None,
+        request: InferenceRequest,
+        tensors: dict[str, np.ndarray[Any, Any]],
+    ) -> InferenceResult:
+        model = self.repository.get(name, version)
+        feeds = self._feeds(model, request, tensors)
+        wanted = self._outputs(model, request)
+        try:
+            results = await model.run(feeds, [o.name for o in wanted])
+        except _CLIENT_FAULTS as exc:
+            raise BadRequestError(f"model {name!r} refused the inputs: {exc}") from None
+        except Exception as exc:
+            logger.exception("inference failed on model %s", name)
+            raise InternalError(f"inference failed on model {name!r}: {exc}") from None
+        binary_default = bool((request.parameters or {}).get("binary_data_output", False))
+        outputs = [self._output(model, out, results[out.name], binary_default) for out in wanted]
+        return InferenceResult(model, request.id, outputs)
+
+    def raw_request(self, model: OnnxModel, body: bytes) -> tuple[InferenceRequest, dict[str, Any]]:
+        """A request from a raw body (``Inference-Header-Content-Length: 0``): the whole body is
+        the only input's bytes, a batch-1 request whose outputs all come back binary."""
+        if len(model.inputs) != 1:
+            raise BadRequestError(
+                f"a raw binary request needs a model with one input; {model.name!r} has "
+                f"{len(model.inputs)}"
+            )
+        spec = model.inputs[0]
+        dims = list(spec.shape)
+        if model.max_batch_size > 0:
+            dims[0] = 1
+        variable = [i for i, d in enumerate(dims) if d == -1]
+        if len(variable) > 1:
+            raise BadRequestError(
+                f"a raw binary request needs at most one variable dimension; input "
+                f"{spec.name!r} has shape {list(spec.shape)}"
+            )
+        if spec.datatype == "BYTES":
+            if dims not in ([1], [-1]):
+                raise BadRequestError("a raw BYTES request needs an input of shape [1]")
+            shape = [1]
+            array = np.empty(1, dtype=object)
+            array[0] = bytes(body)
+        else:
+            itemsize = DATATYPES[spec.datatype].itemsize
+            known = element_count([d for d in dims if d != -1]) * itemsize
+            if variable:
+                if known == 0 or len(body) % known:
+                    raise BadRequestError(
+                        f"raw body of {len(body)} bytes is not a whole number of "
+                        f"{spec.datatype} rows of shape {list(spec.shape)}"
+                    )
+                dims[variable[0]] = len(body) // known
+            shape = dims
+            try:
+                array = decode_binary_tensor(body, spec.datatype, shape)
+            except CodecError as exc:
+                raise BadRequestError(f"input {spec.name!r}: {exc}") from None
+        request = InferenceRequest(
+            inputs=[RequestInput(name=spec.name, shape=shape, datatype=spec.datatype)],
+            parameters={"binary_data_output": True},
+        )
+        return request, {spec.name: array}
+
+    def _feeds(
+        self,
+        model: OnnxModel,
+        request: InferenceRequest,
+        tensors: dict[str, np.ndarray[Any, Any]],
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        given = {i.name for i in request.inputs}
+        unknown = sorted(given - model.input_by_name.keys())
+        if unknown:
+            known = ", ".join(f"{s.name!r} ({_describe(s)})" for s in model.inputs)
+            raise BadRequestError(
+                f"model {model.name!r} has no input {unknown[0]!r}; its inputs are {known}"
+            )
+        missing = [s for s in model.inputs if s.name not in given]
+        if missing:
+            spec = missing[0]
+            raise BadRequestError(
+                f"model {model.name!r} needs input {spec.name!r} ({_describe(spec)}), which the "
+                "request does not give"
+            )
+        feeds: dict[str, np.ndarray[Any, Any]] = {}
+        batch: int | None = None
+        for entry in request.inputs:
+            spec = model.input_by_name[entry.name]
+            array = tensors[entry.name]
+            if entry.datatype != spec.datatype:
+                raise BadRequestError(
+                    f"input {entry.name!r}: expected datatype {spec.datatype}, got {entry.datatype}"
+                )
+            shape = list(array.shape)
+            if len(shape) != len(spec.shape) or any(
+                want != -1 and want != got for want, got in zip(spec.shape, shape, strict=True)
+            ):
+                raise BadRequestError(
+                    f"input {entry.name!r}: expected shape {list(spec.shape)}, got {shape}"
+                )
+            if model.max_batch_size > 0:
+                if shape[0] > model.max_batch_size:
+                    raise BadRequestError(
+                        f"input {entry.name!r}: batch of {shape[0]} exceeds the model's "
+                        f"max_batch_size {model.max_batch_size}"
+                    )
+                if batch is not None and shape[0] != batch:
+                    raise BadRequestError(
+                        f"input {entry.name!r}: batch size {shape[0]} differs from the other "
+                        f"inputs' {batch}"
+                    )
+                batch = shape[0]
+            if spec.datatype == "BYTES":
+                array = _to_text(entry.name, array)
+            feeds[entry.name] = array
+        return feeds
+
+    def _outputs(self, model: OnnxModel, request: InferenceRequest) -> list[RequestOutput]:
+        if not request.outputs:
+            return [RequestOutput(name=s.name) for s in model.outputs]
+        seen: set[str] = set()
+        for out in request.outputs:
+            if out.name not in model.output_by_name:
+                known = ", ".join(repr(s.name) for s in model.outputs)
+                raise BadRequestError(
+                    f"model {model.name!r} has no output {out.name!r}; its outputs are {known}"
+                )
+            if out.name in seen:
+                raise BadRequestError(f"output {out.name!r} is requested more than once")
+            seen.add(out.name)
+            k = (out.parameters or {}).get("classification")
+            if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+                raise BadRequestError(
+                    f"output {out.name!r}: classification must be a positive integer, not {k!r}"
+                )
+        return request.outputs
+
+    def _output(
+        self,
+        model: OnnxModel,
+        out: RequestOutput,
+        array: np.ndarray[Any, Any],
+        binary_default: bool,
+    ) -> TensorPayload:
+        params = out.parameters or {}
+        binary = bool(params.get("binary_data", binary_default))
+        datatype = model.output_by_name[out.name].datatype
+        if "classification" in params:
+            array, datatype = _classify(model, out.name, array, int(params["classification"]))
+        elif datatype == "BYTES":
+            array = _to_bytes(array)
+        return TensorPayload(out.name, array, datatype, binary)
+
+
+def _triton_type(datatype: str) -> str:
+    return "STRING" if datatype == "BYTES" else datatype
+
+
+def _to_text(name: str, array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """BYTES elements as the ``str`` objects onnxruntime's string tensors need."""
+    out = np.empty(array.shape, dtype=object)
+    flat = out.reshape(-1)
+    for i, element in enumerate(array.flat):
+        try:
+            flat[i] = element.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequestError(
+                f"input {name!r}: element {i} is not valid UTF-8; ONNX string tensors hold text"
+            ) from None
+    return out
+
+
+def _to_bytes(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    out = np.empty(array.shape, dtype=object)
+    flat = out.reshape(-1)
+    for i, element in enumerate(array.flat):
+        flat[i] = element.encode("utf-8") if isinstance(element, str) else bytes(element)
+    return out
+
+
+def _classify(
+    model: OnnxModel, name: str, array: np.ndarray[Any, Any], k: int
+) -> tuple[np.ndarray[Any, Any], str]:
+    """Triton's classification extension: the top ``k`` of each row as ``value:index[:label]``."""
+    if array.dtype.kind not in "fiu":
+        raise BadRequestError(f"output {name!r}: classification needs a numeric output")
+    batched = model.max_batch_size > 0 and array.ndim >= 1
+    rows = array.reshape(array.shape[0], -1) if batched else array.reshape(1, -1)
+    k = min(k, rows.shape[1])
+    top = np.argsort(-rows, axis=1, kind="stable")[:, :k]
+    labels = model.labels or []
+    out = np.empty((rows.shape[0], k), dtype=object)
+    for r in range(rows.shape[0]):
+        for c, index in enumerate(top[r]):
+            text = f"{rows[r, index]:f}:{index}"
+            if index < len(labels):
+                text += f":{labels[index]}"
+            out[r, c] = text.encode("utf-8")
+    return (out if batched else out.reshape(k)), "BYTES"

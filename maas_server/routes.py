@@ -1,0 +1,181 @@
+"""HTTP endpoints of the Open Inference Protocol: parse the request, call the data plane, answer.
+
+Binary framing is chosen by the ``Inference-Header-Content-Length`` header alone, never by the
+Content-Type (clients differ in what they send).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from maas_client.codec import HEADER_LENGTH, CodecError
+from maas_client.protocol import decode_request, encode_response
+
+from .dataplane import DataPlane
+from .errors import BadRequestError, PayloadTooLargeError
+
+__all__ = ["JSONBytesResponse", "routes"]
+
+
+class JSONBytesResponse(Response):
+    """A JSON answer serialized with orjson."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def _dataplane(request: Request) -> DataPlane:
+    plane: DataPlane = request.app.state.dataplane
+    return plane
+
+
+def _version(request: Request) -> str | None:
+    version: str | None = request.path_params.get("version")
+    return version
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(
+            f"request body of {int(declared)} bytes exceeds the server's limit of {limit} bytes"
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLargeError(f"request body exceeds the server's limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    body = await read_body(request, _dataplane(request).settings.max_body_bytes)
+    if not body.strip():
+        return {}
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequestError(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadRequestError("request body must be a JSON object")
+    return data
+
+
+async def server_metadata(request: Request) -> Response:
+    return JSONBytesResponse(_dataplane(request).server_metadata())
+
+
+async def health_live(request: Request) -> Response:
+    return JSONBytesResponse({"live": True})
+
+
+async def health_ready(request: Request) -> Response:
+    ready = _dataplane(request).ready()
+    return JSONBytesResponse({"ready": ready}, status_code=200 if ready else 503)
+
+
+async def model_metadata(request: Request) -> Response:
+    plane = _dataplane(request)
+    return JSONBytesResponse(plane.model_metadata(request.path_params["model"], _version(request)))
+
+
+async def model_ready(request: Request) -> Response:
+    name = request.path_params["model"]
+    ready = _dataplane(request).model_ready(name, _version(request))
+    return JSONBytesResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
+
+
+async def model_config(request: Request) -> Response:
+    plane = _dataplane(request)
+    return JSONBytesResponse(plane.model_config(request.path_params["model"], _version(request)))
+
+
+async def infer(request: Request) -> Response:
+    plane = _dataplane(request)
+    name = request.path_params["model"]
+    version = _version(request)
+    body = await read_body(request, plane.settings.max_body_bytes)
+    header = request.headers.get(HEADER_LENGTH)
+    header_length: int | None = None
+    if header is not None:
+        if not header.strip().isdigit():
+            raise BadRequestError(f"{HEADER_LENGTH} must be a non-negative integer, not {header!r}")
+        header_length = int(header)
+    if header_length == 0:
+        request_msg, tensors = plane.raw_request(plane.repository.get(name, version), body)
+    else:
+        try:
+            request_msg, tensors = decode_request(body, header_length)
+        except CodecError as exc:
+            raise BadRequestError(str(exc)) from None
+    result = await plane.infer(name, version, request_msg, tensors)
+    try:
+        encoded = encode_response(
+            result.model_name, result.model_version, result.outputs, request_id=result.request_id
+        )
+    except CodecError as exc:
+        raise BadRequestError(str(exc)) from None
+    if encoded.header_length is None:
+        return Response(bytes(encoded.content), media_type="application/json")
+    return Response(
+        memoryview(encoded.content),
+        media_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(encoded.header_length)},
+    )
+
+
+async def repository_index(request: Request) -> Response:
+    body = await _json_body(request)
+    ready = body.get("ready", False)
+    if not isinstance(ready, bool):
+        raise BadRequestError("'ready' must be true or false")
+    return JSONBytesResponse(_dataplane(request).repository_index(ready))
+
+
+async def repository_load(request: Request) -> Response:
+    body = await _json_body(request)
+    parameters = body.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise BadRequestError("'parameters' must be a JSON object")
+    override = parameters.get("config")
+    if override is not None and not isinstance(override, str):
+        raise BadRequestError("parameters.config must be a string holding the configuration JSON")
+    await _dataplane(request).load_model(request.path_params["model"], override)
+    return JSONBytesResponse({})
+
+
+async def repository_unload(request: Request) -> Response:
+    await _json_body(request)
+    await _dataplane(request).unload_model(request.path_params["model"])
+    return JSONBytesResponse({})
+
+
+def _model_routes(suffix: str, endpoint: Any, methods: list[str]) -> list[Route]:
+    return [
+        Route(f"/v2/models/{{model}}{suffix}", endpoint, methods=methods),
+        Route(f"/v2/models/{{model}}/versions/{{version}}{suffix}", endpoint, methods=methods),
+    ]
+
+
+routes: list[Route] = [
+    Route("/v2", server_metadata, methods=["GET"]),
+    Route("/v2/health/live", health_live, methods=["GET"]),
+    Route("/v2/health/ready", health_ready, methods=["GET"]),
+    *_model_routes("", model_metadata, ["GET"]),
+    *_model_routes("/ready", model_ready, ["GET"]),
+    *_model_routes("/config", model_config, ["GET"]),
+    *_model_routes("/infer", infer, ["POST"]),
+    Route("/v2/repository/index", repository_index, methods=["POST"]),
+    Route("/v2/repository/models/{model}/load", repository_load, methods=["POST"]),
+    Route("/v2/repository/models/{model}/unload", repository_unload, methods=["POST"]),
+]

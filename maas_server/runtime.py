@@ -1,0 +1,347 @@
+"""One loaded version of a model: its ONNX Runtime sessions and the threads that run them.
+
+Sessions run in a thread pool with one worker per instance, so inference never stalls the event
+loop. What the model's tensors look like is read from the graph (and the configuration's
+overrides); which execution providers really run it is read back from the session
+(``session.get_providers()``), never assumed from what was asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import queue
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from maas_client.codec import DATATYPES
+
+from .config import ConfigError, ExecutionProvider, ModelConfig
+
+__all__ = [
+    "GPU_PROVIDERS",
+    "ModelLoadError",
+    "OnnxModel",
+    "TensorSpec",
+    "default_providers",
+    "read_labels",
+]
+
+logger = logging.getLogger("maas_server")
+
+GPU_PROVIDERS = frozenset(
+    {"CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider"}
+)
+
+_ONNX_TO_DATATYPE = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(bfloat16)": "BF16",
+    "tensor(string)": "BYTES",
+}
+_BFLOAT16 = 16  # onnx.TensorProto.BFLOAT16
+
+_OPTIMIZATION_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_CPU_THREAD_OPTIONS = ("intra_op_num_threads", "inter_op_num_threads")
+
+
+class ModelLoadError(Exception):
+    """A model version that cannot be served; the message is the reason shown in the index."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """An input or output as the protocol describes it: ``-1`` marks a variable dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+def default_providers() -> list[ExecutionProvider]:
+    """CUDA when this onnxruntime build has it, then CPU."""
+    available = ort.get_available_providers()
+    names = [p for p in ("CUDAExecutionProvider",) if p in available]
+    return [ExecutionProvider(name=n) for n in [*names, "CPUExecutionProvider"]]
+
+
+def _spec(node: Any, override: list[int] | None) -> TensorSpec:
+    try:
+        datatype = _ONNX_TO_DATATYPE[node.type]
+    except KeyError:
+        raise ModelLoadError(
+            f"{node.name!r} has type {node.type}, which the protocol cannot carry"
+        ) from None
+    shape = tuple(d if isinstance(d, int) and d > 0 else -1 for d in (node.shape or []))
+    if override is not None:
+        if len(override) != len(shape) or any(
+            fixed != -1 and fixed != wanted for fixed, wanted in zip(shape, override, strict=True)
+        ):
+            raise ModelLoadError(
+                f"configured shape {override} for {node.name!r} does not fit the graph's "
+                f"{list(shape)}"
+            )
+        shape = tuple(override)
+    return TensorSpec(node.name, datatype, shape)
+
+
+class OnnxModel:
+    """One version of one model, ready to run.
+
+    Build it with :meth:`load` (blocking: call it from a worker thread when the server is up),
+    then ``await model.run(feeds, output_names)``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        config: ModelConfig,
+        sessions: list[ort.InferenceSession],
+        requested_providers: list[str],
+        labels: list[str] | None,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.config = config
+        self.labels = labels
+        self.requested_providers = requested_providers
+        self.providers: list[str] = list(sessions[0].get_providers())
+        overrides_in = {t.name: t.shape for t in config.inputs}
+        overrides_out = {t.name: t.shape for t in config.outputs}
+        self.inputs = [_spec(n, overrides_in.get(n.name)) for n in sessions[0].get_inputs()]
+        self.outputs = [_spec(n, overrides_out.get(n.name)) for n in sessions[0].get_outputs()]
+        self.input_by_name = {s.name: s for s in self.inputs}
+        self.output_by_name = {s.name: s for s in self.outputs}
+        self._check_overrides(overrides_in, overrides_out)
+        self._check_batching()
+        self._uses_bf16 = any(s.datatype == "BF16" for s in (*self.inputs, *self.outputs))
+        self._idle: queue.SimpleQueue[ort.InferenceSession] = queue.SimpleQueue()
+        for session in sessions:
+            self._idle.put(session)
+        self._executor = ThreadPoolExecutor(
+            max_workers=len(sessions), thread_name_prefix=f"maas-{name}-{version}"
+        )
+        self.run_time_us: float | None = None
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.config.max_batch_size
+
+    @property
+    def fell_back_to_cpu(self) -> bool:
+        """True when a GPU provider was asked for but the session does not use one."""
+        asked = any(p in GPU_PROVIDERS for p in self.requested_providers)
+        return asked and not any(p in GPU_PROVIDERS for p in self.providers)
+
+    def _check_overrides(self, inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
+        for kind, names, known in (
+            ("input", inputs, self.input_by_name),
+            ("output", outputs, self.output_by_name),
+        ):
+            unknown = sorted(set(names) - set(known))
+            if unknown:
+                raise ModelLoadError(f"configuration names unknown {kind}(s): {', '.join(unknown)}")
+
+    def _check_batching(self) -> None:
+        if self.max_batch_size == 0:
+            return
+        for spec in (*self.inputs, *self.outputs):
+            if not spec.shape or spec.shape[0] != -1:
+                raise ModelLoadError(
+                    f"max_batch_size is {self.max_batch_size} but {spec.name!r} has shape "
+                    f"{list(spec.shape)}: a batched model needs a variable first dimension on "
+                    "every input and output"
+                )
+
+    @classmethod
+    def load(
+        cls,
+        name: str,
+        version: int,
+        path: Path,
+        config: ModelConfig,
+        labels: list[str] | None = None,
+    ) -> OnnxModel:
+        """Create the sessions of a model file; raise :class:`ModelLoadError` with the reason."""
+        requested = config.providers() or default_providers()
+        available = set(ort.get_available_providers())
+        usable = [p for p in requested if p.name in available]
+        missing = [p.name for p in requested if p.name not in available]
+        if missing:
+            logger.warning(
+                "model %s: providers %s are not in this onnxruntime build (it has %s)",
+                name,
+                ", ".join(missing),
+                ", ".join(sorted(available)),
+            )
+        if not usable:
+            usable = [ExecutionProvider(name="CPUExecutionProvider")]
+        requested_names = [p.name for p in requested]
+        sessions = [
+            cls._session(path, config, usable, index) for index in range(config.instance_count)
+        ]
+        model = cls(name, version, config, sessions, requested_names, labels)
+        if model.fell_back_to_cpu:
+            message = (
+                f"model {name} version {version} asked for {', '.join(requested_names)} but "
+                f"ONNX Runtime runs it on {', '.join(model.providers)}"
+            )
+            if config.require_gpu:
+                raise ModelLoadError(f"{message}, and require_gpu is set")
+            logger.warning(message)
+        elif config.require_gpu and not any(p in GPU_PROVIDERS for p in model.providers):
+            raise ModelLoadError(
+                f"require_gpu is set but ONNX Runtime runs it on {', '.join(model.providers)}"
+            )
+        logger.info(
+            "model %s version %s loaded on %s (%d instance(s))",
+            name,
+            version,
+            ", ".join(model.providers),
+            config.instance_count,
+        )
+        if config.warmup:
+            model.warmup(config.warmup)
+        return model
+
+    @staticmethod
+    def _session(
+        path: Path, config: ModelConfig, providers: list[ExecutionProvider], index: int
+    ) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = _OPTIMIZATION_LEVELS[config.graph_optimization_level]
+        options.log_severity_level = 3
+        cores = os.cpu_count() or 1
+        options.intra_op_num_threads = max(1, cores // config.instance_count)
+        options.inter_op_num_threads = 1
+        provider_list: list[tuple[str, dict[str, Any]]] = []
+        for provider in providers:
+            opts = dict(provider.options)
+            if provider.name == "CPUExecutionProvider":
+                for key in _CPU_THREAD_OPTIONS:
+                    if key in opts:
+                        setattr(options, key, int(opts.pop(key)))
+            provider_list.append((provider.name, {k: str(v) for k, v in opts.items()}))
+        try:
+            return ort.InferenceSession(str(path), sess_options=options, providers=provider_list)
+        except Exception as exc:
+            raise ModelLoadError(f"onnxruntime cannot load {path.name}: {exc}") from None
+
+    def dummy_feeds(self) -> dict[str, np.ndarray[Any, Any]]:
+        """Inputs of the right types with every variable dimension set to 1."""
+        feeds: dict[str, np.ndarray[Any, Any]] = {}
+        for spec in self.inputs:
+            shape = tuple(1 if d == -1 else d for d in spec.shape)
+            if spec.datatype == "BYTES":
+                feeds[spec.name] = np.full(shape, "", dtype=object)
+            elif spec.datatype == "BF16":
+                feeds[spec.name] = np.zeros(shape, dtype=np.uint16)
+            else:
+                feeds[spec.name] = np.zeros(shape, dtype=DATATYPES[spec.datatype])
+        return feeds
+
+    def warmup(self, runs: int) -> None:
+        """Run ``runs`` dummy requests and remember the median run time."""
+        feeds = self.dummy_feeds()
+        names = [s.name for s in self.outputs]
+        times = []
+        try:
+            for _ in range(runs):
+                start = time.perf_counter()
+                self.run_sync(feeds, names)
+                times.append((time.perf_counter() - start) * 1e6)
+        except Exception as exc:
+            raise ModelLoadError(f"warmup failed: {exc}") from None
+        self.run_time_us = statistics.median(times)
+
+    def run_sync(
+        self, feeds: dict[str, np.ndarray[Any, Any]], output_names: list[str]
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        """Run one request on an idle instance (BYTES as ``str`` objects, BF16 as bits)."""
+        session = self._idle.get()
+        try:
+            if self._uses_bf16:
+                return self._run_ort_values(session, feeds, output_names)
+            results = session.run(output_names, feeds)
+        finally:
+            self._idle.put(session)
+        return dict(zip(output_names, results, strict=True))
+
+    def _run_ort_values(
+        self,
+        session: ort.InferenceSession,
+        feeds: dict[str, np.ndarray[Any, Any]],
+        output_names: list[str],
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        values = {}
+        for name, array in feeds.items():
+            if self.input_by_name[name].datatype == "BF16":
+                values[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+                    np.ascontiguousarray(array), _BFLOAT16
+                )
+            else:
+                values[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+        results = session.run_with_ort_values(output_names, values)
+        out: dict[str, np.ndarray[Any, Any]] = {}
+        for name, value in zip(output_names, results, strict=True):
+            if self.output_by_name[name].datatype == "BF16":
+                shape = tuple(value.shape())
+                count = int(np.prod(shape, dtype=np.int64))
+                raw = memoryview((ctypes.c_uint16 * count).from_address(value.data_ptr()))
+                out[name] = np.frombuffer(raw, dtype=np.uint16).copy().reshape(shape)
+            else:
+                out[name] = value.numpy()
+        return out
+
+    async def run(
+        self, feeds: dict[str, np.ndarray[Any, Any]], output_names: list[str]
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        """Run one request in the model's thread pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.run_sync, feeds, output_names)
+
+    def close(self) -> None:
+        """Stop the worker threads once the requests already given to them are done."""
+        self._executor.shutdown(wait=True)
+
+
+def read_labels(model_dir: Path, filename: str) -> list[str]:
+    """The labels file of a model, one label a line, which must lie inside the model's folder."""
+    root = model_dir.resolve()
+    path = (model_dir / filename).resolve()
+    if not path.is_relative_to(root):
+        raise ConfigError(f"labels file {filename!r} lies outside the model's folder")
+    try:
+        return [
+            line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+        ]
+    except OSError as exc:
+        raise ConfigError(f"cannot read labels file {filename!r}: {exc.strerror}") from None
