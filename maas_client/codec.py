@@ -209,6 +209,10 @@ def serialize_bytes_tensor(array: np.ndarray[Any, Any]) -> bytes:
 def deserialize_bytes_tensor(buffer: bytes | memoryview, count: int) -> np.ndarray[Any, Any]:
     """Parse exactly ``count`` length-prefixed BYTES elements that fill ``buffer``."""
     view = memoryview(buffer)
+    if count * 4 > len(view):
+        raise CodecError(
+            f"BYTES data of {len(view)} bytes cannot hold {count} elements (4 bytes of length each)"
+        )
     out = np.empty(count, dtype=object)
     offset = 0
     end = len(view)
@@ -274,14 +278,22 @@ def decode_json_tensor(data: Any, datatype: str, shape: Sequence[int]) -> np.nda
     if raw.size != count:
         raise CodecError(f"shape {list(shape)} needs {count} elements, data holds {raw.size}")
     kind = raw.dtype.kind
-    if count and kind not in "biuf":
-        raise CodecError(f"{datatype} data must be JSON numbers or booleans, got {raw.dtype.name}")
-    if dtype.kind in _INTEGER_KINDS and count:
-        if kind == "f":
-            raise CodecError(f"{datatype} data must be integers, got a fractional number")
+    if datatype != "BF16" and dtype.kind in _INTEGER_KINDS and count:
+        if kind in "fO":
+            # Integers beyond int64 make numpy fall back to float64 or object: check each one.
+            raw = np.array(data, dtype=object)
+            if any(not isinstance(v, int) for v in raw.flat):
+                raise CodecError(f"{datatype} data must be integers")
+            low, high = min(raw.flat), max(raw.flat)
+        elif kind in "biu":
+            low, high = raw.min(), raw.max()
+        else:
+            raise CodecError(f"{datatype} data must be integers, got {raw.dtype.name}")
         info = np.iinfo(dtype)
-        if kind in _INTEGER_KINDS and (raw.min() < info.min or raw.max() > info.max):
+        if low < info.min or high > info.max:
             raise CodecError(f"{datatype} data holds a value outside [{info.min}, {info.max}]")
+    elif count and kind not in "biuf":
+        raise CodecError(f"{datatype} data must be JSON numbers or booleans, got {raw.dtype.name}")
     if datatype == "BF16":
         return float32_to_bf16_bits(raw).reshape(shape)
     try:

@@ -15,6 +15,7 @@ __all__ = [
     "PayloadTooLargeError",
     "ServerError",
     "UnsupportedError",
+    "UnsupportedMediaTypeError",
 ]
 
 
@@ -45,6 +46,12 @@ class PayloadTooLargeError(ServerError):
     """The request body is larger than the configured limit (413)."""
 
     status_code = 413
+
+
+class UnsupportedMediaTypeError(ServerError):
+    """The request body is encoded in a way the server does not read (415)."""
+
+    status_code = 415
 
 
 class UnsupportedError(ServerError):

@@ -6,6 +6,7 @@ Content-Type (clients differ in what they send).
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import orjson
@@ -17,7 +18,7 @@ from maas_client.codec import HEADER_LENGTH, CodecError
 from maas_client.protocol import decode_request, encode_response
 
 from .dataplane import DataPlane
-from .errors import BadRequestError, PayloadTooLargeError
+from .errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 
 __all__ = ["JSONBytesResponse", "routes"]
 
@@ -55,7 +56,35 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise PayloadTooLargeError(f"request body exceeds the server's limit of {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    return _decompress(body, encoding, limit)
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """A gzip or deflate request body (tritonclient's request compression), inflated no further
+    than ``limit`` bytes so that a small body cannot expand without bound."""
+    if encoding == "gzip":
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    elif encoding == "deflate":
+        inflater = zlib.decompressobj()
+    else:
+        raise UnsupportedMediaTypeError(
+            f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or identity"
+        )
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise BadRequestError(f"request body is not valid {encoding} data: {exc}") from None
+    if len(data) > limit:
+        raise PayloadTooLargeError(
+            f"decompressed request body exceeds the server's limit of {limit} bytes"
+        )
+    if not inflater.eof:
+        raise BadRequestError(f"request body is truncated {encoding} data")
+    return data
 
 
 async def _json_body(request: Request) -> dict[str, Any]:

@@ -58,8 +58,9 @@ def ppocr_cls_path() -> Path:
     return path / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
 
 
-def _put(root: Path, name: str, model: onnx.ModelProto | bytes, config: Any = None,
-         version: int = 1) -> None:
+def _put(
+    root: Path, name: str, model: onnx.ModelProto | bytes, config: Any = None, version: int = 1
+) -> None:
     target = root / name / str(version) / "model.onnx"
     if isinstance(model, bytes):
         target.parent.mkdir(parents=True, exist_ok=True)
