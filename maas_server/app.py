@@ -48,7 +48,9 @@ def create_app(settings: Settings) -> Starlette:
     With ``model_control="none"`` every model is loaded when the app starts (its lifespan);
     loading failures are recorded in the repository index and do not stop the server.
     """
-    repository = ModelRepository(settings.repository)
+    repository = ModelRepository(
+        settings.repository, inline_threshold_us=settings.inline_threshold_us
+    )
     dataplane = DataPlane(repository, settings)
 
     @asynccontextmanager

@@ -56,8 +56,9 @@ class ModelRecord:
 class ModelRepository:
     """Models on disk and in memory. Blocking methods (:meth:`load`) belong in worker threads."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, inline_threshold_us: float = 0.0) -> None:
         self.root = root.resolve()
+        self.inline_threshold_us = inline_threshold_us
         if not self.root.is_dir():
             raise FileNotFoundError(f"model repository {root} is not a folder")
         self._records: dict[str, ModelRecord] = {}
@@ -137,7 +138,9 @@ class ModelRepository:
             try:
                 if not self._inside(path):
                     raise ModelLoadError(f"{path.name} links outside the model repository")
-                model = OnnxModel.load(name, version, path, config, labels)
+                model = OnnxModel.load(
+                    name, version, path, config, labels, self.inline_threshold_us
+                )
                 versions[version] = VersionStatus(version, "READY", "", model)
             except ModelLoadError as exc:
                 versions[version] = VersionStatus(version, "UNAVAILABLE", str(exc))

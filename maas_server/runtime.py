@@ -150,6 +150,7 @@ class OnnxModel:
             max_workers=len(sessions), thread_name_prefix=f"maas-{name}-{version}"
         )
         self.run_time_us: float | None = None
+        self.inline_max_elements = 0
 
     @property
     def max_batch_size(self) -> int:
@@ -189,6 +190,7 @@ class OnnxModel:
         path: Path,
         config: ModelConfig,
         labels: list[str] | None = None,
+        inline_threshold_us: float = 0.0,
     ) -> OnnxModel:
         """Create the sessions of a model file; raise :class:`ModelLoadError` with the reason."""
         requested = config.providers() or default_providers()
@@ -230,6 +232,7 @@ class OnnxModel:
         )
         if config.warmup:
             model.warmup(config.warmup)
+        model.measure_inline(inline_threshold_us)
         return model
 
     @staticmethod
@@ -268,19 +271,47 @@ class OnnxModel:
                 feeds[spec.name] = np.zeros(shape, dtype=DATATYPES[spec.datatype])
         return feeds
 
-    def warmup(self, runs: int) -> None:
-        """Run ``runs`` dummy requests and remember the median run time."""
+    def _time_dummy_runs(self, runs: int) -> tuple[float, int]:
+        """Median microseconds of ``runs`` dummy requests, and their element count."""
         feeds = self.dummy_feeds()
         names = [s.name for s in self.outputs]
         times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            self.run_sync(feeds, names)
+            times.append((time.perf_counter() - start) * 1e6)
+        return statistics.median(times), sum(int(a.size) for a in feeds.values())
+
+    def warmup(self, runs: int) -> None:
+        """Run ``runs`` dummy requests and remember the median run time."""
         try:
-            for _ in range(runs):
-                start = time.perf_counter()
-                self.run_sync(feeds, names)
-                times.append((time.perf_counter() - start) * 1e6)
+            self.run_time_us, _ = self._time_dummy_runs(runs)
         except Exception as exc:
             raise ModelLoadError(f"warmup failed: {exc}") from None
-        self.run_time_us = statistics.median(times)
+
+    def measure_inline(self, threshold_us: float) -> None:
+        """Decide which requests may run inline on the event loop instead of in the pool.
+
+        Handing a run to a worker thread and back costs tens of microseconds; for a model that
+        runs in a few microseconds that is most of the work. Requests whose estimated run time
+        (the measured time of a dummy request, scaled by element count) stays under
+        ``threshold_us`` run inline. Models whose dummy request fails never run inline.
+        """
+        if threshold_us <= 0 or not self.inputs:
+            return
+        try:
+            probe_us, elements = self._time_dummy_runs(5)
+        except Exception:
+            return
+        if probe_us <= threshold_us:
+            self.inline_max_elements = max(1, elements) * int(threshold_us // max(probe_us, 1.0))
+        logger.debug(
+            "model %s version %s: dummy run %.1f us, inline up to %d elements",
+            self.name,
+            self.version,
+            probe_us,
+            self.inline_max_elements,
+        )
 
     def run_sync(
         self, feeds: dict[str, np.ndarray[Any, Any]], output_names: list[str]
@@ -288,11 +319,19 @@ class OnnxModel:
         """Run one request on an idle instance (BYTES as ``str`` objects, BF16 as bits)."""
         session = self._idle.get()
         try:
-            if self._uses_bf16:
-                return self._run_ort_values(session, feeds, output_names)
-            results = session.run(output_names, feeds)
+            return self._run_on(session, feeds, output_names)
         finally:
             self._idle.put(session)
+
+    def _run_on(
+        self,
+        session: ort.InferenceSession,
+        feeds: dict[str, np.ndarray[Any, Any]],
+        output_names: list[str],
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        if self._uses_bf16:
+            return self._run_ort_values(session, feeds, output_names)
+        results = session.run(output_names, feeds)
         return dict(zip(output_names, results, strict=True))
 
     def _run_ort_values(
@@ -324,7 +363,20 @@ class OnnxModel:
     async def run(
         self, feeds: dict[str, np.ndarray[Any, Any]], output_names: list[str]
     ) -> dict[str, np.ndarray[Any, Any]]:
-        """Run one request in the model's thread pool."""
+        """Run one request: inline when it is small enough and an instance is idle, else in the
+        model's thread pool."""
+        if self.inline_max_elements and (
+            sum(int(a.size) for a in feeds.values()) <= self.inline_max_elements
+        ):
+            try:
+                session = self._idle.get_nowait()
+            except queue.Empty:
+                pass
+            else:
+                try:
+                    return self._run_on(session, feeds, output_names)
+                finally:
+                    self._idle.put(session)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.run_sync, feeds, output_names)
 

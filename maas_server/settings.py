@@ -28,9 +28,12 @@ class Settings:
     ``model_control="none"`` loads every model of the repository at start; ``"explicit"`` loads
     only what is asked for through the repository API. ``strict_readiness`` (Triton's default)
     makes ``/v2/health/ready`` answer 503 while any model that should be served is not.
+    ``inline_threshold_us``: requests whose estimated run time is below this many microseconds
+    run on the event loop instead of a worker thread (0 turns it off).
     """
 
     repository: Path
     model_control: ModelControl = "none"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     strict_readiness: bool = True
+    inline_threshold_us: float = 50.0

@@ -279,3 +279,19 @@ def test_sigterm_finishes_in_flight_requests(tmp_path: Path) -> None:
             proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@pytest.mark.parametrize(("threshold_us", "inline"), [(0.0, False), (1e-3, False), (1e9, True)])
+async def test_small_models_run_inline_only_below_threshold(
+    tmp_path: Path, threshold_us: float, inline: bool
+) -> None:
+    put(tmp_path, "m", models.mlp_model())
+    record = ModelRepository(tmp_path, inline_threshold_us=threshold_us).load("m")
+    model = record.versions[1].model
+    assert model is not None
+    assert (model.inline_max_elements > 0) is inline
+    x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    results = await asyncio.gather(*[model.run({"input": x}, ["output"]) for _ in range(4)])
+    expected = model.run_sync({"input": x}, ["output"])["output"]
+    for result in results:
+        np.testing.assert_array_equal(result["output"], expected)
