@@ -15,8 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 __all__ = [
     "CONFIG_FILES",
     "ConfigError",
+    "DynamicBatching",
     "ExecutionProvider",
     "ModelConfig",
+    "QueuePolicy",
     "TensorOverride",
     "VersionPolicy",
     "load_config",
@@ -99,6 +101,63 @@ class TensorOverride(_Strict):
         return shape
 
 
+class QueuePolicy(_Strict):
+    """How long a request may wait in a queue, and what happens when the wait runs out
+    (Triton's ``ModelQueuePolicy``)."""
+
+    timeout_action: Literal["REJECT", "DELAY"] = "REJECT"
+    default_timeout_microseconds: int = Field(default=0, ge=0)
+    allow_timeout_override: bool = False
+    max_queue_size: int = Field(default=0, ge=0)
+
+    def timeout_us(self, requested: int | None) -> int:
+        """The timeout that applies to a request asking for ``requested`` microseconds: a request
+        may shorten the default (or set one where there is none) only when overrides are allowed."""
+        default = self.default_timeout_microseconds
+        if requested is None or not self.allow_timeout_override or requested <= 0:
+            return default
+        return requested if default == 0 else min(requested, default)
+
+
+class DynamicBatching(_Strict):
+    """The dynamic batcher (Triton's names and meanings), plus ``queue_order``.
+
+    Priority 1 is the highest; requests that name no priority get ``default_priority_level``
+    (the lowest level when unset). ``queue_order="shortest_first"`` serves the smallest request
+    of a priority level first; a request that has waited ``aging_microseconds`` is served in
+    arrival order again, so that none starves.
+    """
+
+    max_queue_delay_microseconds: int = Field(default=0, ge=0)
+    preferred_batch_size: list[int] = Field(default_factory=list)
+    preserve_ordering: bool = False
+    priority_levels: int = Field(default=0, ge=0, le=1000)
+    default_priority_level: int = Field(default=0, ge=0)
+    default_queue_policy: QueuePolicy = Field(default_factory=QueuePolicy)
+    priority_queue_policy: dict[int, QueuePolicy] = Field(default_factory=dict)
+    queue_order: Literal["fifo", "shortest_first"] = "fifo"
+    aging_microseconds: int = Field(default=100_000, ge=0)
+
+    @model_validator(mode="after")
+    def _levels(self) -> DynamicBatching:
+        if self.priority_levels:
+            if not 1 <= self.default_priority_level <= self.priority_levels:
+                if self.default_priority_level != 0:
+                    raise ValueError("default_priority_level must lie in 1..priority_levels")
+                self.default_priority_level = self.priority_levels
+        elif self.default_priority_level:
+            raise ValueError("default_priority_level needs priority_levels")
+        bad = [k for k in self.priority_queue_policy if not 1 <= k <= self.priority_levels]
+        if bad:
+            raise ValueError(f"priority_queue_policy names levels {bad} outside 1..priority_levels")
+        if any(size < 1 for size in self.preferred_batch_size):
+            raise ValueError("preferred_batch_size entries are positive")
+        return self
+
+    def policy(self, level: int) -> QueuePolicy:
+        return self.priority_queue_policy.get(level, self.default_queue_policy)
+
+
 class ModelConfig(_Strict):
     """The configuration of one model (all of its versions)."""
 
@@ -112,6 +171,15 @@ class ModelConfig(_Strict):
     inputs: list[TensorOverride] = Field(default_factory=list)
     outputs: list[TensorOverride] = Field(default_factory=list)
     require_gpu: bool = False
+    dynamic_batching: DynamicBatching | None = None
+    device_ids: list[int] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _batch_sizes(self) -> ModelConfig:
+        batching = self.dynamic_batching
+        if batching and any(s > self.max_batch_size for s in batching.preferred_batch_size):
+            raise ValueError("preferred_batch_size entries cannot exceed max_batch_size")
+        return self
 
     @field_validator("labels")
     @classmethod

@@ -20,6 +20,7 @@ from maas_client.protocol import TensorPayload
 from maas_client.types import InferenceRequest, RequestInput, RequestOutput
 
 from . import __version__
+from .batching import DrainRate, QueueFullError, retry_headers
 from .errors import BadRequestError, InternalError, ServerError
 from .repository import ModelRepository
 from .runtime import OnnxModel, TensorSpec
@@ -67,7 +68,8 @@ class DataPlane:
         self.repository = repository
         self.settings = settings
         self.started = False
-        self._load_lock = asyncio.Lock()
+        self._inflight = 0
+        self._drain = DrainRate()
 
     # --- server -----------------------------------------------------------------------------
 
@@ -173,15 +175,36 @@ class DataPlane:
         tensors: dict[str, np.ndarray[Any, Any]],
     ) -> InferenceResult:
         model = self.repository.get(name, version)
-        feeds = self._feeds(model, request, tensors)
-        wanted = self._outputs(model, request)
         try:
-            results = await model.run(feeds, [o.name for o in wanted])
+            feeds = self._feeds(model, request, tensors)
+            wanted = self._outputs(model, request)
+            priority, timeout_us = _schedule_parameters(request)
+        except BadRequestError:
+            model.stats.record_failure(0, "invalid_request")
+            raise
+        if self.settings.max_inflight and self._inflight >= self.settings.max_inflight:
+            model.stats.record_failure(0, "inflight_limit")
+            wait = self._drain.retry_after(self._inflight)
+            raise QueueFullError(
+                f"the server is at its limit of {self.settings.max_inflight} requests in "
+                f"flight; retry in {wait:.2f} s",
+                headers=retry_headers(wait),
+            )
+        self._inflight += 1
+        try:
+            results = await model.scheduler.infer(
+                feeds, [o.name for o in wanted], priority, timeout_us
+            )
+        except ServerError:
+            raise
         except _CLIENT_FAULTS as exc:
             raise BadRequestError(f"model {name!r} refused the inputs: {exc}") from None
         except Exception as exc:
             logger.exception("inference failed on model %s", name)
             raise InternalError(f"inference failed on model {name!r}: {exc}") from None
+        finally:
+            self._inflight -= 1
+            self._drain.add(1)
         binary_default = bool((request.parameters or {}).get("binary_data_output", False))
         outputs = [self._output(model, out, results[out.name], binary_default) for out in wanted]
         return InferenceResult(model, request.id, outputs)
@@ -319,6 +342,22 @@ class DataPlane:
         elif datatype == "BYTES":
             array = _to_bytes(array)
         return TensorPayload(out.name, array, datatype, binary)
+
+
+def _schedule_parameters(request: InferenceRequest) -> tuple[int | None, int | None]:
+    """The ``priority`` and ``timeout`` (microseconds) request parameters, checked."""
+    parameters = request.parameters or {}
+    values: list[int | None] = []
+    for key in ("priority", "timeout"):
+        value = parameters.get(key)
+        if value is not None and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 0
+        ):
+            raise BadRequestError(
+                f"parameter {key!r} must be a non-negative integer, not {value!r}"
+            )
+        values.append(value)
+    return values[0], values[1]
 
 
 def _triton_type(datatype: str) -> str:

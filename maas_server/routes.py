@@ -6,6 +6,7 @@ Content-Type (clients differ in what they send).
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from typing import Any
 
@@ -147,7 +148,18 @@ async def infer(request: Request) -> Response:
             request_msg, tensors = decode_request(body, header_length)
         except CodecError as exc:
             raise BadRequestError(str(exc)) from None
-    result = await plane.infer(name, version, request_msg, tensors)
+    handler = asyncio.current_task()
+    assert handler is not None
+    watcher = asyncio.get_running_loop().create_task(_cancel_on_disconnect(request, handler))
+    try:
+        result = await plane.infer(name, version, request_msg, tensors)
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            # The client went away: its request has left the queue; nobody reads an answer.
+            return Response(status_code=499)
+        raise
+    finally:
+        watcher.cancel()
     try:
         encoded = encode_response(
             result.model_name, result.model_version, result.outputs, request_id=result.request_id
@@ -161,6 +173,15 @@ async def infer(request: Request) -> Response:
         media_type="application/octet-stream",
         headers={HEADER_LENGTH: str(encoded.header_length)},
     )
+
+
+async def _cancel_on_disconnect(request: Request, handler: asyncio.Task[Any]) -> None:
+    """Cancel ``handler`` when the client disconnects before its answer is ready."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            handler.cancel()
+            return
 
 
 async def repository_index(request: Request) -> Response:

@@ -25,7 +25,9 @@ import onnxruntime as ort
 
 from maas_client.codec import DATATYPES
 
+from .batching import Scheduler
 from .config import ConfigError, ExecutionProvider, ModelConfig
+from .stats import ModelStats
 
 __all__ = [
     "GPU_PROVIDERS",
@@ -151,6 +153,8 @@ class OnnxModel:
         )
         self.run_time_us: float | None = None
         self.inline_max_elements = 0
+        self.stats = ModelStats()
+        self.scheduler = Scheduler(self, self.stats)
 
     @property
     def max_batch_size(self) -> int:

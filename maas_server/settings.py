@@ -29,7 +29,8 @@ class Settings:
     only what is asked for through the repository API. ``strict_readiness`` (Triton's default)
     makes ``/v2/health/ready`` answer 503 while any model that should be served is not.
     ``inline_threshold_us``: requests whose estimated run time is below this many microseconds
-    run on the event loop instead of a worker thread (0 turns it off).
+    run on the event loop instead of a worker thread (0 turns it off). ``max_inflight``: requests
+    accepted at once across all models; more get 503 with ``Retry-After`` (0: no limit).
     """
 
     repository: Path
@@ -37,3 +38,4 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     strict_readiness: bool = True
     inline_threshold_us: float = 50.0
+    max_inflight: int = 1024
