@@ -1,0 +1,1 @@
+"""Benchmarks of the maas server and client (scripts; see README.md)."""

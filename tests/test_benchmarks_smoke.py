@@ -1,0 +1,72 @@
+"""Smoke test of ``benchmarks/loadgen.py``: under a second of load on the session's server."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pytest
+
+from benchmarks import loadgen
+from maas_client.codec import HEADER_LENGTH
+
+
+def _binary_answer(status: int, headers: Mapping[str, str], body: bytes) -> str | None:
+    length = headers.get(HEADER_LENGTH.lower()) or headers.get(HEADER_LENGTH)
+    if length is None or int(length) + 10 * 4 != len(body):
+        return f"not a binary answer with 10 FP32 values: {len(body)} bytes, header {length}"
+    return None
+
+
+@pytest.mark.parametrize("engine", ["httpx", "raw"])
+async def test_loadgen_counts_requests_without_errors(server_url: str, engine: str) -> None:
+    spec = loadgen.infer_body({"input": np.ones((1, 64), dtype=np.float32)}, binary=True)
+    result = await loadgen.run_load(
+        f"{server_url}/v2/models/mlp/infer",
+        spec,
+        concurrency=4,
+        max_requests=100_000,
+        max_duration=0.4,
+        engine=engine,  # type: ignore[arg-type]
+        validate=_binary_answer,
+    )
+    assert result.errors == 0, result.error_samples
+    assert result.requests > 10
+    assert len(result.latencies_ms) == result.requests
+    assert 0 < result.p50_ms <= result.p90_ms <= result.p99_ms <= result.max_ms
+    assert result.requests_per_s > 0
+    assert result.duration_s < 2
+
+
+async def test_loadgen_stops_at_the_count_and_counts_errors(server_url: str) -> None:
+    spec = loadgen.infer_body({"input": np.ones((1, 64), dtype=np.float32)}, binary=False)
+    result = await loadgen.run_load(
+        f"{server_url}/v2/models/no_such_model/infer", spec, 2, max_requests=7, max_duration=5
+    )
+    assert result.requests == 7
+    assert result.errors == 7
+    assert result.error_samples[0].startswith("HTTP 404")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.0.0.1:8000/v2/models/mlp/infer",
+        "http://example.com/v2",
+        "http://127.0.0.1.example.com/",
+        "http://[::2]:8000/",
+        "http://0.0.0.0:8000/",
+        "ftp://127.0.0.1/",
+    ],
+)
+async def test_loadgen_refuses_non_loopback_targets(url: str) -> None:
+    spec = loadgen.RequestSpec(b"{}")
+    with pytest.raises(loadgen.NonLoopbackError):
+        await loadgen.run_load(url, spec, 1, max_requests=1, max_duration=1)
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:1/", "http://127.9.8.7/", "http://localhost:8000/", "http://[::1]/"]
+)
+def test_loopback_targets_are_accepted(url: str) -> None:
+    loadgen.check_loopback(url)
