@@ -29,11 +29,13 @@ from .codec import (
 from .types import InferenceRequest, InferenceResponse
 
 __all__ = [
+    "BinaryPiece",
     "Body",
     "TensorPayload",
     "decode_request",
     "decode_response",
     "encode_request",
+    "encode_request_parts",
     "encode_response",
     "format_validation_error",
 ]
@@ -67,9 +69,22 @@ def format_validation_error(exc: ValidationError) -> str:
     )
 
 
+BinaryPiece = np.ndarray[Any, Any] | bytes
+"""One binary tensor's contents: a fixed-size wire array, or serialized BYTES elements."""
+
+
 def _encode(header: dict[str, Any], key: str, tensors: Sequence[TensorPayload]) -> Body:
+    text, pieces = _encode_parts(header, key, tensors)
+    if not pieces:
+        return Body(text)
+    return Body(assemble_body(text, pieces), len(text))
+
+
+def _encode_parts(
+    header: dict[str, Any], key: str, tensors: Sequence[TensorPayload]
+) -> tuple[bytes, list[BinaryPiece]]:
     entries: list[dict[str, Any]] = []
-    pieces: list[np.ndarray[Any, Any] | bytes] = []
+    pieces: list[BinaryPiece] = []
     for tensor in tensors:
         entry: dict[str, Any] = {
             "name": tensor.name,
@@ -90,10 +105,22 @@ def _encode(header: dict[str, Any], key: str, tensors: Sequence[TensorPayload]) 
                 raise CodecError(f"tensor {tensor.name!r}: {exc}") from None
         entries.append(entry)
     header[key] = entries
-    text = orjson.dumps(header, option=_JSON_OPTIONS)
-    if not pieces:
-        return Body(text)
-    return Body(assemble_body(text, pieces), len(text))
+    return orjson.dumps(header, option=_JSON_OPTIONS), pieces
+
+
+def _request_header(
+    outputs: Sequence[dict[str, Any]] | None,
+    request_id: str | None,
+    parameters: dict[str, Any] | None,
+) -> dict[str, Any]:
+    header: dict[str, Any] = {}
+    if request_id is not None:
+        header["id"] = request_id
+    if parameters:
+        header["parameters"] = parameters
+    if outputs is not None:
+        header["outputs"] = list(outputs)
+    return header
 
 
 def encode_request(
@@ -104,14 +131,22 @@ def encode_request(
     parameters: dict[str, Any] | None = None,
 ) -> Body:
     """The body of an inference request."""
-    header: dict[str, Any] = {}
-    if request_id is not None:
-        header["id"] = request_id
-    if parameters:
-        header["parameters"] = parameters
-    if outputs is not None:
-        header["outputs"] = list(outputs)
-    return _encode(header, "inputs", inputs)
+    return _encode(_request_header(outputs, request_id, parameters), "inputs", inputs)
+
+
+def encode_request_parts(
+    inputs: Sequence[TensorPayload],
+    *,
+    outputs: Sequence[dict[str, Any]] | None = None,
+    request_id: str | None = None,
+    parameters: dict[str, Any] | None = None,
+) -> tuple[bytes, list[BinaryPiece]]:
+    """An inference request as its JSON header and the binary pieces that follow it, in order.
+
+    Nothing is copied: a caller that streams the pieces (the client does) sends each tensor's
+    memory as it is. :func:`encode_request` is this followed by :func:`~.codec.assemble_body`.
+    """
+    return _encode_parts(_request_header(outputs, request_id, parameters), "inputs", inputs)
 
 
 def encode_response(

@@ -18,6 +18,8 @@ __all__ = [
     "ErrorResponse",
     "InferenceRequest",
     "InferenceResponse",
+    "ModelConfigTensor",
+    "ModelConfiguration",
     "ModelMetadata",
     "ModelState",
     "RepositoryIndexRequest",
@@ -121,6 +123,32 @@ class InferenceResponse(_Answer):
     id: str | None = None
     parameters: Parameters | None = None
     outputs: list[ResponseOutput] = Field(default_factory=list)
+
+
+class ModelConfigTensor(_Answer):
+    """One ``input`` or ``output`` of a model configuration (Triton's ``model_config``).
+
+    ``dims`` leave out the batch dimension when the model batches (``max_batch_size > 0``).
+    """
+
+    name: str
+    data_type: str = ""
+    dims: list[int] = Field(default_factory=list)
+
+
+class ModelConfiguration(_Answer):
+    """``GET /v2/models/{name}[/versions/{version}]/config``: Triton's ``model_config`` fields.
+
+    Servers add fields of their own (maas: ``execution_providers``, ``warmup``...); they are kept
+    and readable as attributes or through ``model_extra``.
+    """
+
+    name: str = ""
+    platform: str | None = None
+    backend: str | None = None
+    max_batch_size: int = 0
+    input: list[ModelConfigTensor] = Field(default_factory=list)
+    output: list[ModelConfigTensor] = Field(default_factory=list)
 
 
 ModelState = Literal["READY", "UNAVAILABLE", "LOADING", "UNLOADING"]

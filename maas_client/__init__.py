@@ -1,0 +1,71 @@
+"""maas client: a typed Python client of the Open Inference Protocol (KServe V2 / Triton).
+
+>>> from maas_client import Client
+>>> with Client("http://127.0.0.1:8000") as client:  # doctest: +SKIP
+...     result = client.infer("digits", x)
+...     result["probabilities"]
+
+:class:`AsyncClient` is the same with ``await``. The wire types live in :mod:`maas_client.types`
+and the numpy codec in :mod:`maas_client.codec`; the server imports both.
+"""
+
+from __future__ import annotations
+
+from ._client import AsyncClient, Client
+from ._exceptions import (
+    APIConnectionError,
+    APIError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    InputError,
+    InternalServerError,
+    MaasError,
+    ModelNotFoundError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServiceUnavailableError,
+    UnprocessableEntityError,
+)
+from ._inputs import Input, Output
+from ._response import RawResponse
+from ._result import InferResult, Timing
+from ._retry import RetryEvent, RetryPolicy
+from ._types import NOT_GIVEN, NotGiven
+
+__all__ = [
+    "NOT_GIVEN",
+    "APIConnectionError",
+    "APIError",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "Client",
+    "ConflictError",
+    "InferResult",
+    "Input",
+    "InputError",
+    "InternalServerError",
+    "MaasError",
+    "ModelNotFoundError",
+    "NotFoundError",
+    "NotGiven",
+    "Output",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RawResponse",
+    "RetryEvent",
+    "RetryPolicy",
+    "ServiceUnavailableError",
+    "Timing",
+    "UnprocessableEntityError",
+]

@@ -1,0 +1,706 @@
+"""The clients: :class:`Client` (blocking) and :class:`AsyncClient` (``async``/``await``).
+
+Both share everything in :class:`~maas_client._base.BaseClient`; what differs is only the I/O
+loop: sending an attempt, reading its body, and waiting between attempts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import httpx
+
+from ._base import (
+    NO_METADATA_STATUSES,
+    Answer,
+    BaseClient,
+    RequestPlan,
+    ResolvedOptions,
+    connection_error,
+    make_status_error,
+    plan_model_metadata,
+    plan_server_metadata,
+)
+from ._exceptions import (
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    BadRequestError,
+    NotFoundError,
+)
+from ._inputs import Output, needs_metadata
+from ._resources import (
+    AsyncClientWithRawResponse,
+    AsyncModels,
+    AsyncServer,
+    ClientWithRawResponse,
+    Models,
+    Server,
+)
+from ._response import RawResponse, raw_response_requested
+from ._result import InferResult
+from ._retry import RetryPolicy, async_retrying, sync_retrying
+from ._transport import AsyncLeanTransport, LeanTransport, proxies_configured
+from ._types import NOT_GIVEN, CallOptions, HeadersLike, NotGiven, TimeoutLike, VersionLike
+from .types import ModelMetadata
+
+if TYPE_CHECKING:
+    from typing_extensions import Self, Unpack
+
+__all__ = ["AsyncClient", "Client"]
+
+_T = TypeVar("_T")
+
+
+def _known_length(response: httpx.Response) -> int | None:
+    length = response.headers.get("content-length")
+    return int(length) if length is not None and length.isdigit() else None
+
+
+def _internal(options: CallOptions) -> CallOptions:
+    """The options of a request made on the way to another (metadata for validation)."""
+    inner = options.copy()
+    inner.pop("request_id", None)
+    return inner
+
+
+class Client(BaseClient):
+    """A blocking client of an Open Inference Protocol server (maas, Triton, MLServer, KServe).
+
+    >>> with Client("http://127.0.0.1:8000") as client:  # doctest: +SKIP
+    ...     result = client.infer("digits", x)
+    ...     result["probabilities"]
+
+    Settings left out come from ``MAAS_BASE_URL``, ``MAAS_API_KEY``, ``MAAS_TIMEOUT`` and
+    ``MAAS_MAX_RETRIES``. ``http_client`` injects an :class:`httpx.Client` (proxies, TLS,
+    transports); the client then never closes it.
+    """
+
+    server: Server
+    models: Models
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: TimeoutLike | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        deadline: float | None = None,
+        headers: HeadersLike | None = None,
+        http_client: httpx.Client | None = None,
+        binary: bool | None = None,
+        validate: bool = True,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        self._configure(
+            base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            deadline=deadline,
+            headers=headers,
+            binary=binary,
+            validate=validate,
+            retry_policy=retry_policy,
+            http_timeout=_injected_timeout(http_client),
+        )
+        self._http: httpx.Client | None = http_client
+        self._transport: httpx.BaseTransport | None = None
+        self._owns_http = http_client is None
+        if http_client is None:
+            if proxies_configured():
+                # httpx mounts the proxies named in the environment in front of the transport.
+                self._http = httpx.Client(timeout=self.timeout, transport=LeanTransport())
+            else:
+                self._transport = LeanTransport()
+        self.server = Server(self)
+        self.models = Models(self)
+
+    # --- lifetime ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection pool, unless it was injected or belongs to the original client."""
+        if self._owns_http:
+            if self._http is not None:
+                self._http.close()
+            if self._transport is not None:
+                self._transport.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Client base_url={self.base_url!r}>"
+
+    def with_options(
+        self,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: TimeoutLike | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        deadline: float | NotGiven | None = NOT_GIVEN,
+        headers: HeadersLike | None = None,
+        binary: bool | NotGiven | None = NOT_GIVEN,
+        validate: bool | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> Client:
+        """A copy with other settings, sharing this client's connection pool and caches.
+
+        >>> client.with_options(timeout=5.0, max_retries=0).infer("digits", x)  # doctest: +SKIP
+        """
+        copy = object.__new__(Client)
+        copy.__dict__.update(self.__dict__)
+        copy.__dict__.pop("with_raw_response", None)
+        copy._copy_settings(
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            deadline=deadline,
+            headers=headers,
+            binary=binary,
+            validate=validate,
+            retry_policy=retry_policy,
+        )
+        copy.server = Server(copy)
+        copy.models = Models(copy)
+        return copy
+
+    @cached_property
+    def with_raw_response(self) -> ClientWithRawResponse:
+        """The same calls, returning a :class:`~maas_client.RawResponse` each."""
+        return ClientWithRawResponse(self)
+
+    # --- I/O ---------------------------------------------------------------------------------
+
+    def _call(
+        self,
+        plan: RequestPlan,
+        options: CallOptions,
+        parse: Callable[[Answer], _T],
+        *,
+        primary: bool = True,
+    ) -> _T:
+        answer = self._send(plan, self._resolve(options))
+        if primary and raw_response_requested():
+            return RawResponse(answer, parse)  # type: ignore[return-value]
+        return parse(answer)
+
+    def _send(self, plan: RequestPlan, options: ResolvedOptions) -> Answer:
+        start = time.monotonic()
+        deadline_at = None if options.deadline is None else start + options.deadline
+        try:
+            return self._attempt(plan, options, 1, start, deadline_at)
+        except APIError as exc:
+            if not self._may_retry(exc, plan, options):
+                raise
+            first_failure = exc
+        # The first attempt runs outside tenacity (it costs a few microseconds per call);
+        # tenacity takes over from its failure, which it replays as its own attempt 1.
+        retrying = sync_retrying(
+            self.retry_policy,
+            max_retries=options.max_retries,
+            idempotent=plan.idempotent,
+            deadline=deadline_at,
+            method=plan.method,
+            url=self.base_url + plan.path,
+            request_id=options.request_id,
+        )
+        answer: Answer | None = None
+        for attempt in retrying:
+            with attempt:
+                number = attempt.retry_state.attempt_number
+                if number == 1:
+                    raise first_failure
+                answer = self._attempt(plan, options, number, start, deadline_at)
+        assert answer is not None
+        return answer
+
+    def _attempt(
+        self,
+        plan: RequestPlan,
+        options: ResolvedOptions,
+        number: int,
+        start: float,
+        deadline_at: float | None,
+    ) -> Answer:
+        try:
+            request = self._build_request(plan, options, deadline_at, self._http)
+        except APITimeoutError as exc:
+            exc.attempts = number - 1
+            raise
+        self._log_request(request, number)
+        sent_at = time.perf_counter()
+        try:
+            if self._transport is not None:
+                # No httpx.Client of our own: nothing of its (auth, cookies, redirects, hooks)
+                # applies, and skipping it halves the client's per-call CPU on small requests.
+                response = self._transport.handle_request(request)
+                response.request = request
+            else:
+                assert self._http is not None
+                response = self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise connection_error(
+                exc, request, request_id=options.request_id, attempts=number
+            ) from exc
+        try:
+            ok = response.is_success
+            if ok and plan.stream_response:
+                content: bytes | bytearray = _read_sync(response)
+            else:
+                content = response.read()
+        except httpx.TransportError as exc:
+            raise connection_error(
+                exc, request, request_id=options.request_id, attempts=number
+            ) from exc
+        finally:
+            response.close()
+        self._log_response(request, response, sent_at)
+        if not ok and response.status_code not in plan.answer_statuses:
+            raise make_status_error(
+                response,
+                content,
+                request_id=options.request_id,
+                attempts=number,
+                model=plan.model,
+                version=plan.version,
+            )
+        return Answer(response, content, options.request_id, number, time.monotonic() - start)
+
+    # --- what the server and models are -------------------------------------------------------
+
+    def _use_binary(self, binary: bool | None, options: CallOptions) -> bool:
+        if binary is not None:
+            return binary
+        if self.binary is not None:
+            return self.binary
+        known = self._state.binary
+        if known is None:
+            try:
+                self._call(
+                    plan_server_metadata(),
+                    _internal(options),
+                    self._remember_server,
+                    primary=False,
+                )
+            except APIStatusError as exc:
+                if exc.status_code not in NO_METADATA_STATUSES:
+                    raise
+                self._state.binary = False  # a server without GET /v2 speaks JSON only
+            known = bool(self._state.binary)
+        return known
+
+    def _model_metadata(
+        self, model: str, version: VersionLike, options: CallOptions
+    ) -> ModelMetadata:
+        key = (model, None if version is None else str(version))
+        cached = self._state.model_metadata.get(key)
+        if cached is not None:
+            return cached
+        return self._call(
+            plan_model_metadata(model, version),
+            _internal(options),
+            self._remember_model(key),
+            primary=False,
+        )
+
+    # --- inference ---------------------------------------------------------------------------
+
+    def infer(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        version: VersionLike = None,
+        outputs: Sequence[str | Output] | None = None,
+        binary: bool | None = None,
+        validate: bool | None = None,
+        id: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        **options: Unpack[CallOptions],
+    ) -> InferResult:
+        """Run ``model`` on ``inputs`` and return its outputs as numpy arrays.
+
+        ``inputs`` is a bare array or list (models with one input), a ``{name: array}`` mapping
+        or a list of :class:`~maas_client.Input`. They are checked against the model's metadata
+        (fetched once, cached) unless ``validate=False``. ``binary`` picks the encoding (default:
+        binary when the server supports it); ``outputs`` limits what comes back; ``id`` and
+        ``parameters`` go into the request as the protocol defines them.
+        """
+        use_binary = self._use_binary(binary, options)
+        check = self.validate if validate is None else validate
+        metadata = None
+        if check or needs_metadata(inputs):
+            metadata = self._model_metadata(model, version, options)
+        call = self._infer_call(
+            model,
+            version,
+            inputs,
+            metadata,
+            check=check,
+            binary=use_binary,
+            outputs=outputs,
+            id=id,
+            parameters=parameters,
+        )
+        try:
+            return self._call(call.plan, options, call.parse)
+        except (BadRequestError, NotFoundError):
+            self._state.forget_model(model)  # the model may have changed under its name
+            raise
+
+
+class _BodyBuffer:
+    """Collects a response body into one writable buffer.
+
+    A body that arrives as one ``bytearray`` of the announced length (the lean transport reads
+    it so) is taken as it is; otherwise the chunks are copied once into a buffer of that length.
+    """
+
+    def __init__(self, length: int | None) -> None:
+        self._length = length
+        self._whole: bytearray | None = None
+        self._buffer: bytearray | None = None
+        self._position = 0
+
+    def add(self, chunk: bytes) -> None:
+        if self._whole is None and self._buffer is None:
+            if isinstance(chunk, bytearray) and len(chunk) == self._length:
+                self._whole = chunk
+                return
+            self._buffer = bytearray(self._length or 0)
+        elif self._whole is not None:
+            self._buffer, self._whole = self._whole, None
+            self._position = len(self._buffer)
+        assert self._buffer is not None
+        end = self._position + len(chunk)
+        if end <= len(self._buffer):
+            self._buffer[self._position : end] = chunk
+        else:
+            del self._buffer[self._position :]
+            self._buffer += chunk
+        self._position = end
+
+    def result(self) -> bytearray:
+        if self._whole is not None:
+            return self._whole
+        if self._buffer is None:
+            return bytearray()
+        del self._buffer[self._position :]
+        return self._buffer
+
+
+def _identity_coded(response: httpx.Response) -> bool:
+    coding = response.headers.get("content-encoding")
+    return coding is None or coding.strip().lower() in ("", "identity")
+
+
+def _read_sync(response: httpx.Response) -> bytearray:
+    """The body in a writable buffer (outputs decoded from it are writable arrays)."""
+    if not _identity_coded(response):
+        return bytearray(response.read())
+    buffer = _BodyBuffer(_known_length(response))
+    stream = response.stream
+    assert isinstance(stream, httpx.SyncByteStream)
+    for chunk in stream:  # the bytes as they come: no decoder to pass them through
+        buffer.add(chunk)
+    return buffer.result()
+
+
+async def _read_async(response: httpx.Response) -> bytearray:
+    if not _identity_coded(response):
+        return bytearray(await response.aread())
+    buffer = _BodyBuffer(_known_length(response))
+    stream = response.stream
+    assert isinstance(stream, httpx.AsyncByteStream)
+    async for chunk in stream:
+        buffer.add(chunk)
+    return buffer.result()
+
+
+def _injected_timeout(http_client: httpx.Client | httpx.AsyncClient | None) -> httpx.Timeout | None:
+    """An injected client's own timeout, when it was set to something other than httpx's default."""
+    if http_client is None or http_client.timeout == httpx.Timeout(5.0):
+        return None
+    return http_client.timeout
+
+
+class AsyncClient(BaseClient):
+    """The ``async`` twin of :class:`Client`: the same calls, awaited.
+
+    >>> async with AsyncClient("http://127.0.0.1:8000") as client:  # doctest: +SKIP
+    ...     result = await client.infer("digits", x)
+    """
+
+    server: AsyncServer
+    models: AsyncModels
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: TimeoutLike | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        deadline: float | None = None,
+        headers: HeadersLike | None = None,
+        http_client: httpx.AsyncClient | None = None,
+        binary: bool | None = None,
+        validate: bool = True,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        self._configure(
+            base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            deadline=deadline,
+            headers=headers,
+            binary=binary,
+            validate=validate,
+            retry_policy=retry_policy,
+            http_timeout=_injected_timeout(http_client),
+        )
+        self._http: httpx.AsyncClient | None = http_client
+        self._transport: httpx.AsyncBaseTransport | None = None
+        self._owns_http = http_client is None
+        if http_client is None:
+            if proxies_configured():
+                self._http = httpx.AsyncClient(timeout=self.timeout, transport=AsyncLeanTransport())
+            else:
+                self._transport = AsyncLeanTransport()
+        self.server = AsyncServer(self)
+        self.models = AsyncModels(self)
+
+    # --- lifetime ----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the connection pool, unless it was injected or belongs to the original client."""
+        if self._owns_http:
+            if self._http is not None:
+                await self._http.aclose()
+            if self._transport is not None:
+                await self._transport.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<AsyncClient base_url={self.base_url!r}>"
+
+    def with_options(
+        self,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: TimeoutLike | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        deadline: float | NotGiven | None = NOT_GIVEN,
+        headers: HeadersLike | None = None,
+        binary: bool | NotGiven | None = NOT_GIVEN,
+        validate: bool | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> AsyncClient:
+        """A copy with other settings, sharing this client's connection pool and caches."""
+        copy = object.__new__(AsyncClient)
+        copy.__dict__.update(self.__dict__)
+        copy.__dict__.pop("with_raw_response", None)
+        copy._copy_settings(
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            deadline=deadline,
+            headers=headers,
+            binary=binary,
+            validate=validate,
+            retry_policy=retry_policy,
+        )
+        copy.server = AsyncServer(copy)
+        copy.models = AsyncModels(copy)
+        return copy
+
+    @cached_property
+    def with_raw_response(self) -> AsyncClientWithRawResponse:
+        """The same calls, returning a :class:`~maas_client.RawResponse` each."""
+        return AsyncClientWithRawResponse(self)
+
+    # --- I/O ---------------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        plan: RequestPlan,
+        options: CallOptions,
+        parse: Callable[[Answer], _T],
+        *,
+        primary: bool = True,
+    ) -> _T:
+        answer = await self._send(plan, self._resolve(options))
+        if primary and raw_response_requested():
+            return RawResponse(answer, parse)  # type: ignore[return-value]
+        return parse(answer)
+
+    async def _send(self, plan: RequestPlan, options: ResolvedOptions) -> Answer:
+        start = time.monotonic()
+        deadline_at = None if options.deadline is None else start + options.deadline
+        try:
+            return await self._attempt(plan, options, 1, start, deadline_at)
+        except APIError as exc:
+            if not self._may_retry(exc, plan, options):
+                raise
+            first_failure = exc
+        retrying = async_retrying(
+            self.retry_policy,
+            max_retries=options.max_retries,
+            idempotent=plan.idempotent,
+            deadline=deadline_at,
+            method=plan.method,
+            url=self.base_url + plan.path,
+            request_id=options.request_id,
+        )
+        answer: Answer | None = None
+        async for attempt in retrying:
+            with attempt:
+                number = attempt.retry_state.attempt_number
+                if number == 1:
+                    raise first_failure
+                answer = await self._attempt(plan, options, number, start, deadline_at)
+        assert answer is not None
+        return answer
+
+    async def _attempt(
+        self,
+        plan: RequestPlan,
+        options: ResolvedOptions,
+        number: int,
+        start: float,
+        deadline_at: float | None,
+    ) -> Answer:
+        try:
+            request = self._build_request(plan, options, deadline_at, self._http)
+        except APITimeoutError as exc:
+            exc.attempts = number - 1
+            raise
+        self._log_request(request, number)
+        sent_at = time.perf_counter()
+        try:
+            if self._transport is not None:
+                response = await self._transport.handle_async_request(request)
+                response.request = request
+            else:
+                assert self._http is not None
+                response = await self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise connection_error(
+                exc, request, request_id=options.request_id, attempts=number
+            ) from exc
+        try:
+            ok = response.is_success
+            if ok and plan.stream_response:
+                content: bytes | bytearray = await _read_async(response)
+            else:
+                content = await response.aread()
+        except httpx.TransportError as exc:
+            raise connection_error(
+                exc, request, request_id=options.request_id, attempts=number
+            ) from exc
+        finally:
+            await response.aclose()
+        self._log_response(request, response, sent_at)
+        if not ok and response.status_code not in plan.answer_statuses:
+            raise make_status_error(
+                response,
+                content,
+                request_id=options.request_id,
+                attempts=number,
+                model=plan.model,
+                version=plan.version,
+            )
+        return Answer(response, content, options.request_id, number, time.monotonic() - start)
+
+    # --- what the server and models are -------------------------------------------------------
+
+    async def _use_binary(self, binary: bool | None, options: CallOptions) -> bool:
+        if binary is not None:
+            return binary
+        if self.binary is not None:
+            return self.binary
+        known = self._state.binary
+        if known is None:
+            try:
+                await self._call(
+                    plan_server_metadata(),
+                    _internal(options),
+                    self._remember_server,
+                    primary=False,
+                )
+            except APIStatusError as exc:
+                if exc.status_code not in NO_METADATA_STATUSES:
+                    raise
+                self._state.binary = False
+            known = bool(self._state.binary)
+        return known
+
+    async def _model_metadata(
+        self, model: str, version: VersionLike, options: CallOptions
+    ) -> ModelMetadata:
+        key = (model, None if version is None else str(version))
+        cached = self._state.model_metadata.get(key)
+        if cached is not None:
+            return cached
+        return await self._call(
+            plan_model_metadata(model, version),
+            _internal(options),
+            self._remember_model(key),
+            primary=False,
+        )
+
+    # --- inference ---------------------------------------------------------------------------
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        version: VersionLike = None,
+        outputs: Sequence[str | Output] | None = None,
+        binary: bool | None = None,
+        validate: bool | None = None,
+        id: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        **options: Unpack[CallOptions],
+    ) -> InferResult:
+        """Run ``model`` on ``inputs``; see :meth:`Client.infer`."""
+        use_binary = await self._use_binary(binary, options)
+        check = self.validate if validate is None else validate
+        metadata = None
+        if check or needs_metadata(inputs):
+            metadata = await self._model_metadata(model, version, options)
+        call = self._infer_call(
+            model,
+            version,
+            inputs,
+            metadata,
+            check=check,
+            binary=use_binary,
+            outputs=outputs,
+            id=id,
+            parameters=parameters,
+        )
+        try:
+            return await self._call(call.plan, options, call.parse)
+        except (BadRequestError, NotFoundError):
+            self._state.forget_model(model)
+            raise

@@ -1,0 +1,86 @@
+"""What an inference call returns: the outputs as numpy arrays, and where they came from."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .types import InferenceResponse
+
+__all__ = ["InferResult", "Timing"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long a call took on the client's clock, retries and back-off included."""
+
+    seconds: float
+    attempts: int
+
+
+class InferResult(Mapping[str, "np.ndarray[Any, Any]"]):
+    """The outputs of one inference, by name.
+
+    >>> result = client.infer("digits", x)  # doctest: +SKIP
+    >>> result["probabilities"].shape, result.timing.attempts  # doctest: +SKIP
+    ((1, 10), 1)
+
+    BYTES outputs are ``object`` arrays of :class:`bytes`; BF16 outputs are widened to
+    ``float32``. ``response`` is the parsed :class:`~maas_client.types.InferenceResponse` (its
+    ``outputs`` carry each tensor's datatype, shape and parameters).
+    """
+
+    __slots__ = ("outputs", "request_id", "response", "timing")
+
+    def __init__(
+        self,
+        response: InferenceResponse,
+        outputs: dict[str, np.ndarray[Any, Any]],
+        *,
+        request_id: str | None,
+        timing: Timing,
+    ) -> None:
+        self.response = response
+        self.outputs = outputs
+        self.request_id = request_id
+        self.timing = timing
+
+    @property
+    def model_name(self) -> str:
+        return self.response.model_name
+
+    @property
+    def model_version(self) -> str | None:
+        return self.response.model_version
+
+    @property
+    def id(self) -> str | None:
+        """The ``id`` of the inference response (the request's ``id``, echoed)."""
+        return self.response.id
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        return self.response.parameters or {}
+
+    def __getitem__(self, name: str) -> np.ndarray[Any, Any]:
+        try:
+            return self.outputs[name]
+        except KeyError:
+            known = ", ".join(repr(n) for n in self.outputs) or "none"
+            raise KeyError(f"no output {name!r} in this result; outputs: {known}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.outputs)
+
+    def __len__(self) -> int:
+        return len(self.outputs)
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{n}: {a.dtype}{list(a.shape)}" for n, a in self.outputs.items())
+        return (
+            f"InferResult(model={self.model_name!r}, version={self.model_version!r}, "
+            f"outputs={{{shapes}}})"
+        )

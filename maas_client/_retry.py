@@ -1,0 +1,248 @@
+"""When and how long to wait before trying a call again, and the tenacity loops that do it.
+
+The decisions follow openai-python's client: connection errors, timeouts and the statuses 408,
+429, 500, 502, 503 and 504 are retried; ``Retry-After`` (seconds or an HTTP date) and
+``retry-after-ms`` are honoured up to :attr:`RetryPolicy.max_retry_after`; otherwise the delay
+doubles from :attr:`RetryPolicy.initial_delay` up to :attr:`RetryPolicy.max_delay`, less a random
+jitter of up to 25%. Calls that are not idempotent (loading and unloading models) are retried only
+when the server cannot have acted on them: the connection was never made, or the answer is 408,
+429 or 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import tenacity
+
+from ._exceptions import APIConnectionError, APIError, APIStatusError
+from ._logs import logger
+
+__all__ = [
+    "NOT_ACTED_ON_STATUSES",
+    "RETRY_STATUSES",
+    "RetryEvent",
+    "RetryPolicy",
+    "async_retrying",
+    "backoff_delay",
+    "is_retryable",
+    "next_delay",
+    "retry_after_seconds",
+    "sync_retrying",
+]
+
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+"""Statuses retried by default."""
+
+NOT_ACTED_ON_STATUSES = frozenset({408, 429, 503})
+"""Statuses that say the server did not act on the request, so that retrying is safe even for a
+call that is not idempotent."""
+
+
+@dataclass(frozen=True)
+class RetryEvent:
+    """Given to :attr:`RetryPolicy.on_retry` before each wait: what failed and what comes next."""
+
+    attempt: int
+    """The attempt that failed, from 1."""
+    delay: float
+    """Seconds the client waits before the next attempt."""
+    error: APIError
+    method: str
+    url: str
+    request_id: str | None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How retries wait. The number of retries is the client's ``max_retries``.
+
+    ``sleep`` and ``async_sleep`` replace :func:`time.sleep` and :func:`asyncio.sleep` (tests
+    use them to record delays instead of waiting); ``on_retry`` is called before every wait.
+
+    >>> Client(retry_policy=RetryPolicy(initial_delay=0.1, max_delay=2.0))  # doctest: +SKIP
+    """
+
+    initial_delay: float = 0.5
+    max_delay: float = 8.0
+    jitter: float = 0.25
+    """Each back-off delay is multiplied by a random factor in ``[1 - jitter, 1]``."""
+    max_retry_after: float = 60.0
+    """The longest ``Retry-After`` obeyed; longer requests wait this long."""
+    retry_statuses: frozenset[int] = RETRY_STATUSES
+    sleep: Callable[[float], None] | None = None
+    async_sleep: Callable[[float], Awaitable[None]] | None = None
+    on_retry: Callable[[RetryEvent], None] | None = None
+    random: Callable[[], float] = field(default=random.random, repr=False)
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """The wait a server asks for: ``retry-after-ms``, else ``Retry-After`` in seconds or as an
+    HTTP date; ``None`` when it asks for nothing readable. Never negative."""
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        try:
+            return max(float(millis) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    current = time.time() if now is None else now
+    return max(when.timestamp() - current, 0.0)
+
+
+def backoff_delay(policy: RetryPolicy, retries_done: int) -> float:
+    """Exponential back-off with jitter before retry number ``retries_done + 1``."""
+    base = min(policy.initial_delay * (2.0**retries_done), policy.max_delay)
+    return base * (1.0 - policy.jitter * policy.random())
+
+
+def next_delay(policy: RetryPolicy, error: BaseException | None, retries_done: int) -> float:
+    """The wait before the next attempt: what the server asked for (capped), else back-off."""
+    if isinstance(error, APIStatusError):
+        asked = retry_after_seconds(error.response.headers)
+        if asked is not None:
+            return min(asked, policy.max_retry_after)
+    return backoff_delay(policy, retries_done)
+
+
+def is_retryable(error: BaseException, *, idempotent: bool, statuses: frozenset[int]) -> bool:
+    """Whether a failed attempt may be tried again."""
+    if isinstance(error, APIStatusError):
+        if error.status_code not in statuses:
+            return False
+        return idempotent or error.status_code in NOT_ACTED_ON_STATUSES
+    if isinstance(error, APIConnectionError):
+        return idempotent or not error.sent
+    return False
+
+
+class _Wait(tenacity.wait.wait_base):
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.policy = policy
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        return next_delay(self.policy, error, retry_state.attempt_number - 1)
+
+
+class _StopAtDeadline(tenacity.stop.stop_base):
+    """Stop when the next attempt could not start before the call's deadline."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> bool:
+        return time.monotonic() + retry_state.upcoming_sleep >= self.deadline
+
+
+def _retry_kwargs(
+    policy: RetryPolicy,
+    *,
+    max_retries: int,
+    idempotent: bool,
+    deadline: float | None,
+    method: str,
+    url: str,
+    request_id: str | None,
+) -> dict[str, Any]:
+    stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(max_retries + 1)
+    if deadline is not None:
+        stop = stop | _StopAtDeadline(deadline)
+
+    def before_sleep(retry_state: tenacity.RetryCallState) -> None:
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        assert isinstance(error, APIError)
+        delay = retry_state.upcoming_sleep
+        logger.info(
+            "retrying %s %s in %.2f s (attempt %d of %d failed: %s) [request id %s]",
+            method,
+            url,
+            delay,
+            retry_state.attempt_number,
+            max_retries + 1,
+            error,
+            request_id,
+        )
+        if policy.on_retry is not None:
+            policy.on_retry(
+                RetryEvent(retry_state.attempt_number, delay, error, method, url, request_id)
+            )
+
+    return {
+        "stop": stop,
+        "wait": _Wait(policy),
+        "retry": tenacity.retry_if_exception(
+            lambda exc: is_retryable(exc, idempotent=idempotent, statuses=policy.retry_statuses)
+        ),
+        "before_sleep": before_sleep,
+        "reraise": True,
+    }
+
+
+def sync_retrying(
+    policy: RetryPolicy,
+    *,
+    max_retries: int,
+    idempotent: bool,
+    deadline: float | None,
+    method: str,
+    url: str,
+    request_id: str | None,
+) -> tenacity.Retrying:
+    """A fresh tenacity loop for one call (``deadline`` is on :func:`time.monotonic`'s clock)."""
+    return tenacity.Retrying(
+        sleep=policy.sleep or time.sleep,
+        **_retry_kwargs(
+            policy,
+            max_retries=max_retries,
+            idempotent=idempotent,
+            deadline=deadline,
+            method=method,
+            url=url,
+            request_id=request_id,
+        ),
+    )
+
+
+def async_retrying(
+    policy: RetryPolicy,
+    *,
+    max_retries: int,
+    idempotent: bool,
+    deadline: float | None,
+    method: str,
+    url: str,
+    request_id: str | None,
+) -> tenacity.AsyncRetrying:
+    """The asynchronous twin of :func:`sync_retrying`."""
+    return tenacity.AsyncRetrying(
+        sleep=policy.async_sleep or asyncio.sleep,
+        **_retry_kwargs(
+            policy,
+            max_retries=max_retries,
+            idempotent=idempotent,
+            deadline=deadline,
+            method=method,
+            url=url,
+            request_id=request_id,
+        ),
+    )
