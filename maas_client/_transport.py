@@ -624,8 +624,7 @@ class _AsyncConnection(asyncio.BufferedProtocol):
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:
             self.error = exc
-        if self.transport is not None:
-            self.transport.abort()
+        self.abort()
         self._wake()
 
     def _wake(self) -> None:
@@ -721,7 +720,10 @@ class _AsyncConnection(asyncio.BufferedProtocol):
     def abort(self) -> None:
         self.closed = True
         if self.transport is not None:
-            self.transport.abort()
+            # A connection left from an event loop that has since closed cannot be aborted
+            # through that loop; its socket goes with the transport object.
+            with contextlib.suppress(RuntimeError):
+                self.transport.abort()
 
 
 class _AsyncBody(httpx.AsyncByteStream):
