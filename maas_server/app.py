@@ -1,4 +1,5 @@
-"""The ASGI application: ``create_app(settings)`` wires routes, error handlers and lifespan."""
+"""The ASGI application: ``create_app(settings)`` wires routes, middleware, error handlers and
+lifespan."""
 
 from __future__ import annotations
 
@@ -9,22 +10,32 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
+from .access_log import AccessLogMiddleware
+from .auth import AuthMiddleware, KeyStore
 from .dataplane import DataPlane
 from .errors import ServerError
+from .limits import LimitsMiddleware
+from .metrics import MetricsServer, metrics_endpoint, metrics_registry
 from .repository import ModelRepository
 from .routes import JSONBytesResponse, routes
 from .settings import Settings
+from .stats import Rejections
 
-__all__ = ["create_app"]
+__all__ = ["build_middleware", "create_app"]
 
 logger = logging.getLogger("maas_server")
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServerError)
+    if exc.status_code == 413:
+        request.app.state.rejections.add("payload_too_large")
     return JSONBytesResponse(
         {"error": exc.message}, status_code=exc.status_code, headers=exc.headers
     )
@@ -42,31 +53,88 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
     return JSONBytesResponse({"error": f"internal server error: {exc}"}, status_code=500)
 
 
+def build_middleware(
+    settings: Settings, rejections: Rejections, keys: KeyStore | None
+) -> list[Middleware]:
+    """The middleware stack, outermost first: the access log (it sees every answer, refusals
+    included), CORS (preflights carry no key), limits (before any work on a request), API keys."""
+    stack: list[Middleware] = []
+    if settings.access_log != "off":
+        stack.append(Middleware(AccessLogMiddleware, format=settings.access_log))
+    if settings.cors_origins:
+        stack.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["*"],
+                expose_headers=["Inference-Header-Content-Length", "X-Request-ID", "Retry-After"],
+            )
+        )
+    if settings.max_header_bytes or settings.request_timeout_s:
+        stack.append(
+            Middleware(
+                LimitsMiddleware,
+                max_header_bytes=settings.max_header_bytes,
+                timeout_s=settings.request_timeout_s,
+                rejections=rejections,
+            )
+        )
+    if keys is not None:
+        stack.append(
+            Middleware(
+                AuthMiddleware, store=keys, open_paths=settings.open_paths, rejections=rejections
+            )
+        )
+    return stack
+
+
 def create_app(settings: Settings) -> Starlette:
     """The maas server for one model repository.
 
     With ``model_control="none"`` every model is loaded when the app starts (its lifespan);
     loading failures are recorded in the repository index and do not stop the server.
+    A keys file that cannot be read stops it here, before it serves anything.
     """
     repository = ModelRepository(
         settings.repository, inline_threshold_us=settings.inline_threshold_us
     )
     dataplane = DataPlane(repository, settings)
+    rejections = Rejections()
+    keys = None
+    if settings.auth_enabled:
+        keys = KeyStore(
+            settings.api_keys_file,
+            settings.admin_api_key,
+            reload_interval=settings.keys_reload_interval_s,
+        )
+    registry = metrics_registry(repository, rejections)
+    extra_routes: list[BaseRoute] = []
+    if settings.metrics_port is None:
+        extra_routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if settings.model_control == "none":
             for name in repository.model_names():
                 await asyncio.to_thread(repository.load, name)
+        metrics_server = None
+        if settings.metrics_port is not None:
+            metrics_server = MetricsServer(registry, settings.metrics_host, settings.metrics_port)
+            metrics_server.start()
+            app.state.metrics_server = metrics_server
         dataplane.started = True
         try:
             yield
         finally:
             dataplane.started = False
+            if metrics_server is not None:
+                metrics_server.stop()
             await asyncio.to_thread(repository.close)
 
     app = Starlette(
-        routes=routes,
+        routes=[*routes, *extra_routes],
+        middleware=build_middleware(settings, rejections, keys),
         lifespan=lifespan,
         exception_handlers={
             ServerError: _server_error,
@@ -76,4 +144,7 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.dataplane = dataplane
     app.state.settings = settings
+    app.state.rejections = rejections
+    app.state.keys = keys
+    app.state.metrics_registry = registry
     return app

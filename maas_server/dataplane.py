@@ -37,6 +37,7 @@ EXTENSIONS = [
     "model_configuration",
     "schedule_policy",
     "parameters",
+    "statistics",
 ]
 
 _CLIENT_FAULTS = (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "BadRequestError",
+    "ForbiddenError",
     "InternalError",
     "ModelNotFoundError",
     "ModelUnavailableError",
@@ -34,6 +35,12 @@ class BadRequestError(ServerError):
     """The request is malformed or does not fit the model (400)."""
 
     status_code = 400
+
+
+class ForbiddenError(ServerError):
+    """The API key is valid but may not do this, or not with this model (403)."""
+
+    status_code = 403
 
 
 class ModelNotFoundError(ServerError):

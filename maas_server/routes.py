@@ -18,8 +18,12 @@ from starlette.routing import Route
 from maas_client.codec import HEADER_LENGTH, CodecError
 from maas_client.protocol import decode_request, encode_response
 
+from .auth import model_allowed
 from .dataplane import DataPlane
 from .errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from .limits import check_tensor_limits
+from .openapi import openapi_endpoint
+from .stats import model_statistics
 
 __all__ = ["JSONBytesResponse", "routes"]
 
@@ -148,6 +152,8 @@ async def infer(request: Request) -> Response:
             request_msg, tensors = decode_request(body, header_length)
         except CodecError as exc:
             raise BadRequestError(str(exc)) from None
+    settings = plane.settings
+    check_tensor_limits(tensors, settings.max_tensor_elements, settings.max_bytes_element_size)
     handler = asyncio.current_task()
     assert handler is not None
     watcher = asyncio.get_running_loop().create_task(_cancel_on_disconnect(request, handler))
@@ -189,7 +195,8 @@ async def repository_index(request: Request) -> Response:
     ready = body.get("ready", False)
     if not isinstance(ready, bool):
         raise BadRequestError("'ready' must be true or false")
-    return JSONBytesResponse(_dataplane(request).repository_index(ready))
+    rows = _dataplane(request).repository_index(ready)
+    return JSONBytesResponse([row for row in rows if model_allowed(request, row["name"])])
 
 
 async def repository_load(request: Request) -> Response:
@@ -210,6 +217,15 @@ async def repository_unload(request: Request) -> Response:
     return JSONBytesResponse({})
 
 
+async def model_statistics_endpoint(request: Request) -> Response:
+    """Triton's statistics extension: every loaded model, one model's versions, or one version."""
+    name: str | None = request.path_params.get("model")
+    stats = model_statistics(_dataplane(request).repository, name, _version(request))
+    if name is None:
+        stats = [entry for entry in stats if model_allowed(request, entry["name"])]
+    return JSONBytesResponse({"model_stats": stats})
+
+
 def _model_routes(suffix: str, endpoint: Any, methods: list[str]) -> list[Route]:
     return [
         Route(f"/v2/models/{{model}}{suffix}", endpoint, methods=methods),
@@ -221,6 +237,9 @@ routes: list[Route] = [
     Route("/v2", server_metadata, methods=["GET"]),
     Route("/v2/health/live", health_live, methods=["GET"]),
     Route("/v2/health/ready", health_ready, methods=["GET"]),
+    Route("/v2/openapi.json", openapi_endpoint, methods=["GET"]),
+    Route("/v2/models/stats", model_statistics_endpoint, methods=["GET"]),
+    *_model_routes("/stats", model_statistics_endpoint, ["GET"]),
     *_model_routes("", model_metadata, ["GET"]),
     *_model_routes("/ready", model_ready, ["GET"]),
     *_model_routes("/config", model_config, ["GET"]),

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "ModelControl", "Settings", "default_repository"]
+__all__ = [
+    "DEFAULT_MAX_BODY_BYTES",
+    "OPEN_PATHS",
+    "AccessLogFormat",
+    "ModelControl",
+    "Settings",
+    "default_repository",
+]
 
 ModelControl = Literal["none", "explicit"]
+AccessLogFormat = Literal["text", "json", "off"]
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
+"""Paths answered without an API key when keys are configured (load balancers probe them)."""
 
 
 def default_repository() -> Path:
@@ -31,6 +41,14 @@ class Settings:
     ``inline_threshold_us``: requests whose estimated run time is below this many microseconds
     run on the event loop instead of a worker thread (0 turns it off). ``max_inflight``: requests
     accepted at once across all models; more get 503 with ``Retry-After`` (0: no limit).
+
+    Access control (off unless ``api_keys_file`` or ``admin_api_key`` is set, see
+    ``docs/security.md``): ``open_paths`` need no key; the keys file is re-read when it changes,
+    checked at most every ``keys_reload_interval_s``. Limits: ``max_tensor_elements`` per input
+    tensor, ``max_bytes_element_size`` per BYTES element (both 413), ``max_header_bytes`` (431),
+    ``request_timeout_s`` until the answer starts (504; 0: none). ``cors_origins``: CORS stays
+    off unless origins are listed. ``metrics_port``: serve ``/metrics`` there instead of on the
+    main port. ``access_log``: one line per request on logger ``maas_server.access``.
     """
 
     repository: Path
@@ -39,3 +57,19 @@ class Settings:
     strict_readiness: bool = True
     inline_threshold_us: float = 50.0
     max_inflight: int = 1024
+    api_keys_file: Path | None = None
+    admin_api_key: str | None = field(default=None, repr=False)
+    open_paths: tuple[str, ...] = OPEN_PATHS
+    keys_reload_interval_s: float = 1.0
+    max_tensor_elements: int = 64 * 1024 * 1024
+    max_bytes_element_size: int = 16 * 1024 * 1024
+    max_header_bytes: int = 16 * 1024
+    request_timeout_s: float = 300.0
+    cors_origins: tuple[str, ...] = ()
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    access_log: AccessLogFormat = "off"
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.api_keys_file is not None or bool(self.admin_api_key)

@@ -8,10 +8,24 @@ from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Duration", "ModelStats"]
+from .errors import ModelUnavailableError
+
+if TYPE_CHECKING:
+    from .repository import ModelRepository
+    from .runtime import OnnxModel
+
+__all__ = ["LATENCY_BUCKETS_S", "Duration", "ModelStats", "Rejections", "model_statistics"]
+
+LATENCY_BUCKETS_S = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+)  # fmt: skip
+"""Upper bounds of the request latency histogram (seconds); a last bucket takes the rest."""
+_LATENCY_BOUNDS_NS = tuple(int(b * 1e9) for b in LATENCY_BUCKETS_S)
 
 
 @dataclass
@@ -53,6 +67,7 @@ class ModelStats:
         self.batches: dict[int, _BatchStats] = {}
         self.rejected: dict[str, int] = {}
         self.pending = 0
+        self.latency = [0] * (len(_LATENCY_BOUNDS_NS) + 1)
 
     def record_success(
         self, rows: int, total_ns: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int
@@ -65,6 +80,7 @@ class ModelStats:
             self.compute_input.add(input_ns)
             self.compute_infer.add(infer_ns)
             self.compute_output.add(output_ns)
+            self.latency[bisect_left(_LATENCY_BOUNDS_NS, total_ns)] += 1
 
     def record_failure(self, total_ns: int, reason: str | None = None) -> None:
         with self._lock:
@@ -79,6 +95,15 @@ class ModelStats:
             batch.compute_input.add(input_ns)
             batch.compute_infer.add(infer_ns)
             batch.compute_output.add(output_ns)
+
+    def latency_counts(self) -> tuple[list[int], int]:
+        """Successful requests per latency bucket (not cumulative) and their total nanoseconds."""
+        with self._lock:
+            return list(self.latency), self.success.ns
+
+    def rejected_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.rejected)
 
     def as_triton(self, name: str, version: str) -> dict[str, Any]:
         """This model's entry of ``GET /v2/models/stats``."""
@@ -109,3 +134,38 @@ class ModelStats:
                     for size, b in sorted(self.batches.items())
                 ],
             }
+
+
+class Rejections:
+    """Requests refused before they reach a model, counted by reason (``unauthenticated``,
+    ``forbidden``, ``rate_limited``, ``concurrency_limit``, ``payload_too_large``,
+    ``headers_too_large``, ``deadline_exceeded``). Counted on the event loop, read by scrapes."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def add(self, reason: str) -> None:
+        self._counts[reason] = self._counts.get(reason, 0) + 1
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self._counts)  # one C-level copy: safe against the loop's updates
+
+
+def model_statistics(
+    repository: ModelRepository, name: str | None = None, version: str | None = None
+) -> list[dict[str, Any]]:
+    """The ``model_stats`` list of Triton's statistics extension: every loaded version of every
+    model, every loaded version of ``name``, or one version (404 for an unknown model)."""
+    models: list[OnnxModel]
+    if name is None:
+        models = repository.loaded_models()
+    elif version is None or version == "":
+        record = repository.record(name)
+        models = [s.model for s in record.versions.values() if s.model is not None]
+    else:
+        try:
+            models = [repository.get(name, version)]
+        except ModelUnavailableError:
+            models = []
+    models.sort(key=lambda m: (m.name, m.version))
+    return [m.stats.as_triton(m.name, str(m.version)) for m in models]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from .keys import keys_app
 from .serve import serve
 
 __all__ = ["app", "main"]
@@ -22,6 +23,7 @@ def _root() -> None:
 
 
 app.command(name="serve")(serve)
+app.add_typer(keys_app, name="keys")
 
 
 def main() -> None:

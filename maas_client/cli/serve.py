@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 __all__ = ["serve"]
+
+_ADMIN_KEY_ENV = "MAAS_SERVER_API_KEY"
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def serve(
@@ -26,15 +39,62 @@ def serve(
     max_body_size: Annotated[
         int, typer.Option(help="Largest request body accepted, in bytes (413 above it).")
     ] = 64 * 1024 * 1024,
+    api_keys_file: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="MAAS_SERVER_API_KEYS_FILE",
+            help="API keys file (see 'maas keys'); re-read when it changes. With it, or with "
+            f"an admin key in ${_ADMIN_KEY_ENV}, every request needs a key.",
+        ),
+    ] = None,
+    protect_health: Annotated[
+        bool, typer.Option(help="Require a key for /v2/health/live and /ready too.")
+    ] = False,
+    ssl_certfile: Annotated[
+        Path | None, typer.Option(help="TLS certificate chain (PEM): serve HTTPS.")
+    ] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    ssl_ca_certs: Annotated[
+        Path | None,
+        typer.Option(help="CA bundle (PEM) for client certificates: clients must present one."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve /metrics on this port (same host) instead of the main one."),
+    ] = None,
+    access_log: Annotated[
+        str, typer.Option(help="One line per request on stderr: text, json or off.")
+    ] = "text",
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="An origin browsers may call from (repeat it); CORS is off without."),
+    ] = None,
+    max_tensor_elements: Annotated[
+        int, typer.Option(help="Most elements in one input tensor (413 above; 0: no limit).")
+    ] = 64 * 1024 * 1024,
+    max_bytes_element_size: Annotated[
+        int, typer.Option(help="Longest BYTES element, in bytes (413 above; 0: no limit).")
+    ] = 16 * 1024 * 1024,
+    max_header_size: Annotated[
+        int, typer.Option(help="Largest request headers, in bytes (431 above; 0: no limit).")
+    ] = 16 * 1024,
+    request_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds a request may take before its answer starts (504; 0: none)."),
+    ] = 300.0,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2 / Triton).
 
     Example: maas serve ./models --port 8000 --model-control explicit
     """
     try:
+        import ssl
+
         import uvicorn
 
         from maas_server import Settings, create_app, default_repository
+        from maas_server.access_log import ACCESS_LOGGER
+        from maas_server.settings import OPEN_PATHS
     except ImportError as exc:
         typer.echo(
             f"maas serve needs the server extra: pip install 'maas[server]' ({exc})", err=True
@@ -42,12 +102,49 @@ def serve(
         raise typer.Exit(2) from None
     if model_control not in ("none", "explicit"):
         raise typer.BadParameter("use 'none' or 'explicit'", param_hint="--model-control")
+    if access_log not in ("text", "json", "off"):
+        raise typer.BadParameter("use 'text', 'json' or 'off'", param_hint="--access-log")
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise typer.BadParameter("give both --ssl-certfile and --ssl-keyfile")
+    if ssl_ca_certs is not None and ssl_certfile is None:
+        raise typer.BadParameter("client certificates need TLS: give --ssl-certfile too")
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if access_log != "off":
+        # The access log follows --access-log, whatever --log-level says of other messages.
+        logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
+    admin_key = os.environ.get(_ADMIN_KEY_ENV) or None
     settings = Settings(
         repository=repository or default_repository(),
         model_control=model_control,  # type: ignore[arg-type]
         max_body_bytes=max_body_size,
+        api_keys_file=api_keys_file,
+        admin_api_key=admin_key,
+        open_paths=() if protect_health else OPEN_PATHS,
+        max_tensor_elements=max_tensor_elements,
+        max_bytes_element_size=max_bytes_element_size,
+        max_header_bytes=max_header_size,
+        request_timeout_s=request_timeout,
+        cors_origins=tuple(cors_origin or ()),
+        metrics_port=metrics_port,
+        metrics_host=host,
+        access_log=access_log,  # type: ignore[arg-type]
     )
-    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level.lower())
+    if not settings.auth_enabled and not _loopback(host):
+        logging.getLogger("maas_server").warning(
+            "listening on %s without API keys: anyone who reaches this address may use and "
+            "manage every model (see --api-keys-file)",
+            host,
+        )
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        access_log=False,  # maas writes its own (--access-log)
+        ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+        ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
+        ssl_ca_certs=str(ssl_ca_certs) if ssl_ca_certs else None,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if ssl_ca_certs else ssl.CERT_NONE,
+    )

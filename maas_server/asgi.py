@@ -1,0 +1,52 @@
+"""Plumbing shared by the pure ASGI middlewares: reading a header, answering with an error.
+
+The middlewares sit on every request's path, so they work on the raw ASGI scope instead of
+building Starlette ``Request`` objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send", "header", "scope_state", "send_error"]
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of a request header; ``name`` in lower case (ASGI lowercases names)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            value_bytes: bytes = value
+            return value_bytes
+    return None
+
+
+def scope_state(scope: Scope) -> dict[str, Any]:
+    """The per-request state dict that Starlette exposes as ``request.state``."""
+    state: dict[str, Any] = scope.setdefault("state", {})
+    return state
+
+
+async def send_error(
+    send: Send,
+    status: int,
+    message: str,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+) -> None:
+    """Answer ``{"error": message}`` with ``status``, as the routes' error handler does."""
+    body = orjson.dumps({"error": message})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

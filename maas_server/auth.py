@@ -1,0 +1,382 @@
+"""API keys: who may call which endpoint, on which models, how often and how many at once.
+
+Keys come from a keys file (hashes only, see :mod:`maas_server.keys_file`) that is re-read when
+it changes, and from one admin key given at start (``MAAS_SERVER_API_KEY`` for ``maas serve``).
+Each request names its key as ``Authorization: Bearer <key>``:
+
+- no key or an unknown key: 401 with ``WWW-Authenticate: Bearer``;
+- a key without the scope the endpoint needs, or not allowed the model the path names: 403;
+- over the key's rate (a token bucket) or its concurrency quota: 429 with ``Retry-After``.
+
+Scopes: ``infer`` for inference and generation (POST under ``/v2/models/`` and ``/v1/``),
+``read`` for metadata, health, statistics, metrics and the OpenAPI document, ``admin`` for the
+repository API. Paths in ``Settings.open_paths`` (health by default) need no key.
+
+Routes that find the model in the body instead of the path (``/v1/completions``) call
+:func:`require_model_access`; routes that list models filter them with :func:`model_allowed`.
+
+>>> store = KeyStore(Path("keys.json"), admin_key=None)  # doctest: +SKIP
+>>> app = AuthMiddleware(app, store, open_paths=("/v2/health/live",))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from starlette.requests import Request
+
+from .asgi import ASGIApp, Receive, Scope, Send, header, scope_state, send_error
+from .errors import ForbiddenError
+from .keys_file import SCOPES, KeyEntry, KeysFileError, read_keys
+from .stats import Rejections
+
+__all__ = [
+    "ADMIN_KEY_NAME",
+    "ApiKey",
+    "AuthMiddleware",
+    "Clock",
+    "KeyStore",
+    "TokenBucket",
+    "access_rule",
+    "model_allowed",
+    "path_target",
+    "request_key",
+    "require_model_access",
+]
+
+logger = logging.getLogger("maas_server")
+
+Clock = Callable[[], float]
+ADMIN_KEY_NAME = "admin"
+"""The name under which the admin key given at start appears in logs."""
+
+_STATE_KEY = "api_key"
+_STATE_MODEL = "model"
+
+
+class TokenBucket:
+    """``rate`` requests per second on average, up to ``burst`` at once.
+
+    ``take()`` spends a token and answers 0.0, or spends nothing and answers the seconds until a
+    token is there. ``clock`` (seconds, monotonic) is injectable for tests.
+    """
+
+    def __init__(self, rate: float, burst: int, clock: Clock = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._last = clock()
+
+    def take(self) -> float:
+        now = self._clock()
+        tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            return 0.0
+        self._tokens = tokens
+        return (1.0 - tokens) / self.rate
+
+
+@dataclass(eq=False)
+class ApiKey:
+    """A key the server accepts: what it may do, and its rate and concurrency state."""
+
+    name: str
+    digest: str
+    scopes: frozenset[str]
+    models: frozenset[str] | None = None
+    bucket: TokenBucket | None = None
+    concurrency: int | None = None
+    in_flight: int = field(default=0, compare=False)
+    limits: tuple[float | None, int | None, int | None] = (None, None, None)
+
+    def allows_model(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class KeyStore:
+    """The keys the server accepts, kept in step with the keys file.
+
+    The file is looked at (one ``stat``) at most every ``reload_interval`` seconds, from the
+    request path; when its modification time, size or inode changed it is read again. A file
+    that cannot be read or parsed keeps the previous keys (and logs why); a file that was deleted
+    leaves only the admin key. Rate buckets and in-flight counts survive a reload for keys whose
+    hash and limits did not change.
+    """
+
+    def __init__(
+        self,
+        path: Path | None,
+        admin_key: str | None = None,
+        *,
+        reload_interval: float = 1.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.path = path
+        self.reload_interval = reload_interval
+        self._clock = clock
+        self._admin: ApiKey | None = None
+        if admin_key:
+            self._admin = ApiKey(ADMIN_KEY_NAME, _digest(admin_key), frozenset(SCOPES))
+        self._keys: dict[str, ApiKey] = {}
+        self._signature: tuple[int, int, int] | None = None
+        self._checked = clock()
+        if path is not None:
+            if not path.is_file():
+                raise FileNotFoundError(f"API keys file {path} does not exist")
+            signature = self._stat()
+            self._install(read_keys(path))  # a bad file at start is an error, not a warning
+            self._signature = signature
+        else:
+            self._install([])
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(k.name for k in self._keys.values())
+
+    def lookup(self, key: str) -> ApiKey | None:
+        """The accepted key equal to ``key``, or None."""
+        now = self._clock()
+        if self.path is not None and now - self._checked >= self.reload_interval:
+            self._checked = now
+            self.reload()
+        digest = _digest(key)
+        found = self._keys.get(digest)
+        # The dict is indexed by SHA-256 digests, whose timing says nothing about the keys; the
+        # final check compares in constant time all the same.
+        if found is not None and hmac.compare_digest(found.digest, digest):
+            return found
+        return None
+
+    def reload(self, force: bool = False) -> bool:
+        """Read the keys file again if it changed (or ``force``); True when the keys changed."""
+        if self.path is None:
+            return False
+        signature = self._stat()
+        if not force and signature == self._signature:
+            return False
+        if signature is None:
+            logger.warning("API keys file %s is gone: only the admin key is accepted", self.path)
+            self._signature = None
+            self._install([])
+            return True
+        try:
+            entries = read_keys(self.path)
+        except KeysFileError as exc:
+            logger.error("API keys file not reloaded, keeping the previous keys: %s", exc)
+            return False
+        self._signature = signature
+        self._install(entries)
+        logger.info("API keys reloaded from %s: %d key(s)", self.path, len(entries))
+        return True
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        assert self.path is not None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _install(self, entries: Iterable[KeyEntry]) -> None:
+        previous = self._keys
+        keys: dict[str, ApiKey] = {}
+        for entry in entries:
+            digest = entry.hash.removeprefix("sha256:")
+            limits = (entry.rate, entry.burst, entry.concurrency)
+            old = previous.get(digest)
+            if old is not None and old.limits == limits and old.name == entry.name:
+                key = old
+                key.scopes = frozenset(entry.scopes)
+                key.models = frozenset(entry.models) if entry.models is not None else None
+            else:
+                bucket = None
+                if entry.rate is not None:
+                    burst = entry.burst or max(1, math.ceil(entry.rate))
+                    bucket = TokenBucket(entry.rate, burst, self._clock)
+                key = ApiKey(
+                    name=entry.name,
+                    digest=digest,
+                    scopes=frozenset(entry.scopes),
+                    models=frozenset(entry.models) if entry.models is not None else None,
+                    bucket=bucket,
+                    concurrency=entry.concurrency,
+                    limits=limits,
+                )
+            keys[digest] = key
+        if self._admin is not None:
+            keys[self._admin.digest] = self._admin
+        self._keys = keys
+
+
+def path_target(path: str) -> tuple[str | None, str | None]:
+    """The model and version a request path names (``/v2/models/{m}[/versions/{v}]/...`` and
+    ``/v2/repository/models/{m}/...``), as the router will match them."""
+    if path.startswith("/v2/models/"):
+        rest = path[11:]
+    elif path.startswith("/v2/repository/models/"):
+        rest = path[22:]
+    else:
+        return None, None
+    parts = rest.split("/")
+    model = parts[0]
+    if not model or (model == "stats" and len(parts) == 1):
+        return None, None
+    version = parts[2] if len(parts) > 2 and parts[1] == "versions" and parts[2] else None
+    return model, version
+
+
+def access_rule(method: str, path: str) -> tuple[str, str | None]:
+    """The scope a request needs and the model its path names (None: no model, or every model,
+    which the route then filters with :func:`model_allowed`)."""
+    if path.startswith("/v2/repository/"):
+        return "admin", path_target(path)[0]
+    scope = "read" if method in ("GET", "HEAD") else "infer"
+    if path.startswith("/v2/models/"):
+        return scope, path_target(path)[0]
+    if path.startswith("/v1/models/"):
+        return scope, path[11:] or None
+    return scope, None
+
+
+def _bearer(scope: Scope) -> str | None:
+    value = header(scope, b"authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.decode("latin-1").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token
+
+
+def _retry_headers(seconds: float) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"retry-after", str(max(1, math.ceil(seconds))).encode()),
+        (b"retry-after-ms", str(max(1, int(seconds * 1000))).encode()),
+    ]
+
+
+class AuthMiddleware:
+    """Pure ASGI middleware enforcing API keys (see the module's documentation)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        store: KeyStore,
+        open_paths: Iterable[str] = (),
+        rejections: Rejections | None = None,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.open_paths = frozenset(open_paths)
+        self.rejections = rejections or Rejections()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        token = _bearer(scope)
+        key = self.store.lookup(token) if token is not None else None
+        if key is None:
+            self.rejections.add("unauthenticated")
+            challenge = 'Bearer realm="maas"'
+            if token is not None:
+                challenge += ', error="invalid_token"'
+            message = (
+                "missing API key: send 'Authorization: Bearer <key>'"
+                if token is None
+                else "invalid API key"
+            )
+            await send_error(send, 401, message, [(b"www-authenticate", challenge.encode())])
+            return
+        scope_state(scope)[_STATE_KEY] = key
+        needed, model = access_rule(scope["method"], scope["path"])
+        if needed not in key.scopes:
+            self.rejections.add("forbidden")
+            await send_error(
+                send, 403, f"API key {key.name!r} lacks the {needed!r} scope this endpoint needs"
+            )
+            return
+        if key.models is not None and scope["path"] == "/metrics":
+            self.rejections.add("forbidden")
+            await send_error(
+                send,
+                403,
+                f"API key {key.name!r} is limited to some models; /metrics covers them all",
+            )
+            return
+        if model is not None and not key.allows_model(model):
+            self.rejections.add("forbidden")
+            await send_error(send, 403, f"API key {key.name!r} may not use model {model!r}")
+            return
+        if key.bucket is not None:
+            wait = key.bucket.take()
+            if wait > 0.0:
+                self.rejections.add("rate_limited")
+                await send_error(
+                    send,
+                    429,
+                    f"API key {key.name!r} is over its rate of {key.bucket.rate:g} requests/s; "
+                    f"retry in {wait:.2f} s",
+                    _retry_headers(wait),
+                )
+                return
+        if key.concurrency is None:
+            await self.app(scope, receive, send)
+            return
+        if key.in_flight >= key.concurrency:
+            self.rejections.add("concurrency_limit")
+            await send_error(
+                send,
+                429,
+                f"API key {key.name!r} already has {key.concurrency} requests in flight",
+                _retry_headers(1.0),
+            )
+            return
+        key.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            key.in_flight -= 1
+
+
+def request_key(request: Request) -> ApiKey | None:
+    """The API key a request was authorized with (None when access control is off)."""
+    state = request.scope.get("state")
+    return state.get(_STATE_KEY) if state else None
+
+
+def model_allowed(request: Request, model: str) -> bool:
+    """Whether the request's key may use ``model`` (always, when access control is off)."""
+    key = request_key(request)
+    return key is None or key.allows_model(model)
+
+
+def require_model_access(request: Request, model: str) -> None:
+    """For routes that find the model in the request body rather than in the path (the OpenAI
+    style ``/v1/completions``, ``/v1/chat/completions``): raise 403 when the request's key may
+    not use ``model``. Also records the model for the access log. The scope (``infer``) has
+    already been checked by the middleware."""
+    scope_state(request.scope)[_STATE_MODEL] = model
+    key = request_key(request)
+    if key is not None and not key.allows_model(model):
+        app = request.scope.get("app")
+        rejections: Rejections | None = getattr(getattr(app, "state", None), "rejections", None)
+        if rejections is not None:
+            rejections.add("forbidden")
+        raise ForbiddenError(f"API key {key.name!r} may not use model {model!r}")
