@@ -8,8 +8,8 @@ pure function. The two clients differ only in how they send and wait.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -640,7 +640,7 @@ class BaseClient:
             max_retries=retries,
             deadline=self.deadline if isinstance(deadline, NotGiven) else deadline,
             headers=options.get("extra_headers") or {},
-            request_id=options.get("request_id") or uuid.uuid4().hex,
+            request_id=options.get("request_id") or os.urandom(16).hex(),  # as uuid4().hex
         )
 
     def _url(self, path: str) -> httpx.URL:

@@ -127,7 +127,7 @@ def _lossless(name: str, array: np.ndarray[Any, Any], datatype: str) -> np.ndarr
             broken = cast.astype(source) != array
     if broken.any():
         index = tuple(int(i) for i in np.argwhere(broken)[0])
-        value = array[index]
+        value = array[index].item()
         raise InputError(
             f"input {name!r}: the model expects {datatype}, and {source} value {value!r} at "
             f"index {list(index)} does not convert to it without loss; convert the data "
@@ -168,7 +168,7 @@ def fit_to_spec(name: str, value: Any, spec: TensorMetadata) -> tuple[np.ndarray
             return to_wire(array, "BYTES")
         except CodecError as exc:
             raise InputError(f"input {name!r}: {exc}") from None
-    if kind not in "biuf" and array.dtype.name != "bfloat16":
+    if kind not in "biuf" and not (kind == "V" and array.dtype.name == "bfloat16"):
         raise InputError(
             f"input {name!r}: the model expects {datatype} numbers, got {array.dtype} data"
         )
@@ -177,7 +177,7 @@ def fit_to_spec(name: str, value: Any, spec: TensorMetadata) -> tuple[np.ndarray
             return to_wire(array, "BF16")
         as_f32 = _lossless(name, array, "FP32")
         return to_wire(as_f32, "BF16")
-    if array.dtype.name == "bfloat16":
+    if kind == "V":  # ml_dtypes.bfloat16 (checked above), for a datatype other than BF16
         array = array.astype(np.float32)
     return _lossless(name, array, datatype), datatype
 
