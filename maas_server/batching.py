@@ -21,6 +21,7 @@ import heapq
 import math
 import time
 from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,14 @@ from .stats import ModelStats
 if TYPE_CHECKING:
     from .runtime import OnnxModel
 
-__all__ = ["DrainRate", "QueueFullError", "QueueTimeoutError", "Scheduler", "retry_headers"]
+__all__ = [
+    "ClientDisconnected",
+    "DrainRate",
+    "QueueFullError",
+    "QueueTimeoutError",
+    "Scheduler",
+    "retry_headers",
+]
 
 _SCAN_LIMIT = 512  # queued requests looked at when filling a batch, to bound the cost per batch
 
@@ -44,6 +52,10 @@ class QueueFullError(ModelUnavailableError):
 
 class QueueTimeoutError(ModelUnavailableError):
     """The request's timeout expired while it waited in the queue (503)."""
+
+
+class ClientDisconnected(Exception):
+    """The client of a queued request went away; the request left the queue unanswered."""
 
 
 class DrainRate:
@@ -100,6 +112,16 @@ class _Pending:
         return self.deadline_ns < other.deadline_ns
 
 
+class _NoFuture:
+    """Stands in for the future of a request that never waits in a queue."""
+
+    def done(self) -> bool:
+        return True
+
+
+_NO_FUTURE: Any = _NoFuture()
+
+
 @dataclass
 class _Order:
     """Delivery in dispatch order, for ``preserve_ordering``."""
@@ -137,6 +159,9 @@ class Scheduler:
         self._preferred = set(self.config.preferred_batch_size)
         self._largest_preferred = max(self._preferred, default=0)
         self.drain = DrainRate()
+        # Requests may skip the queue when no batching delay could let a batch grow and no
+        # ordering across instances must be kept.
+        self._fast = not self._delay_ns and self._order is None
 
     @property
     def queued(self) -> int:
@@ -164,9 +189,21 @@ class Scheduler:
         outputs: list[str],
         priority: int | None = None,
         timeout_us: int | None = None,
+        disconnected: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> dict[str, np.ndarray[Any, Any]]:
-        """Queue a validated request and wait for its outputs."""
+        """Run a validated request and return its outputs.
+
+        With nothing queued and an instance free, the request runs at once (no queue, no
+        dispatcher: for a model that runs inline this is a plain function call). Otherwise it
+        waits in its priority queue; ``disconnected``, when given, is awaited meanwhile, and the
+        request leaves the queue as soon as it returns (:class:`ClientDisconnected`).
+        """
         level = self.level_of(priority)
+        now = time.monotonic_ns()
+        first = next(iter(feeds.values()), None)
+        rows = int(first.shape[0]) if self.batching and first is not None else 1
+        if self._fast and not self._size and self._busy < self._instances:
+            return await self._run_now(feeds, outputs, rows, now)
         policy = self.config.policy(level + 1)
         queue = self._queues[level]
         if policy.max_queue_size and len(queue) >= policy.max_queue_size:
@@ -178,10 +215,7 @@ class Scheduler:
                 headers=retry_headers(wait),
             )
         loop = asyncio.get_running_loop()
-        now = time.monotonic_ns()
         timeout = policy.timeout_us(timeout_us)
-        first = next(iter(feeds.values()), None)
-        rows = int(first.shape[0]) if self.batching and first is not None else 1
         key = (
             tuple((name, a.dtype.str, a.shape[1:]) for name, a in feeds.items())
             if self.batching
@@ -207,13 +241,42 @@ class Scheduler:
             self._task = loop.create_task(self._run())
         else:
             self._wake()
+        watcher: asyncio.Task[None] | None = None
+        if disconnected is not None:
+            watcher = loop.create_task(disconnected())
+            watcher.add_done_callback(lambda _: pending.future.cancel())
         try:
             return await pending.future
         except asyncio.CancelledError:
             self._forget(pending)
+            if watcher is not None and watcher.done() and not watcher.cancelled():
+                raise ClientDisconnected(
+                    f"the client of a request to model {self.model.name!r} went away"
+                ) from None
             raise
         finally:
             self.stats.pending -= 1
+            if watcher is not None:
+                watcher.cancel()
+
+    async def _run_now(
+        self, feeds: dict[str, np.ndarray[Any, Any]], outputs: list[str], rows: int, now: int
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        """Run a request without queueing it (the queue is empty and an instance is free)."""
+        self._busy += 1
+        self.stats.pending += 1
+        try:
+            pending = _Pending(feeds, outputs, rows, (), 0, now, 0, False, _NO_FUTURE)
+            (result,) = await self._run_batch([pending])
+        finally:
+            self._busy -= 1
+            self.stats.pending -= 1
+            self.drain.add(1)
+            if self._size:
+                self._wake()
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     def _forget(self, pending: _Pending) -> None:
         """Take a request whose caller has gone out of its queue."""
@@ -312,17 +375,19 @@ class Scheduler:
         batch = [head]
         rows = head.rows
         if self.batching and rows < self.max_batch_size:
-            for queue in (*self._queues, self._delayed):
-                for index, pending in enumerate(queue):
-                    if index >= _SCAN_LIMIT or rows >= self.max_batch_size:
-                        break
-                    if (
-                        pending is not head
-                        and pending.key == head.key
-                        and rows + pending.rows <= self.max_batch_size
-                    ):
-                        batch.append(pending)
-                        rows += pending.rows
+            # A batch fills from its head's own queue only: lower-priority rows would make a
+            # higher-priority request wait for their compute.
+            queue = self._delayed if head.delayed else self._queues[head.level]
+            for index, pending in enumerate(queue):
+                if index >= _SCAN_LIMIT or rows >= self.max_batch_size:
+                    break
+                if (
+                    pending is not head
+                    and pending.key == head.key
+                    and rows + pending.rows <= self.max_batch_size
+                ):
+                    batch.append(pending)
+                    rows += pending.rows
             if (
                 self._delay_ns
                 and rows < self.max_batch_size
@@ -392,17 +457,12 @@ class Scheduler:
                 out.append({name: results[name][offset:end] for name in pending.outputs})
                 offset = end
         done = time.monotonic_ns()
-        input_ns, infer_ns, output_ns = computed - start, ran - computed, done - ran
-        self.stats.record_batch(sum(p.rows for p in batch), input_ns, infer_ns, output_ns)
-        for pending in batch:
-            self.stats.record_success(
-                pending.rows,
-                done - pending.arrival_ns,
-                start - pending.arrival_ns,
-                input_ns,
-                infer_ns,
-                output_ns,
-            )
+        self.stats.record_batch_success(
+            [(p.rows, done - p.arrival_ns, start - p.arrival_ns) for p in batch],
+            computed - start,
+            ran - computed,
+            done - ran,
+        )
         return out
 
     def _deliver(

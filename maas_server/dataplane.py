@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from maas_client.protocol import TensorPayload
 from maas_client.types import InferenceRequest, RequestInput, RequestOutput
 
 from . import __version__
-from .batching import DrainRate, QueueFullError, retry_headers
+from .batching import ClientDisconnected, DrainRate, QueueFullError, retry_headers
 from .errors import BadRequestError, InternalError, ServerError
 from .repository import ModelRepository
 from .runtime import OnnxModel, TensorSpec
@@ -174,6 +175,7 @@ class DataPlane:
         version: str | None,
         request: InferenceRequest,
         tensors: dict[str, np.ndarray[Any, Any]],
+        disconnected: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> InferenceResult:
         model = self.repository.get(name, version)
         try:
@@ -194,9 +196,9 @@ class DataPlane:
         self._inflight += 1
         try:
             results = await model.scheduler.infer(
-                feeds, [o.name for o in wanted], priority, timeout_us
+                feeds, [o.name for o in wanted], priority, timeout_us, disconnected
             )
-        except ServerError:
+        except (ServerError, ClientDisconnected):
             raise
         except _CLIENT_FAULTS as exc:
             raise BadRequestError(f"model {name!r} refused the inputs: {exc}") from None

@@ -6,8 +6,8 @@ Content-Type (clients differ in what they send).
 
 from __future__ import annotations
 
-import asyncio
 import zlib
+from functools import partial
 from typing import Any
 
 import orjson
@@ -19,6 +19,7 @@ from maas_client.codec import HEADER_LENGTH, CodecError
 from maas_client.protocol import decode_request, encode_response
 
 from .auth import model_allowed
+from .batching import ClientDisconnected
 from .dataplane import DataPlane
 from .errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 from .limits import check_tensor_limits
@@ -154,18 +155,13 @@ async def infer(request: Request) -> Response:
             raise BadRequestError(str(exc)) from None
     settings = plane.settings
     check_tensor_limits(tensors, settings.max_tensor_elements, settings.max_bytes_element_size)
-    handler = asyncio.current_task()
-    assert handler is not None
-    watcher = asyncio.get_running_loop().create_task(_cancel_on_disconnect(request, handler))
     try:
-        result = await plane.infer(name, version, request_msg, tensors)
-    except asyncio.CancelledError:
-        if watcher.done() and not watcher.cancelled():
-            # The client went away: its request has left the queue; nobody reads an answer.
-            return Response(status_code=499)
-        raise
-    finally:
-        watcher.cancel()
+        result = await plane.infer(
+            name, version, request_msg, tensors, partial(_disconnected, request)
+        )
+    except ClientDisconnected:
+        # The client went away while its request waited: it left the queue; nobody reads this.
+        return Response(status_code=499)
     try:
         encoded = encode_response(
             result.model_name, result.model_version, result.outputs, request_id=result.request_id
@@ -181,13 +177,10 @@ async def infer(request: Request) -> Response:
     )
 
 
-async def _cancel_on_disconnect(request: Request, handler: asyncio.Task[Any]) -> None:
-    """Cancel ``handler`` when the client disconnects before its answer is ready."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            handler.cancel()
-            return
+async def _disconnected(request: Request) -> None:
+    """Return once the client has disconnected (the request body is already read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def repository_index(request: Request) -> Response:
@@ -234,6 +227,8 @@ def _model_routes(suffix: str, endpoint: Any, methods: list[str]) -> list[Route]
 
 
 routes: list[Route] = [
+    # Inference first: Starlette tries routes in order, and this is the hot path.
+    *_model_routes("/infer", infer, ["POST"]),
     Route("/v2", server_metadata, methods=["GET"]),
     Route("/v2/health/live", health_live, methods=["GET"]),
     Route("/v2/health/ready", health_ready, methods=["GET"]),
@@ -243,7 +238,6 @@ routes: list[Route] = [
     *_model_routes("", model_metadata, ["GET"]),
     *_model_routes("/ready", model_ready, ["GET"]),
     *_model_routes("/config", model_config, ["GET"]),
-    *_model_routes("/infer", infer, ["POST"]),
     Route("/v2/repository/index", repository_index, methods=["POST"]),
     Route("/v2/repository/models/{model}/load", repository_load, methods=["POST"]),
     Route("/v2/repository/models/{model}/unload", repository_unload, methods=["POST"]),

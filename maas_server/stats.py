@@ -82,6 +82,31 @@ class ModelStats:
             self.compute_output.add(output_ns)
             self.latency[bisect_left(_LATENCY_BOUNDS_NS, total_ns)] += 1
 
+    def record_batch_success(
+        self, requests: list[tuple[int, int, int]], input_ns: int, infer_ns: int, output_ns: int
+    ) -> None:
+        """One batch that ran, and each of its requests as ``(rows, total_ns, queue_ns)``: the
+        same as :meth:`record_batch` and a :meth:`record_success` per request, under one lock."""
+        with self._lock:
+            self.last_inference_ms = int(time.time() * 1000)
+            self.execution_count += 1
+            rows_total = 0
+            for rows, total_ns, queue_ns in requests:
+                rows_total += rows
+                self.inference_count += max(rows, 1)
+                self.success.add(total_ns)
+                self.queue.add(queue_ns)
+                self.compute_input.add(input_ns)
+                self.compute_infer.add(infer_ns)
+                self.compute_output.add(output_ns)
+                self.latency[bisect_left(_LATENCY_BOUNDS_NS, total_ns)] += 1
+            batch = self.batches.get(rows_total)
+            if batch is None:
+                batch = self.batches[rows_total] = _BatchStats()
+            batch.compute_input.add(input_ns)
+            batch.compute_infer.add(infer_ns)
+            batch.compute_output.add(output_ns)
+
     def record_failure(self, total_ns: int, reason: str | None = None) -> None:
         with self._lock:
             self.fail.add(total_ns)

@@ -434,3 +434,16 @@ def test_priority_and_timeout_parameters_are_checked(server_url: str) -> None:
     assert "'priority'" in response.json()["error"]
     body["parameters"] = {"timeout": "soon"}
     assert httpx.post(f"{server_url}/v2/models/mlp/infer", json=body).status_code == 400
+
+
+async def test_batches_do_not_mix_priority_levels(tmp_path: Path) -> None:
+    config = {"max_batch_size": 512, "dynamic_batching": {"priority_levels": 2}}
+    model = load(tmp_path, "slow", models.slow_model(0.5), config)
+    blocker = asyncio.create_task(model.scheduler.infer(slow_input(0.3), ["y"]))
+    await asyncio.sleep(0.02)
+    one_row = {"x": np.full((1, models.SLOW_MODEL_WIDTH), 1e-3, dtype=np.float32)}
+    low = [asyncio.create_task(model.scheduler.infer(one_row, ["y"], priority=2)) for _ in range(3)]
+    high = asyncio.create_task(model.scheduler.infer(one_row, ["y"], priority=1))
+    await asyncio.gather(blocker, *low, high)
+    blocker_rows = slow_input(0.3)["x"].shape[0]
+    assert sorted(model.stats.batches) == sorted({blocker_rows, 1, 3})
