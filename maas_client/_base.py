@@ -111,8 +111,9 @@ def client_version() -> str:
 class BodyStream(httpx.SyncByteStream, httpx.AsyncByteStream):
     """A binary request body sent from the tensors' own memory, in chunks of at most 1 MiB.
 
-    Nothing is copied here: httpx's HTTP/1.1 layer copies each chunk once on its way to the
-    socket. Non-contiguous arrays are made contiguous first (their one copy).
+    Nothing is copied here. The lean transport hands each chunk to the socket as it is; httpx's
+    own transport (h11) copies each chunk once on its way there. Non-contiguous arrays are made
+    contiguous first (their one copy).
     """
 
     def __init__(self, header: bytes, pieces: Sequence[BinaryPiece]) -> None:
@@ -139,7 +140,7 @@ class BodyStream(httpx.SyncByteStream, httpx.AsyncByteStream):
             yield cast(bytes, chunk)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RequestPlan:
     """What one call sends, and how its answer is read."""
 
@@ -157,7 +158,7 @@ class RequestPlan:
     version: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ResolvedOptions:
     """A call's options with the client's settings filled in."""
 
@@ -168,7 +169,7 @@ class ResolvedOptions:
     request_id: str
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Answer:
     """A response that passed the status check, with its body read."""
 

@@ -51,13 +51,21 @@ def proxies_configured() -> bool:
 
 def _request_head(request: httpx.Request) -> bytes:
     """The request line and headers; refuses CR or LF inside a header (header injection)."""
-    lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), request.url.raw_path)]
-    for name, value in request.headers.raw:
-        if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name or b":" in name:
-            raise httpx.LocalProtocolError(f"invalid character in header {name!r}")
-        lines.append(b"%s: %s\r\n" % (name, value))
-    lines.append(_CRLF)
-    return b"".join(lines)
+    raw = request.headers.raw
+    head = b"".join(
+        [
+            b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), request.url.raw_path),
+            *[b"%s: %s\r\n" % item for item in raw],
+            _CRLF,
+        ]
+    )
+    # One line per header plus the request line and the blank line: any other CR or LF came
+    # from inside a name or a value.
+    lines = len(raw) + 2
+    if head.count(b"\n") != lines or head.count(b"\r") != lines:
+        bad = next(n for n, v in raw if b"\r" in n + v or b"\n" in n + v)
+        raise httpx.LocalProtocolError(f"invalid character in header {bad!r}")
+    return head
 
 
 def _is_chunked(request: httpx.Request) -> bool:
@@ -404,6 +412,7 @@ class LeanTransport(httpx.BaseTransport):
         pieces = _frame(_body_chunks(request), _is_chunked(request))
         connection = self._acquire(origin, timeouts.get("connect"))
         sock = connection.sock
+        write_error: OSError | None = None
         try:
             connection.settimeout(timeouts.get("write"))
             total = len(head_bytes) + sum(len(p) for p in pieces)
@@ -417,12 +426,21 @@ class LeanTransport(httpx.BaseTransport):
             except TimeoutError:
                 raise httpx.WriteTimeout("timed out sending the request") from None
             except OSError as exc:
-                raise httpx.WriteError(str(exc)) from None
+                # A server may answer (413...) and close before reading the whole body: its
+                # answer is still worth reading, as httpcore does.
+                write_error = exc
             connection.settimeout(timeouts.get("read"))
-            head, extra = self._read_head(connection, request.method)
+            try:
+                head, extra = self._read_head(connection, request.method)
+            except httpx.TransportError:
+                if write_error is not None:
+                    raise httpx.WriteError(str(write_error)) from None
+                raise
         except BaseException:
             connection.close()
             raise
+        if write_error is not None:
+            head.keep_alive = False
         body = _SyncBody(self, connection, head, extra, timeouts.get("read"))
         return _response(head, body)
 
@@ -486,6 +504,7 @@ class _AsyncConnection(asyncio.BufferedProtocol):
         self._eof = False
         self._waiter: asyncio.Future[None] | None = None
         self._can_write: asyncio.Future[None] | None = None
+        self._cut_short = False
         self._state = "idle"  # idle -> head -> body -> done
 
     # protocol callbacks
@@ -529,7 +548,7 @@ class _AsyncConnection(asyncio.BufferedProtocol):
         self._eof = True
         if self._state == "close":
             self._state = "done"
-        elif self._state != "idle":
+        elif self._state not in ("idle", "done"):
             self._fail(self._disconnected())
         self._wake()
         return None
@@ -668,15 +687,21 @@ class _AsyncConnection(asyncio.BufferedProtocol):
         self._head = None
         self._chunks.clear()
         self._decoder = None
+        self._cut_short = False
         total = sum(len(p) for p in pieces)
         if total <= _SMALL_BODY:
             self.transport.write(b"".join(pieces))
         else:
             for piece in pieces:
+                if self.closed or self._head is not None:
+                    # Answered (or gone) before the whole body was sent: read the answer, and
+                    # never reuse a connection whose request was cut short.
+                    self._cut_short = True
+                    break
                 self.transport.write(piece)
                 if self._can_write is not None:
                     await self._drain(write_timeout)
-        if self.error is not None:
+        if self.error is not None and self._head is None:
             raise self.error
 
     async def _drain(self, timeout: float | None) -> None:
@@ -687,7 +712,7 @@ class _AsyncConnection(asyncio.BufferedProtocol):
             await asyncio.wait_for(asyncio.shield(future), timeout)
         except asyncio.TimeoutError:
             raise httpx.WriteTimeout("timed out sending the request") from None
-        if self.closed:
+        if self.closed and self._head is None:
             raise httpx.WriteError("the connection closed while sending the request")
 
     async def receive_head(self, read_timeout: float | None) -> _Head:
@@ -701,15 +726,22 @@ class _AsyncConnection(asyncio.BufferedProtocol):
         while True:
             if self._chunks:
                 return self._chunks.popleft()
-            if self.error is not None:
-                raise self.error
             if self._state == "done":
                 return None
+            if self.error is not None:
+                raise self.error
             await self._wait(read_timeout, "reading the response body")
 
     def finished(self) -> bool:
         head = self._head
-        return self._state == "done" and head is not None and head.keep_alive
+        return (
+            self._state == "done"
+            and head is not None
+            and head.keep_alive
+            and not self._cut_short
+            and self.error is None
+            and not self._eof
+        )
 
     def reset(self) -> None:
         self._state = "idle"

@@ -44,6 +44,7 @@ class ScriptedServer:
     connections: int = 0
     port: int = 0
     close_after: set[int] = field(default_factory=set)
+    read_bodies: bool = True
 
     def start(self) -> None:
         self._sock = socket.socket()
@@ -81,7 +82,7 @@ class ScriptedServer:
                 for item in lines:
                     name, _, value = item.partition(b":")
                     headers[name.strip().lower()] = value.strip()
-                length = int(headers.get(b"content-length", b"0"))
+                length = int(headers.get(b"content-length", b"0")) if self.read_bodies else 0
                 while len(buffer) < length:
                     data = conn.recv(1 << 20)
                     if not data:
@@ -97,7 +98,9 @@ class ScriptedServer:
                 for piece in [answer] if isinstance(answer, bytes) else answer:
                     conn.sendall(piece)
                     time.sleep(0.01)
-                if index in self.close_after:
+                if index in self.close_after or not self.read_bodies:
+                    if not self.read_bodies:  # close with the body unread: the client's
+                        conn.shutdown(socket.SHUT_RDWR)  # next writes fail
                     return
 
     def stop(self) -> None:
@@ -368,3 +371,41 @@ async def test_async_concurrent_requests_use_several_connections(
         responses = await asyncio.gather(*(client.get(scripted.url) for _ in range(8)))
     assert {r.content for r in responses} == {b"ok"}
     assert 1 < scripted.connections <= 8
+
+
+def _too_large(seen: Seen) -> bytes:
+    body = b'{"error": "request body exceeds the server\'s limit"}'
+    return b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+def test_an_answer_sent_before_the_body_is_read(scripted: ScriptedServer) -> None:
+    scripted.read_bodies = False
+    scripted.answers = [_too_large]
+    payload = b"\0" * (8 << 20)
+    with httpx.Client(transport=LeanTransport()) as client:
+        response = client.post(scripted.url, content=payload)
+    assert response.status_code == 413 and b"limit" in response.content
+
+
+async def test_an_answer_sent_before_the_body_is_read_async(scripted: ScriptedServer) -> None:
+    scripted.read_bodies = False
+    scripted.answers = [_too_large]
+    payload = b"\0" * (8 << 20)
+    async with httpx.AsyncClient(transport=AsyncLeanTransport()) as client:
+        response = await client.post(scripted.url, content=payload)
+        assert response.status_code == 413
+        scripted.read_bodies = True
+        scripted.answers = [_too_large, ok(b"fresh")]
+        assert (await client.get(scripted.url)).content == b"fresh"  # a new connection
+    assert scripted.connections == 2
+
+
+async def test_async_connection_close_after_a_complete_answer(scripted: ScriptedServer) -> None:
+    scripted.answers = [ok(b"bye", b"Connection: close"), ok(b"hello again")]
+    scripted.close_after = {0}
+    async with httpx.AsyncClient(transport=AsyncLeanTransport()) as client:
+        first = await client.get(scripted.url)
+        await asyncio.sleep(0.05)  # the EOF has arrived by now
+        second = await client.get(scripted.url)
+    assert (first.content, second.content) == (b"bye", b"hello again")
+    assert scripted.connections == 2
