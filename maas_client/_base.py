@@ -581,7 +581,6 @@ class BaseClient:
 
     def _build_default_headers(self) -> None:
         default = {
-            "Accept": "application/json",
             "Accept-Encoding": "identity",
             "User-Agent": f"maas-client/{_VERSION.get()}",
         }

@@ -82,6 +82,8 @@ def _body_chunks(request: httpx.Request) -> list[bytes]:
 
 async def _abody_chunks(request: httpx.Request) -> list[bytes]:
     stream = request.stream
+    if isinstance(stream, httpx.SyncByteStream):  # in memory already (bytes, BodyStream)
+        return [chunk for chunk in stream if len(chunk)]
     assert isinstance(stream, httpx.AsyncByteStream)
     return [chunk async for chunk in stream if len(chunk)]
 

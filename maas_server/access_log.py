@@ -15,12 +15,12 @@ import logging
 import os
 import re
 import time
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
 
 from .asgi import ASGIApp, Message, Receive, Scope, Send, header
-from .auth import path_target
+from .auth import SCOPE_KEY, SCOPE_MODEL, path_target
 
 __all__ = ["ACCESS_LOGGER", "AccessLogMiddleware"]
 
@@ -73,10 +73,9 @@ class AccessLogMiddleware:
                 self._log(scope, request_id.decode(), status, sent, time.perf_counter() - start)
 
     def _log(self, scope: Scope, request_id: str, status: int, sent: int, seconds: float) -> None:
-        state: dict[str, Any] = scope.get("state") or {}
-        key = state.get("api_key")
+        key = scope.get(SCOPE_KEY)
         model, version = path_target(scope["path"])
-        model = state.get("model", model)
+        model = scope.get(SCOPE_MODEL, model)
         length = header(scope, b"content-length")
         received = int(length) if length is not None and length.isdigit() else 0
         client = scope.get("client")

@@ -7,12 +7,11 @@ building Starlette ``Request`` objects.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send", "header", "scope_state", "send_error"]
+__all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send", "header", "send_error"]
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -22,12 +21,6 @@ def header(scope: Scope, name: bytes) -> bytes | None:
             value_bytes: bytes = value
             return value_bytes
     return None
-
-
-def scope_state(scope: Scope) -> dict[str, Any]:
-    """The per-request state dict that Starlette exposes as ``request.state``."""
-    state: dict[str, Any] = scope.setdefault("state", {})
-    return state
 
 
 async def send_error(

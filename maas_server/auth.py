@@ -33,13 +33,15 @@ from pathlib import Path
 
 from starlette.requests import Request
 
-from .asgi import ASGIApp, Receive, Scope, Send, header, scope_state, send_error
+from .asgi import ASGIApp, Receive, Scope, Send, header, send_error
 from .errors import ForbiddenError
 from .keys_file import SCOPES, KeyEntry, KeysFileError, read_keys
 from .stats import Rejections
 
 __all__ = [
     "ADMIN_KEY_NAME",
+    "SCOPE_KEY",
+    "SCOPE_MODEL",
     "ApiKey",
     "AuthMiddleware",
     "Clock",
@@ -58,8 +60,10 @@ Clock = Callable[[], float]
 ADMIN_KEY_NAME = "admin"
 """The name under which the admin key given at start appears in logs."""
 
-_STATE_KEY = "api_key"
-_STATE_MODEL = "model"
+SCOPE_KEY = "maas.api_key"
+"""Where the middleware leaves the request's :class:`ApiKey` in the ASGI scope."""
+SCOPE_MODEL = "maas.model"
+"""Where :func:`require_model_access` leaves the model a body names, for the access log."""
 
 
 class TokenBucket:
@@ -304,7 +308,7 @@ class AuthMiddleware:
             )
             await send_error(send, 401, message, [(b"www-authenticate", challenge.encode())])
             return
-        scope_state(scope)[_STATE_KEY] = key
+        scope[SCOPE_KEY] = key
         needed, model = access_rule(scope["method"], scope["path"])
         if needed not in key.scopes:
             self.rejections.add("forbidden")
@@ -357,8 +361,8 @@ class AuthMiddleware:
 
 def request_key(request: Request) -> ApiKey | None:
     """The API key a request was authorized with (None when access control is off)."""
-    state = request.scope.get("state")
-    return state.get(_STATE_KEY) if state else None
+    key: ApiKey | None = request.scope.get(SCOPE_KEY)
+    return key
 
 
 def model_allowed(request: Request, model: str) -> bool:
@@ -372,7 +376,7 @@ def require_model_access(request: Request, model: str) -> None:
     style ``/v1/completions``, ``/v1/chat/completions``): raise 403 when the request's key may
     not use ``model``. Also records the model for the access log. The scope (``infer``) has
     already been checked by the middleware."""
-    scope_state(request.scope)[_STATE_MODEL] = model
+    request.scope[SCOPE_MODEL] = model
     key = request_key(request)
     if key is not None and not key.allows_model(model):
         app = request.scope.get("app")

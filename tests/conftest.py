@@ -121,11 +121,21 @@ class RunningServer:
         self.thread.join(timeout=30)
 
 
-def start_server(settings: Settings, port: int | None = None) -> RunningServer:
-    """Start uvicorn on 127.0.0.1 with the app for ``settings`` and wait until it listens."""
+def start_server(
+    settings: Settings, port: int | None = None, **uvicorn_options: Any
+) -> RunningServer:
+    """Start uvicorn on 127.0.0.1 with the app for ``settings`` and wait until it listens.
+
+    ``uvicorn_options`` go to ``uvicorn.Config`` (``ssl_certfile=...`` makes it an https URL).
+    """
     port = port or free_port()
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        **uvicorn_options,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -135,7 +145,8 @@ def start_server(settings: Settings, port: int | None = None) -> RunningServer:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
-    return RunningServer(f"http://127.0.0.1:{port}", server, thread)
+    scheme = "https" if uvicorn_options.get("ssl_certfile") else "http"
+    return RunningServer(f"{scheme}://127.0.0.1:{port}", server, thread)
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from maas_client.cli import app as cli_app
 from maas_server import Settings
 from maas_server.asgi import Message, Receive, Scope, Send
 from maas_server.auth import (
+    SCOPE_MODEL,
     AuthMiddleware,
     KeyStore,
     TokenBucket,
@@ -474,7 +475,7 @@ async def test_require_model_access_for_body_routes(tmp_path: Path) -> None:
             seen["ok"] = True
         except ForbiddenError as exc:
             seen["error"] = exc
-        seen["state"] = dict(scope["state"])
+        seen["model"] = scope[SCOPE_MODEL]
         await _ok_app()(scope, receive, send)
 
     middleware = AuthMiddleware(app, store)
@@ -496,7 +497,7 @@ async def test_require_model_access_for_body_routes(tmp_path: Path) -> None:
 
         await middleware(scope, receive, send)
         assert ("ok" in seen) is allowed
-        assert seen["state"]["model"] == model
+        assert seen["model"] == model
         if not allowed:
             assert seen["error"].status_code == 403
     # Without access control every model is allowed.
