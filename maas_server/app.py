@@ -20,8 +20,11 @@ from .access_log import AccessLogMiddleware
 from .auth import AuthMiddleware, KeyStore
 from .dataplane import DataPlane
 from .errors import ServerError
+from .generate_routes import generate_routes
+from .generation import GenerationService
 from .limits import LimitsMiddleware
 from .metrics import MetricsServer, metrics_endpoint, metrics_registry
+from .openai_routes import openai_routes
 from .repository import ModelRepository
 from .routes import JSONBytesResponse, routes
 from .settings import Settings
@@ -112,6 +115,7 @@ def create_app(settings: Settings) -> Starlette:
     extra_routes: list[BaseRoute] = []
     if settings.metrics_port is None:
         extra_routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
+    generation = GenerationService(repository)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -130,10 +134,11 @@ def create_app(settings: Settings) -> Starlette:
             dataplane.started = False
             if metrics_server is not None:
                 metrics_server.stop()
+            await asyncio.to_thread(generation.close)
             await asyncio.to_thread(repository.close)
 
     app = Starlette(
-        routes=[*routes, *extra_routes],
+        routes=[*routes, *generate_routes, *openai_routes, *extra_routes],
         middleware=build_middleware(settings, rejections, keys),
         lifespan=lifespan,
         exception_handlers={
@@ -143,6 +148,7 @@ def create_app(settings: Settings) -> Starlette:
         },
     )
     app.state.dataplane = dataplane
+    app.state.generation = generation
     app.state.settings = settings
     app.state.rejections = rejections
     app.state.keys = keys

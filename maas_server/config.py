@@ -17,6 +17,7 @@ __all__ = [
     "ConfigError",
     "DynamicBatching",
     "ExecutionProvider",
+    "GenerationConfig",
     "ModelConfig",
     "QueuePolicy",
     "TensorOverride",
@@ -158,6 +159,48 @@ class DynamicBatching(_Strict):
         return self.priority_queue_policy.get(level, self.default_queue_policy)
 
 
+class GenerationConfig(_Strict):
+    """Defaults and limits of a ``"task": "text-generation"`` model (requests may override the
+    defaults), e.g. ``{"max_tokens": 32, "temperature": 0.0, "eos_token_id": 0}``.
+
+    ``eos_token_id`` (one id or several) defaults to the tokenizer configuration's ``eos_token``;
+    ``context_length`` caps prompt plus generated tokens (the model's position limit);
+    ``max_batch_size`` caps the sequences stepped together; ``stream_interval_ms`` is the least
+    time between two hand-overs of one sequence's new tokens to the HTTP side (tokens that come
+    faster are sent a few at a time, each still its own event); ``io_binding`` keeps the KV cache
+    in the execution provider's memory between steps (default: on when a GPU provider runs).
+    """
+
+    max_tokens: int = Field(default=16, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0)
+    top_k: int = Field(default=0, ge=0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: list[str] = Field(default_factory=list)
+    eos_token_id: int | list[int] | None = None
+    bos_token_id: int | None = None
+    context_length: int | None = Field(default=None, ge=2)
+    max_batch_size: int = Field(default=16, ge=1, le=1024)
+    stream_interval_ms: float = Field(default=1.0, ge=0.0, le=1000.0)
+    io_binding: bool | None = None
+    tokenizer: str = "tokenizer.json"
+    tokenizer_config: str = "tokenizer_config.json"
+
+    @field_validator("tokenizer", "tokenizer_config")
+    @classmethod
+    def _file_inside(cls, filename: str) -> str:
+        path = Path(filename)
+        if path.is_absolute() or ".." in path.parts or "\x00" in filename:
+            raise ValueError("names a file inside the model's folder")
+        return filename
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, stop: list[str]) -> list[str]:
+        if any(not s for s in stop):
+            raise ValueError("stop strings are not empty")
+        return stop
+
+
 class ModelConfig(_Strict):
     """The configuration of one model (all of its versions)."""
 
@@ -173,6 +216,14 @@ class ModelConfig(_Strict):
     require_gpu: bool = False
     dynamic_batching: DynamicBatching | None = None
     device_ids: list[int] | None = Field(default=None, min_length=1)
+    task: Literal["inference", "text-generation"] = "inference"
+    generation: GenerationConfig | None = None
+
+    @model_validator(mode="after")
+    def _generation_task(self) -> ModelConfig:
+        if self.generation is not None and self.task != "text-generation":
+            raise ValueError("the 'generation' settings are for task 'text-generation'")
+        return self
 
     @model_validator(mode="after")
     def _batch_sizes(self) -> ModelConfig:

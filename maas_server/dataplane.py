@@ -39,6 +39,7 @@ EXTENSIONS = [
     "schedule_policy",
     "parameters",
     "statistics",
+    "generate",
 ]
 
 _CLIENT_FAULTS = (

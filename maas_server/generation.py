@@ -1,0 +1,1021 @@
+"""Text generation: the decode loop of a ``"task": "text-generation"`` model.
+
+The model is an ONNX decoder in Hugging Face Optimum's layout (``input_ids``, ``attention_mask``,
+``position_ids``, ``past_key_values.N.key/value`` in; ``logits``, ``present.N.key/value`` out).
+Each model version gets one :class:`GenerationEngine`, created on first use, whose thread runs
+every sequence of that model:
+
+- a new sequence is prefilled alone (its whole prompt, past length 0), then joins the decode
+  batch. All sequences of the batch advance together, one token each per ``session.run``: their
+  KV caches are left-padded to a common length and the padding is masked out with
+  ``attention_mask`` zeros, while ``position_ids`` carry each sequence's own positions. Every
+  active sequence gets a token at every step, which is what makes concurrent streams fair.
+- the ``present`` outputs of a step are the next step's ``past`` inputs as they are; they are
+  copied only when a sequence joins or leaves the batch. With IO binding (on by default with a
+  GPU provider) they stay in the provider's memory between steps.
+- a sequence ends on an end-of-sequence token, a stop string, ``max_tokens`` or the context
+  length, or at once when its client goes away (:meth:`GenerationStream.cancel`): it leaves the
+  batch before the next step.
+
+Models whose graph fixes the batch size at 1 (or has no ``attention_mask``) are stepped one
+sequence after the other instead, still round-robin.
+
+Results travel from the engine thread to the event loop as :class:`GenerationEvent` objects, one
+per new piece of text, and a last one with the finish reason and the token counts.
+
+>>> engine = service.engine("tiny_gpt", None)
+>>> params = engine.params({"max_tokens": 8, "temperature": 0})
+>>> async with engine.submit(engine.encode("Copyright"), params) as stream:
+...     result = await stream.collect()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal
+
+import numpy as np
+
+from .config import GenerationConfig
+from .errors import BadRequestError, InternalError, ModelUnavailableError, ServerError
+from .repository import ModelRepository
+from .runtime import GPU_PROVIDERS, OnnxModel
+from .sampling import SamplingParams, TokenSampler
+from .tokenizer import IncrementalDetokenizer, TextTokenizer, TokenizerError
+
+__all__ = [
+    "DecoderLayout",
+    "DecoderLayoutError",
+    "FinishReason",
+    "GenerationEngine",
+    "GenerationEvent",
+    "GenerationParams",
+    "GenerationResult",
+    "GenerationService",
+    "GenerationStream",
+    "merge_chunks",
+]
+
+logger = logging.getLogger("maas_server")
+
+FinishReason = Literal["stop", "length"]
+
+MAX_STOP_STRINGS = 16
+_IDLE_SECONDS = 2.0  # how long an engine thread waits for work before it ends
+_PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
+_KV_DTYPES = {"FP32": np.float32, "FP16": np.float16}
+_IDS_DTYPES = {"INT64": np.int64, "INT32": np.int32}
+
+
+# --- requests -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """What one request asks for; :meth:`parse` fills in the model's defaults and checks values."""
+
+    max_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+    @classmethod
+    def parse(cls, values: Mapping[str, Any], defaults: GenerationConfig) -> GenerationParams:
+        """Parameters from a request (``None`` means the default); 400 on a bad value."""
+
+        def get(key: str) -> Any:
+            value = values.get(key)
+            return getattr(defaults, key) if value is None else value
+
+        max_tokens = _integer("max_tokens", get("max_tokens"), minimum=1)
+        temperature = _number("temperature", get("temperature"))
+        if temperature < 0:
+            raise BadRequestError(f"parameter 'temperature' must be >= 0, not {temperature}")
+        top_k = _integer("top_k", get("top_k"), minimum=-1)
+        top_p = _number("top_p", get("top_p"))
+        if not 0 < top_p <= 1:
+            raise BadRequestError(f"parameter 'top_p' must lie in (0, 1], not {top_p}")
+        seed = values.get("seed")
+        if seed is not None:
+            seed = _integer("seed", seed, minimum=0)
+            if seed >= 2**64:
+                raise BadRequestError("parameter 'seed' must be below 2**64")
+        stop = get("stop")
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list | tuple) or not all(isinstance(s, str) and s for s in stop):
+            raise BadRequestError("parameter 'stop' must be a non-empty string or a list of them")
+        if len(stop) > MAX_STOP_STRINGS:
+            raise BadRequestError(f"parameter 'stop' takes at most {MAX_STOP_STRINGS} strings")
+        ignore_eos = values.get("ignore_eos", False)
+        if not isinstance(ignore_eos, bool):
+            raise BadRequestError("parameter 'ignore_eos' must be true or false")
+        sampling = SamplingParams(
+            temperature=temperature, top_k=max(top_k, 0), top_p=top_p, seed=seed
+        )
+        return cls(max_tokens, sampling, tuple(stop), ignore_eos)
+
+
+def _integer(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise BadRequestError(f"parameter {name!r} must be an integer >= {minimum}, not {value!r}")
+    return value
+
+
+def _number(name: str, value: Any) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise BadRequestError(f"parameter {name!r} must be a number, not {value!r}")
+    return float(value)
+
+
+# --- results --------------------------------------------------------------------------------
+
+
+@dataclass
+class GenerationEvent:
+    """A new piece of text and the tokens that made it; the last event of a sequence has
+    ``finish_reason`` set, no text, and the token counts."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class GenerationResult:
+    """A whole generation, as :meth:`GenerationStream.collect` gathers it."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class _Closed:
+    """Marks a stream that its consumer cancelled."""
+
+
+@dataclass(frozen=True)
+class _Ended:
+    """The engine's last word on a sequence: it stopped on an EOS token (``eos``, counted but
+    never turned into text) or at its limit."""
+
+    reason: FinishReason
+    eos: int | None = None
+
+
+_CLOSED = _Closed()
+_Item = int | _Ended | ServerError | _Closed
+
+
+class _Channel:
+    """Items from the engine thread to one consumer on the event loop: token ids, then an
+    :class:`_Ended` or a :class:`ServerError`.
+
+    The engine appends without blocking. It wakes the consumer only when the consumer waits, and
+    wakes all the consumers of one step with a single call into their loop (:func:`wake_all`),
+    so a consumer that lags behind picks up everything that arrived in one go.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._items: deque[_Item] = deque()
+        self._lock = threading.Lock()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: _Item, wake: bool = True) -> asyncio.Future[None] | None:
+        """Append ``item``; with ``wake``, the consumer's waiter to wake if it waits (else the
+        consumer finds the item with the next one that wakes it)."""
+        with self._lock:
+            self._items.append(item)
+            if not wake:
+                return None
+            waiter, self._waiter = self._waiter, None
+        return waiter
+
+    def send(self, item: _Item) -> None:
+        """Append ``item`` and wake the consumer now."""
+        waiter = self.put(item)
+        if waiter is not None:
+            self.loop.call_soon_threadsafe(_wake, waiter)
+
+    async def take(self) -> list[_Item]:
+        while True:
+            with self._lock:
+                if self._items:
+                    items = list(self._items)
+                    self._items.clear()
+                    return items
+                waiter = self._waiter = self.loop.create_future()
+            await waiter
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+
+
+class _StopStrings:
+    """Finds stop strings in generated text, holding back any tail that may begin one."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self._stops = tuple(stops)
+        self._held = ""
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        """The text that is safe to send, and whether a stop string ended the sequence."""
+        if not self._stops:
+            return piece, False
+        text = self._held + piece
+        found = [i for i in (text.find(s) for s in self._stops) if i >= 0]
+        if found:
+            self._held = ""
+            return text[: min(found)], True
+        keep = 0
+        for stop in self._stops:
+            for size in range(min(len(stop) - 1, len(text)), keep, -1):
+                if text.endswith(stop[:size]):
+                    keep = size
+                    break
+        self._held = text[len(text) - keep :] if keep else ""
+        return text[: len(text) - keep], False
+
+    def release(self) -> str:
+        held, self._held = self._held, ""
+        return held
+
+
+class GenerationStream:
+    """The results of one sequence, read on the event loop.
+
+    The engine thread only hands over token ids; turning them into text (complete UTF-8 pieces)
+    and watching for stop strings happens here, off the decode loop's critical path. A stop
+    string ends the stream at once and takes the sequence out of the engine.
+
+    Iterate over :meth:`chunks` (lists of the events that are ready) or call :meth:`collect`;
+    an error inside the loop is raised as a :class:`ServerError`. :meth:`cancel` (or leaving
+    ``async with``) takes the sequence out of the engine before its next step.
+    """
+
+    def __init__(
+        self,
+        sequence: _Sequence,
+        engine: GenerationEngine,
+        detokenizer: IncrementalDetokenizer,
+    ) -> None:
+        self._sequence = sequence
+        self.engine = engine
+        self.prompt_tokens = len(sequence.prompt)
+        self.completion_tokens = 0
+        self.done = False
+        self._detokenizer = detokenizer
+        self._stops = _StopStrings(sequence.params.stop)
+        self._pending: list[int] = []
+        self._error: ServerError | None = None
+
+    def cancel(self) -> None:
+        if not self.done:
+            self.done = True
+            self.engine.cancel(self._sequence)
+
+    def _final(self, reason: FinishReason) -> GenerationEvent:
+        self.done = True
+        pending, self._pending = self._pending, []
+        return GenerationEvent("", pending, reason, self.prompt_tokens, self.completion_tokens)
+
+    def _events(self, items: list[_Item]) -> list[GenerationEvent]:
+        """Events for what the engine sent; raises the engine's error."""
+        events: list[GenerationEvent] = []
+        for item in items:
+            if type(item) is int:
+                self.completion_tokens += 1
+                self._pending.append(item)
+                piece = self._detokenizer.push(item)
+                if not piece:
+                    continue
+                text, stopped = self._stops.feed(piece)
+                if text:
+                    events.append(GenerationEvent(text, self._pending))
+                    self._pending = []
+                if stopped:
+                    self.engine.cancel(self._sequence)
+                    events.append(self._final("stop"))
+                    return events
+            elif isinstance(item, _Ended):
+                reason = item.reason
+                if item.eos is not None:
+                    self.completion_tokens += 1
+                    self._pending.append(item.eos)
+                text, stopped = self._stops.feed(self._detokenizer.flush())
+                if stopped:
+                    reason = "stop"
+                else:
+                    text += self._stops.release()
+                if text:
+                    events.append(GenerationEvent(text, self._pending))
+                    self._pending = []
+                events.append(self._final(reason))
+                return events
+            elif isinstance(item, ServerError):
+                self.done = True
+                self._error = item
+                return events
+            else:  # _Closed: cancelled by the consumer
+                self.done = True
+                return events
+        return events
+
+    async def chunks(self) -> AsyncGenerator[list[GenerationEvent]]:
+        while not self.done:
+            events = self._events(await self._sequence.channel.take())
+            if events:
+                yield events
+            if self._error is not None:
+                raise self._error
+
+    async def collect(self) -> GenerationResult:
+        texts: list[str] = []
+        ids: list[int] = []
+        last: GenerationEvent | None = None
+        async for events in self.chunks():
+            for event in events:
+                texts.append(event.text)
+                ids.extend(event.token_ids)
+                last = event
+        if last is None or last.finish_reason is None:
+            raise InternalError("the generation was cancelled")
+        return GenerationResult(
+            "".join(texts), ids, last.finish_reason, last.prompt_tokens, last.completion_tokens
+        )
+
+    async def __aenter__(self) -> GenerationStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cancel()
+
+
+# --- one sequence ---------------------------------------------------------------------------
+
+
+class _Sequence:
+    """One prompt being continued: touched by the engine thread only, except ``cancelled``."""
+
+    __slots__ = (
+        "cancelled",
+        "channel",
+        "eos",
+        "finished",
+        "generated",
+        "limit",
+        "params",
+        "prompt",
+        "sampler",
+        "woken",
+    )
+
+    def __init__(
+        self,
+        prompt: list[int],
+        params: GenerationParams,
+        limit: int,
+        eos: frozenset[int],
+        channel: _Channel,
+    ) -> None:
+        self.prompt = prompt
+        self.params = params
+        self.limit = limit
+        self.eos = frozenset() if params.ignore_eos else eos
+        self.sampler = TokenSampler(params.sampling)
+        self.channel = channel
+        self.generated = 0
+        self.woken = -math.inf
+        self.cancelled = False
+        self.finished = False
+
+    def accept(
+        self, token: int, now: float, interval: float, wake: list[asyncio.Future[None]]
+    ) -> bool:
+        """Hand the next token over; True when the sequence has ended.
+
+        The consumer is woken (its waiter added to ``wake``) at most once per ``interval``
+        seconds while tokens keep coming, and always for the first and the last one: a fast
+        model's tokens then reach the event loop a few at a time instead of one wake-up each.
+        """
+        self.generated += 1
+        if token in self.eos:
+            ended = _Ended("stop", token)
+        else:
+            due = now - self.woken >= interval
+            waiter = self.channel.put(token, due)
+            if due:
+                self.woken = now
+                if waiter is not None:
+                    wake.append(waiter)
+            if self.generated < self.limit:
+                return False
+            ended = _Ended("length")
+        self.finished = True
+        waiter = self.channel.put(ended)
+        if waiter is not None:
+            wake.append(waiter)
+        return True
+
+    def fail(self, error: ServerError) -> None:
+        self.finished = True
+        self.channel.send(error)
+
+
+# --- the model's graph ----------------------------------------------------------------------
+
+
+class DecoderLayoutError(Exception):
+    """A graph the decode loop cannot drive; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class DecoderLayout:
+    """What the decode loop needs to know about a decoder graph; :meth:`of` reads and checks it."""
+
+    ids_dtype: Any
+    past_names: tuple[str, ...]
+    present_names: tuple[str, ...]
+    empty_past: tuple[np.ndarray[Any, Any], ...]
+    has_attention_mask: bool
+    has_position_ids: bool
+    has_cache_branch: bool
+    batchable: bool
+    vocab_size: int | None
+    output_names: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, model: OnnxModel) -> DecoderLayout:
+        inputs = model.input_by_name
+        outputs = model.output_by_name
+        if "input_ids" not in inputs or "logits" not in outputs:
+            raise DecoderLayoutError(
+                "its graph lacks the 'input_ids' input or the 'logits' output of a decoder"
+            )
+        ids_spec = inputs["input_ids"]
+        if ids_spec.datatype not in _IDS_DTYPES:
+            raise DecoderLayoutError(f"'input_ids' is {ids_spec.datatype}; expected INT64 or INT32")
+        past: list[tuple[int, str, str]] = []
+        known = {"input_ids", "attention_mask", "position_ids", "use_cache_branch"}
+        for name in inputs:
+            match = _PAST.match(name)
+            if match:
+                past.append((int(match.group(1)), match.group(2), name))
+            elif name not in known:
+                raise DecoderLayoutError(f"the decode loop does not know its input {name!r}")
+        if not past:
+            raise DecoderLayoutError("its graph has no 'past_key_values.N.key/value' inputs")
+        past.sort()
+        past_names = tuple(name for _, _, name in past)
+        present_names = tuple(f"present.{layer}.{kind}" for layer, kind, _ in past)
+        empty = []
+        for name, present in zip(past_names, present_names, strict=True):
+            if present not in outputs:
+                raise DecoderLayoutError(f"its graph has {name!r} but no {present!r} output")
+            spec = inputs[name]
+            if spec.datatype not in _KV_DTYPES or len(spec.shape) != 4:
+                raise DecoderLayoutError(f"{name!r} is {spec.datatype} {list(spec.shape)}")
+            if spec.shape[1] < 0 or spec.shape[3] < 0:
+                raise DecoderLayoutError(f"{name!r} has a variable head count or head size")
+            empty.append(
+                np.zeros((1, spec.shape[1], 0, spec.shape[3]), dtype=_KV_DTYPES[spec.datatype])
+            )
+        logits_shape = outputs["logits"].shape
+        return cls(
+            ids_dtype=_IDS_DTYPES[ids_spec.datatype],
+            past_names=past_names,
+            present_names=present_names,
+            empty_past=tuple(empty),
+            has_attention_mask="attention_mask" in inputs,
+            has_position_ids="position_ids" in inputs,
+            has_cache_branch="use_cache_branch" in inputs,
+            batchable="attention_mask" in inputs and ids_spec.shape[:1] == (-1,),
+            vocab_size=logits_shape[-1] if logits_shape and logits_shape[-1] > 0 else None,
+            output_names=["logits", *present_names],
+        )
+
+
+# --- the engine -----------------------------------------------------------------------------
+
+
+class _Batch:
+    """Sequences stepped together: row ``i`` of every array belongs to ``sequences[i]``."""
+
+    def __init__(
+        self,
+        sequences: list[_Sequence],
+        past: list[Any],
+        mask: np.ndarray[Any, Any],
+        positions: np.ndarray[Any, Any],
+        last: np.ndarray[Any, Any],
+    ) -> None:
+        self.sequences = sequences
+        self.past = past  # numpy arrays, or OrtValues in the provider's memory
+        self.mask = mask
+        self.padded = not mask.all()  # else the next mask is all ones
+        self.positions = positions  # [rows, 1]: where each row's next token goes
+        self.last = last  # [rows, 1]: each row's last token, the next input
+        self.greedy = all(s.sampler.greedy for s in sequences)
+
+
+def _host(value: Any) -> np.ndarray[Any, Any]:
+    if isinstance(value, np.ndarray):
+        return value
+    array: np.ndarray[Any, Any] = value.numpy()
+    return array
+
+
+def _notify(waiters: list[asyncio.Future[None]]) -> None:
+    """Wake consumers from the engine thread: one call into each event loop."""
+    loop = waiters[0].get_loop()
+    if all(w.get_loop() is loop for w in waiters):
+        loop.call_soon_threadsafe(_wake_all, waiters)
+        return
+    for waiter in waiters:
+        waiter.get_loop().call_soon_threadsafe(_wake, waiter)
+
+
+class GenerationEngine:
+    """The decode loop of one model version (see the module's docstring).
+
+    ``steps`` (session runs), ``tokens`` (tokens generated) and ``largest_batch`` (most rows in
+    one decode step) count what the engine did; ``active_sequences`` is what it still has to do.
+    """
+
+    def __init__(self, model: OnnxModel, tokenizer: TextTokenizer) -> None:
+        self.model_name = model.name
+        self.model_version = str(model.version)
+        self.tokenizer = tokenizer
+        self.layout = DecoderLayout.of(model)
+        self.defaults = model.config.generation or GenerationConfig()
+        eos = self.defaults.eos_token_id
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self.eos_token_ids = frozenset([eos] if isinstance(eos, int) else eos or [])
+        self.bos_token_id = (
+            self.defaults.bos_token_id
+            if self.defaults.bos_token_id is not None
+            else tokenizer.bos_token_id
+        )
+        self.context_length = self.defaults.context_length
+        self.max_active = self.defaults.max_batch_size
+        self.stream_interval = self.defaults.stream_interval_ms / 1000
+        gpu = [p for p in model.providers if p in GPU_PROVIDERS]
+        io_binding = self.defaults.io_binding
+        self.io_binding = bool(gpu) if io_binding is None else io_binding
+        self._device = "cuda" if gpu else "cpu"
+        self._device_id = (model.config.device_ids or [0])[0] if gpu else 0
+        self._model_ref = weakref.ref(model)
+        self._cond = threading.Condition()
+        self._incoming: deque[_Sequence] = deque()
+        self._running = False
+        self._closed = False
+        self._cancel_pending = False
+        self._thread: threading.Thread | None = None
+        self._active = 0
+        # engine thread only
+        self._waiting: deque[_Sequence] = deque()
+        self._batches: list[_Batch] = []
+        self.steps = 0
+        self.tokens = 0
+        self.largest_batch = 0
+
+    # --- event loop side ---------------------------------------------------------------------
+
+    @property
+    def active_sequences(self) -> int:
+        """Sequences submitted and not yet ended (finished, failed or cancelled)."""
+        return self._active
+
+    def params(self, values: Mapping[str, Any]) -> GenerationParams:
+        return GenerationParams.parse(values, self.defaults)
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+    def check_prompt(self, prompt: Sequence[int]) -> list[int]:
+        """The prompt's ids, checked: not empty (the BOS token stands in when there is one),
+        inside the vocabulary, and leaving room for a token in the context."""
+        ids = [int(t) for t in prompt]
+        if not ids:
+            if self.bos_token_id is None:
+                raise BadRequestError("the prompt is empty and the model has no BOS token")
+            ids = [self.bos_token_id]
+        vocab = self.layout.vocab_size or self.tokenizer.vocab_size
+        if any(t < 0 or t >= vocab for t in ids):
+            raise BadRequestError(f"prompt token ids must lie in 0..{vocab - 1}")
+        if self.context_length is not None and len(ids) >= self.context_length:
+            raise BadRequestError(
+                f"the prompt has {len(ids)} tokens; model {self.model_name!r} takes at most "
+                f"{self.context_length - 1} (its context is {self.context_length} tokens)"
+            )
+        return ids
+
+    def submit(self, prompt: Sequence[int], params: GenerationParams) -> GenerationStream:
+        """Start generating after ``prompt``; call it on the event loop that reads the stream."""
+        ids = self.check_prompt(prompt)
+        limit = params.max_tokens
+        if self.context_length is not None:
+            limit = min(limit, self.context_length - len(ids))
+        channel = _Channel(asyncio.get_running_loop())
+        sequence = _Sequence(ids, params, limit, self.eos_token_ids, channel)
+        stream = GenerationStream(sequence, self, self.tokenizer.detokenizer(ids))
+        with self._cond:
+            if self._closed:
+                raise ModelUnavailableError(f"model {self.model_name!r} is shutting down")
+            self._incoming.append(sequence)
+            self._active += 1
+            if self._running:
+                self._cond.notify()
+            else:
+                self._running = True
+                self._thread = threading.Thread(
+                    target=self._run,
+                    name=f"maas-generate-{self.model_name}-{self.model_version}",
+                    daemon=True,
+                )
+                self._thread.start()
+        return stream
+
+    def cancel(self, sequence: _Sequence) -> None:
+        """Take a sequence out before the engine's next step (any thread)."""
+        sequence.cancelled = True
+        self._cancel_pending = True
+        sequence.channel.send(_CLOSED)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Fail what is still running and stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    # --- engine thread -----------------------------------------------------------------------
+
+    def _ended(self, count: int = 1) -> None:
+        with self._cond:
+            self._active -= count
+
+    def _run(self) -> None:
+        model = self._model_ref()
+        if model is None:
+            with self._cond:
+                self._fail_all(ModelUnavailableError(f"model {self.model_name!r} was unloaded"))
+                self._running = False
+            return
+        try:
+            while True:
+                if self._incoming or self._closed or not (self._waiting or self._batches):
+                    with self._cond:
+                        if not (self._incoming or self._waiting or self._batches or self._closed):
+                            self._cond.wait(_IDLE_SECONDS)
+                        if self._closed:
+                            self._fail_all(
+                                ModelUnavailableError(f"model {self.model_name!r} is shutting down")
+                            )
+                            self._running = False
+                            return
+                        self._waiting.extend(self._incoming)
+                        self._incoming.clear()
+                        if not (self._waiting or self._batches):
+                            self._running = False
+                            return
+                if self._cancel_pending:
+                    self._cancel_pending = False
+                    for batch in list(self._batches):
+                        if any(s.cancelled for s in batch.sequences):
+                            self._compact(batch)
+                if self._waiting:
+                    self._admit(model)
+                for batch in list(self._batches):
+                    self._step(model, batch)
+        except BaseException as exc:  # a bug here must not leave streams hanging
+            logger.exception("the generation loop of model %s failed", self.model_name)
+            with self._cond:
+                self._fail_all(InternalError(f"the generation loop failed: {exc}"))
+                self._running = False
+            raise
+
+    def _fail_all(self, error: ServerError) -> None:
+        """Fail every sequence (with ``self._cond`` held)."""
+        sequences = [*self._incoming, *self._waiting]
+        sequences += [s for batch in self._batches for s in batch.sequences]
+        self._incoming.clear()
+        self._waiting.clear()
+        self._batches.clear()
+        for sequence in sequences:
+            if not sequence.finished:
+                sequence.fail(error)
+        self._active -= len(sequences)
+
+    def _admit(self, model: OnnxModel) -> None:
+        """Prefill waiting sequences while there is room, and merge them into the batch."""
+        room = self.max_active - sum(len(b.sequences) for b in self._batches)
+        joined: list[_Batch] = []
+        while self._waiting and room > 0:
+            sequence = self._waiting.popleft()
+            if sequence.cancelled:
+                self._ended()
+                continue
+            try:
+                single = self._prefill(model, sequence)
+            except Exception as exc:
+                logger.exception("prefill failed on model %s", self.model_name)
+                sequence.fail(
+                    InternalError(f"generation failed on model {self.model_name!r}: {exc}")
+                )
+                self._ended()
+                continue
+            if single is None:
+                self._ended()
+                continue
+            room -= 1
+            if self.layout.batchable:
+                joined.append(single)
+            else:
+                self._batches.append(single)
+        if joined:
+            current = self._batches[0] if self._batches else None
+            merged = self._merge([current, *joined] if current else joined)
+            self._batches[:] = [merged]
+
+    def _execute(
+        self,
+        model: OnnxModel,
+        ids: np.ndarray[Any, Any],
+        mask: np.ndarray[Any, Any],
+        positions: np.ndarray[Any, Any],
+        past: Sequence[Any],
+    ) -> tuple[np.ndarray[Any, Any], list[Any]]:
+        """One ``session.run``: the last position's logits and the ``present`` tensors."""
+        layout = self.layout
+        feeds: dict[str, Any] = {"input_ids": ids}
+        if layout.has_attention_mask:
+            feeds["attention_mask"] = mask
+        if layout.has_position_ids:
+            feeds["position_ids"] = positions
+        if layout.has_cache_branch:
+            feeds["use_cache_branch"] = np.array([mask.shape[1] > ids.shape[1]])
+        with model.session() as session:
+            if not self.io_binding:
+                feeds.update(zip(layout.past_names, past, strict=True))
+                outputs = session.run(layout.output_names, feeds)
+                logits = outputs[0]
+                present: list[Any] = outputs[1:]
+            else:
+                binding = session.io_binding()
+                for name, array in feeds.items():
+                    binding.bind_cpu_input(name, array)
+                for name, value in zip(layout.past_names, past, strict=True):
+                    if isinstance(value, np.ndarray):
+                        binding.bind_cpu_input(name, value)
+                    else:
+                        binding.bind_ortvalue_input(name, value)
+                binding.bind_output("logits", "cpu")
+                for name in layout.present_names:
+                    binding.bind_output(name, self._device, self._device_id)
+                session.run_with_iobinding(binding)
+                values = binding.get_outputs()
+                logits = values[0].numpy()
+                present = list(values[1:])
+        self.steps += 1
+        return logits[:, -1, :], present
+
+    def _prefill(self, model: OnnxModel, sequence: _Sequence) -> _Batch | None:
+        """Run the prompt; the sequence as a batch of one, or None when it already ended."""
+        length = len(sequence.prompt)
+        dtype = self.layout.ids_dtype
+        mask = np.ones((1, length), dtype=np.int64)
+        logits, present = self._execute(
+            model,
+            np.array([sequence.prompt], dtype=dtype),
+            mask,
+            np.arange(length, dtype=np.int64)[None, :],
+            self.layout.empty_past,
+        )
+        token = sequence.sampler.choose(logits[0])
+        self.tokens += 1
+        wake: list[asyncio.Future[None]] = []
+        ended = sequence.accept(token, time.perf_counter(), self.stream_interval, wake)
+        if wake:
+            _notify(wake)
+        if ended:
+            return None
+        return _Batch(
+            [sequence],
+            present,
+            mask,
+            np.array([[length]], dtype=np.int64),
+            np.array([[token]], dtype=dtype),
+        )
+
+    def _step(self, model: OnnxModel, batch: _Batch) -> None:
+        """One token for every sequence of the batch."""
+        sequences = batch.sequences
+        rows = len(sequences)
+        if rows > self.largest_batch:
+            self.largest_batch = rows
+        if batch.padded:
+            mask = np.concatenate((batch.mask, np.ones((rows, 1), dtype=np.int64)), axis=1)
+        else:
+            mask = np.ones((rows, batch.mask.shape[1] + 1), dtype=np.int64)
+        try:
+            logits, present = self._execute(model, batch.last, mask, batch.positions, batch.past)
+        except Exception as exc:
+            logger.exception("decode step failed on model %s", self.model_name)
+            error = InternalError(f"generation failed on model {self.model_name!r}: {exc}")
+            for sequence in sequences:
+                if not sequence.cancelled:
+                    sequence.fail(error)
+            self._ended(rows)
+            self._batches.remove(batch)
+            return
+        batch.mask = mask
+        batch.past = present
+        batch.positions += 1
+        tokens = logits.argmax(axis=1)
+        if not batch.greedy:
+            for row, sequence in enumerate(sequences):
+                if not sequence.sampler.greedy:
+                    tokens[row] = sequence.sampler.choose(logits[row])
+        self.tokens += rows
+        wake: list[asyncio.Future[None]] = []
+        ended = False
+        now = time.perf_counter()
+        interval = self.stream_interval
+        for sequence, token in zip(sequences, tokens.tolist(), strict=True):
+            if sequence.accept(token, now, interval, wake):
+                ended = True
+        if wake:
+            _notify(wake)
+        batch.last = tokens.astype(self.layout.ids_dtype, copy=False)[:, None]
+        if ended:
+            self._compact(batch)
+
+    def _compact(self, batch: _Batch) -> None:
+        """Drop ended and cancelled rows, and the padding columns no row needs any more."""
+        keep = [i for i, s in enumerate(batch.sequences) if not (s.finished or s.cancelled)]
+        self._ended(len(batch.sequences) - len(keep))
+        if not keep:
+            batch.sequences = []
+            self._batches.remove(batch)
+            return
+        index = np.array(keep)
+        mask = batch.mask[index]
+        first = int(mask.any(axis=0).argmax())
+        batch.mask = np.ascontiguousarray(mask[:, first:])
+        batch.padded = not batch.mask.all()
+        batch.past = [np.ascontiguousarray(_host(p)[index][:, :, first:]) for p in batch.past]
+        batch.positions = batch.positions[index]
+        batch.last = batch.last[index]
+        batch.sequences = [batch.sequences[i] for i in keep]
+        batch.greedy = all(s.sampler.greedy for s in batch.sequences)
+
+    def _merge(self, batches: list[_Batch]) -> _Batch:
+        """One batch of all rows, each KV cache right-aligned to the longest (left padding)."""
+        width = max(b.mask.shape[1] for b in batches)
+        rows = sum(len(b.sequences) for b in batches)
+        mask = np.zeros((rows, width), dtype=np.int64)
+        past: list[np.ndarray[Any, Any]] = []
+        hosts = [[_host(p) for p in b.past] for b in batches]
+        for k in range(len(self.layout.past_names)):
+            first = hosts[0][k]
+            shape = (rows, first.shape[1], width, first.shape[3])
+            past.append(np.zeros(shape, dtype=first.dtype))
+        row = 0
+        for batch, host in zip(batches, hosts, strict=True):
+            count, length = batch.mask.shape
+            mask[row : row + count, width - length :] = batch.mask
+            for k, array in enumerate(host):
+                past[k][row : row + count, :, width - length :, :] = array
+            row += count
+        return _Batch(
+            [s for b in batches for s in b.sequences],
+            list(past),
+            mask,
+            np.concatenate([b.positions for b in batches]),
+            np.concatenate([b.last for b in batches]),
+        )
+
+
+# --- the engines of a repository ------------------------------------------------------------
+
+
+class GenerationService:
+    """The generation engines of a repository's models, one per loaded version, made on first
+    use. An engine lives as long as its model version stays loaded (or finishes its streams).
+
+    >>> service = GenerationService(repository)
+    >>> engine = service.engine("tiny_gpt", None)
+    """
+
+    def __init__(self, repository: ModelRepository) -> None:
+        self.repository = repository
+        self._engines: weakref.WeakKeyDictionary[OnnxModel, GenerationEngine] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def engine(self, name: str, version: str | None) -> GenerationEngine:
+        """The engine of a text-generation model; 404/503 as for inference, 400 for a model
+        that does not generate text."""
+        model = self.repository.get(name, version)
+        engine = self._engines.get(model)
+        if engine is not None:
+            return engine
+        if model.config.task != "text-generation":
+            raise BadRequestError(
+                f'model {name!r} is not a text-generation model; set "task": '
+                '"text-generation" in its configuration to generate with it'
+            )
+        settings = model.config.generation or GenerationConfig()
+        try:
+            tokenizer = TextTokenizer.load(
+                self.repository.model_dir(name), settings.tokenizer, settings.tokenizer_config
+            )
+            engine = GenerationEngine(model, tokenizer)
+        except (TokenizerError, DecoderLayoutError) as exc:
+            raise ModelUnavailableError(f"model {name!r} cannot generate text: {exc}") from None
+        self._engines[model] = engine
+        return engine
+
+    def engines(self) -> list[GenerationEngine]:
+        return list(self._engines.values())
+
+    def model_names(self) -> list[str]:
+        """Names of the loaded text-generation models."""
+        names = {
+            m.name for m in self.repository.loaded_models() if m.config.task == "text-generation"
+        }
+        return sorted(names)
+
+    def close(self) -> None:
+        for engine in self.engines():
+            engine.close()
+
+
+async def merge_chunks(
+    streams: Sequence[GenerationStream],
+) -> AsyncGenerator[tuple[int, list[GenerationEvent]]]:
+    """The chunks of several streams as they come, each with its stream's index; the first
+    error of any stream is raised."""
+    if len(streams) == 1:
+        async for events in streams[0].chunks():
+            yield 0, events
+        return
+    queue: asyncio.Queue[tuple[int, list[GenerationEvent]] | Exception | None] = asyncio.Queue()
+
+    async def pump(index: int, stream: GenerationStream) -> None:
+        try:
+            async for events in stream.chunks():
+                queue.put_nowait((index, events))
+            queue.put_nowait(None)
+        except Exception as exc:
+            queue.put_nowait(exc)
+
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(streams)
+        while remaining:
+            item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -1,0 +1,83 @@
+"""Server-sent events: the response that streams them, and the watch for a client that leaves.
+
+Starlette's ``StreamingResponse`` notices a disconnect only through the server (a failed send, or
+a listener whose behaviour depends on the ASGI spec version). Generation must stop the moment a
+client goes away, whether or not a send is pending, so this response listens for
+``http.disconnect`` itself and calls ``on_disconnect`` right away.
+
+>>> EventStreamResponse(chunks(), on_disconnect=stream.cancel)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+__all__ = ["EventStreamResponse", "sse_event", "watch_disconnect"]
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def sse_event(data: Any, event: str | None = None) -> bytes:
+    """One event: ``data: <json>`` (bytes are sent as they are), after ``event: <name>``."""
+    payload = data if isinstance(data, bytes) else orjson.dumps(data)
+    if event is None:
+        return b"data: " + payload + b"\n\n"
+    return b"event: " + event.encode() + b"\ndata: " + payload + b"\n\n"
+
+
+async def watch_disconnect(receive: Receive, on_disconnect: Callable[[], None]) -> None:
+    """Wait for the client to go away, then call ``on_disconnect`` (cancel this to stop)."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            on_disconnect()
+            return
+
+
+class EventStreamResponse(Response):
+    """A ``text/event-stream`` answer whose body comes from ``chunks`` (each one or more whole
+    events). ``on_disconnect`` runs once if the client leaves before the end."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        chunks: AsyncIterator[bytes],
+        on_disconnect: Callable[[], None],
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.chunks = chunks
+        self.on_disconnect = on_disconnect
+        self.status_code = 200
+        self.background = None
+        self.init_headers({**SSE_HEADERS, **(headers or {})})
+        self.disconnected = False
+
+    def _gone(self) -> None:
+        if not self.disconnected:
+            self.disconnected = True
+            self.on_disconnect()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watcher = asyncio.get_running_loop().create_task(watch_disconnect(receive, self._gone))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async for chunk in self.chunks:
+                if self.disconnected:
+                    break
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if not self.disconnected:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:  # the server says the client is gone (ASGI spec 2.4)
+            self._gone()
+        finally:
+            watcher.cancel()
+            aclose = getattr(self.chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
