@@ -133,9 +133,14 @@ _ROUTES: list[Any] = []
 
 
 def _acceptable_503(path: str, answer: httpx.Response) -> bool:
-    """503 is the protocol's answer for a model that is not ready (not loaded here)."""
-    model = path_target(path)[0]
-    return model is not None and model not in LOADED and "not ready" in answer.text
+    """503 is the protocol's answer for a model that is not ready (to a ready check, or to a
+    call that needs the model): never loaded here, or
+    unloaded (or loaded with a bad configuration) by an earlier example through the repository
+    API, which the admin key may call."""
+    if path_target(path)[0] is None:
+        return False
+    body = answer.json()
+    return body.get("ready") is False or "is not ready" in body.get("error", "")
 
 
 def test_fuzz_handlers(target: tuple[asyncio.AbstractEventLoop, Any, Starlette]) -> None:
@@ -172,7 +177,7 @@ def test_fuzz_handlers(target: tuple[asyncio.AbstractEventLoop, Any, Starlette])
                 answer.status_code,
                 answer.text[:500],
             )
-        if answer.status_code >= 400 and method != "OPTIONS":
+        if answer.status_code >= 400 and method != "OPTIONS" and not path.endswith("/ready"):
             assert "error" in answer.json(), answer.text
 
     check()
