@@ -151,6 +151,8 @@ class Scheduler:
         self._size = 0
         self._busy = 0
         self._instances = model.config.instance_count
+        # Instances lower priority levels may use; the rest wait for priority level 1.
+        self._shared_instances = self._instances - self.config.reserved_instances
         self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._order = _Order() if self.config.preserve_ordering else None
@@ -202,7 +204,8 @@ class Scheduler:
         now = time.monotonic_ns()
         first = next(iter(feeds.values()), None)
         rows = int(first.shape[0]) if self.batching and first is not None else 1
-        if self._fast and not self._size and self._busy < self._instances:
+        limit = self._instances if level == 0 else self._shared_instances
+        if self._fast and not self._size and self._busy < limit:
             return await self._run_now(feeds, outputs, rows, now)
         policy = self.config.policy(level + 1)
         queue = self._queues[level]
@@ -351,7 +354,9 @@ class Scheduler:
         return heap[0].deadline_ns if heap else None
 
     def _select(self, now: int) -> _Pending | None:
-        for queue in self._queues:
+        for level, queue in enumerate(self._queues):
+            if level and self._busy >= self._shared_instances:
+                return None  # what is free is reserved for priority level 1
             if queue:
                 head = queue[0]
                 if self.config.queue_order == "fifo" or now - head.arrival_ns >= self._aging_ns:
@@ -365,6 +370,8 @@ class Scheduler:
                     if pending.rows < best.rows:
                         best = pending
                 return best
+        if self._busy >= self._shared_instances:
+            return None
         return self._delayed[0] if self._delayed else None
 
     def _form(self, now: int) -> tuple[list[_Pending], int | None]:

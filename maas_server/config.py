@@ -126,7 +126,8 @@ class DynamicBatching(_Strict):
     Priority 1 is the highest; requests that name no priority get ``default_priority_level``
     (the lowest level when unset). ``queue_order="shortest_first"`` serves the smallest request
     of a priority level first; a request that has waited ``aging_microseconds`` is served in
-    arrival order again, so that none starves.
+    arrival order again, so that none starves. ``reserved_instances`` instances run only
+    requests of priority level 1, so that those never wait behind a lower-priority batch.
     """
 
     max_queue_delay_microseconds: int = Field(default=0, ge=0)
@@ -138,6 +139,7 @@ class DynamicBatching(_Strict):
     priority_queue_policy: dict[int, QueuePolicy] = Field(default_factory=dict)
     queue_order: Literal["fifo", "shortest_first"] = "fifo"
     aging_microseconds: int = Field(default=100_000, ge=0)
+    reserved_instances: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _levels(self) -> DynamicBatching:
@@ -151,6 +153,8 @@ class DynamicBatching(_Strict):
         bad = [k for k in self.priority_queue_policy if not 1 <= k <= self.priority_levels]
         if bad:
             raise ValueError(f"priority_queue_policy names levels {bad} outside 1..priority_levels")
+        if self.reserved_instances and self.priority_levels < 2:
+            raise ValueError("reserved_instances needs priority_levels of 2 or more")
         if any(size < 1 for size in self.preferred_batch_size):
             raise ValueError("preferred_batch_size entries are positive")
         return self
@@ -228,6 +232,8 @@ class ModelConfig(_Strict):
     @model_validator(mode="after")
     def _batch_sizes(self) -> ModelConfig:
         batching = self.dynamic_batching
+        if batching and batching.reserved_instances >= self.instance_count:
+            raise ValueError("reserved_instances must leave at least one of instance_count")
         if batching and any(s > self.max_batch_size for s in batching.preferred_batch_size):
             raise ValueError("preferred_batch_size entries cannot exceed max_batch_size")
         return self

@@ -447,3 +447,34 @@ async def test_batches_do_not_mix_priority_levels(tmp_path: Path) -> None:
     await asyncio.gather(blocker, *low, high)
     blocker_rows = slow_input(0.3)["x"].shape[0]
     assert sorted(model.stats.batches) == sorted({blocker_rows, 1, 3})
+
+
+async def test_reserved_instance_serves_top_priority_at_once(tmp_path: Path) -> None:
+    config = {
+        "instance_count": 2,
+        "dynamic_batching": {"priority_levels": 2, "reserved_instances": 1},
+    }
+    model = load(tmp_path, "slow", models.slow_model(0.5), config)
+    order: list[str] = []
+
+    async def one(tag: str, seconds: float, priority: int) -> None:
+        await model.scheduler.infer(slow_input(seconds), ["y"], priority=priority)
+        order.append(tag)
+
+    blocker = asyncio.create_task(one("low-running", 0.4, 2))
+    await asyncio.sleep(0.05)
+    waiting = asyncio.create_task(one("low-waiting", 0.01, 2))
+    await asyncio.sleep(0.05)
+    assert model.scheduler.queued == 1  # the second instance is kept for priority 1
+    high = asyncio.create_task(one("high", 0.01, 1))
+    await asyncio.gather(blocker, waiting, high)
+    assert order == ["high", "low-running", "low-waiting"]
+
+
+def test_reserved_instances_need_priorities_and_a_shared_instance(tmp_path: Path) -> None:
+    from maas_server.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match="needs priority_levels"):
+        parse_config({"instance_count": 2, "dynamic_batching": {"reserved_instances": 1}}, "t")
+    with pytest.raises(ConfigError, match="at least one"):
+        parse_config({"dynamic_batching": {"priority_levels": 2, "reserved_instances": 1}}, "t")
