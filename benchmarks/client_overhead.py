@@ -11,7 +11,9 @@ in a subprocess, and measures in this process, one client at a time:
    one's median round. Both build their inputs from the numpy array on every call (maas also
    checks them against the model's metadata, cached after the first call).
 2. throughput of ``maas_client.AsyncClient`` with ``--concurrency`` calls in flight (batch-1 MLP)
-   against the blocking ``Client`` from one thread.
+   against the blocking ``Client`` from one thread, in alternating rounds (medians). The server
+   runs on the same machine: on a 2-core box the async figure is bounded by the server's own
+   throughput and by whatever else runs there, so read it next to the load average.
 
 Targets (issue 3; PASS/FAIL is printed, ``--check`` makes a miss exit 1): maas at least as fast as
 ``tritonclient.http`` in client CPU per call on both payloads; async throughput at concurrency 64
@@ -160,21 +162,16 @@ def compare_clients(url: str, args: argparse.Namespace) -> list[Row]:
 
 
 def throughput(url: str, args: argparse.Namespace) -> dict[str, float]:
+    """Sync and async rounds, alternating (the machine's load drifts); medians of the rounds."""
     x = np.random.default_rng(1).random((1, 64), dtype=np.float32)
-    with Client(url) as client:
-        for _ in range(50):
-            client.infer("mlp", x)
-        calls, _, wall = per_call(
-            lambda: client.infer("mlp", x), args.calls * 2, args.max_seconds / 4
-        )
-    sync_rate = calls / wall
+    budget = args.max_seconds / (2 * args.rounds)
 
-    async def run() -> tuple[int, float, float]:
+    async def async_round() -> tuple[int, float, float]:
         async with AsyncClient(url) as aclient:
             # warm up: metadata cached, one connection per worker opened
             await asyncio.gather(*(aclient.infer("mlp", x) for _ in range(args.concurrency)))
             remaining = args.calls * 4
-            stop_at = time.perf_counter() + args.max_seconds / 4
+            stop_at = time.perf_counter() + budget
 
             async def worker() -> int:
                 nonlocal remaining
@@ -189,13 +186,26 @@ def throughput(url: str, args: argparse.Namespace) -> dict[str, float]:
             done = await asyncio.gather(*(worker() for _ in range(args.concurrency)))
             return sum(done), time.process_time() - cpu0, time.perf_counter() - wall0
 
-    async_calls, async_cpu, async_wall = asyncio.run(run())
+    sync_rates: list[float] = []
+    async_rates: list[float] = []
+    async_cpu: list[float] = []
+    with Client(url) as client:
+        for _ in range(50):
+            client.infer("mlp", x)
+        for _ in range(args.rounds):
+            calls, _, wall = per_call(lambda: client.infer("mlp", x), args.calls * 2, budget)
+            sync_rates.append(calls / wall)
+            done, cpu, wall = asyncio.run(async_round())
+            async_rates.append(done / wall)
+            async_cpu.append(cpu / done * 1e6)
     return {
-        "sync_calls": calls,
-        "sync_per_s": sync_rate,
-        "async_calls": async_calls,
-        "async_per_s": async_calls / async_wall,
-        "async_cpu_us": async_cpu / async_calls * 1e6,
+        "sync_per_s": statistics.median(sync_rates),
+        "async_per_s": statistics.median(async_rates),
+        "async_cpu_us": statistics.median(async_cpu),
+        "ratio_per_round": statistics.median(
+            a / s for a, s in zip(async_rates, sync_rates, strict=True)
+        ),
+        "rounds": args.rounds,
         "concurrency": args.concurrency,
     }
 
@@ -224,13 +234,14 @@ def report(rows: list[Row], rates: dict[str, float]) -> tuple[str, bool]:
             f"{case}: maas / tritonclient = {cpu_ratio:.2f} client CPU, {wall_ratio:.2f} wall  "
             f"[{'PASS' if passed else 'FAIL'}: target <= 1.00 CPU]"
         )
-    ratio = rates["async_per_s"] / rates["sync_per_s"]
+    ratio = rates["async_per_s"] / rates["sync_per_s"]  # of the medians
     passed = ratio >= 2.0
     ok &= passed
     lines.append(
         f"mlp throughput: sync Client {rates['sync_per_s']:.0f}/s, AsyncClient at concurrency "
         f"{rates['concurrency']:.0f} {rates['async_per_s']:.0f}/s "
-        f"({rates['async_cpu_us']:.0f} us client CPU per call): {ratio:.2f}x  "
+        f"({rates['async_cpu_us']:.0f} us client CPU per call): {ratio:.2f}x "
+        f"(median of the per-round ratios {rates['ratio_per_round']:.2f}x)  "
         f"[{'PASS' if passed else 'FAIL'}: target >= 2.00x]"
     )
     return "\n".join(lines), ok
