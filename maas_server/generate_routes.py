@@ -159,8 +159,19 @@ async def generate_stream(request: Request) -> Response:
         stream.cancel()
         raise
 
+    # a piece of text is the same JSON every time but for the text: build that part once
+    head = _answer(engine, GenerationEvent("", []), False, request_id)
+    del head["text_output"]
+    piece_prefix = b"data: " + orjson.dumps(head)[:-1] + b',"text_output":'
+
     def encode(events: list[GenerationEvent]) -> bytes:
-        return b"".join(sse_event(_answer(engine, e, return_ids, request_id)) for e in events)
+        out = []
+        for event in events:
+            if event.finish_reason is None and not return_ids:
+                out.append(piece_prefix + orjson.dumps(event.text) + b"}\n\n")
+            else:
+                out.append(sse_event(_answer(engine, event, return_ids, request_id)))
+        return b"".join(out)
 
     async def events() -> AsyncIterator[bytes]:
         try:

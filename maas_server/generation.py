@@ -20,8 +20,10 @@ every sequence of that model:
 Models whose graph fixes the batch size at 1 (or has no ``attention_mask``) are stepped one
 sequence after the other instead, still round-robin.
 
-Results travel from the engine thread to the event loop as :class:`GenerationEvent` objects, one
-per new piece of text, and a last one with the finish reason and the token counts.
+The engine thread hands each sequence's token ids to its :class:`GenerationStream` on the event
+loop, which turns them into :class:`GenerationEvent` objects: one per new piece of text (complete
+UTF-8, stop strings held back and cut), and a last one with the finish reason and the token
+counts. Detokenizing there keeps it off the decode loop's critical path.
 
 >>> engine = service.engine("tiny_gpt", None)
 >>> params = engine.params({"max_tokens": 8, "temperature": 0})
@@ -45,11 +47,12 @@ from types import TracebackType
 from typing import Any, Literal
 
 import numpy as np
+import onnxruntime as ort
 
 from .config import GenerationConfig
 from .errors import BadRequestError, InternalError, ModelUnavailableError, ServerError
 from .repository import ModelRepository
-from .runtime import GPU_PROVIDERS, OnnxModel
+from .runtime import OnnxModel
 from .sampling import SamplingParams, TokenSampler
 from .tokenizer import IncrementalDetokenizer, TextTokenizer, TokenizerError
 
@@ -75,6 +78,7 @@ _IDLE_SECONDS = 2.0  # how long an engine thread waits for work before it ends
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _KV_DTYPES = {"FP32": np.float32, "FP16": np.float16}
 _IDS_DTYPES = {"INT64": np.int64, "INT32": np.int32}
+_CUDA_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 # --- requests -------------------------------------------------------------------------------
@@ -117,8 +121,10 @@ class GenerationParams:
             raise BadRequestError("parameter 'stop' must be a non-empty string or a list of them")
         if len(stop) > MAX_STOP_STRINGS:
             raise BadRequestError(f"parameter 'stop' takes at most {MAX_STOP_STRINGS} strings")
-        ignore_eos = values.get("ignore_eos", False)
-        if not isinstance(ignore_eos, bool):
+        ignore_eos = values.get("ignore_eos")
+        if ignore_eos is None:
+            ignore_eos = False
+        elif not isinstance(ignore_eos, bool):
             raise BadRequestError("parameter 'ignore_eos' must be true or false")
         sampling = SamplingParams(
             temperature=temperature, top_k=max(top_k, 0), top_p=top_p, seed=seed
@@ -188,8 +194,8 @@ class _Channel:
     :class:`_Ended` or a :class:`ServerError`.
 
     The engine appends without blocking. It wakes the consumer only when the consumer waits, and
-    wakes all the consumers of one step with a single call into their loop (:func:`wake_all`),
-    so a consumer that lags behind picks up everything that arrived in one go.
+    wakes all the consumers of one step with a single call into their loop (:func:`_notify`), so
+    a consumer that lags behind picks up everything that arrived in one go.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -318,6 +324,7 @@ class GenerationStream:
                 if text:
                     events.append(GenerationEvent(text, self._pending))
                     self._pending = []
+                    self._sequence.eager = False
                 if stopped:
                     self.engine.cancel(self._sequence)
                     events.append(self._final("stop"))
@@ -390,6 +397,7 @@ class _Sequence:
     __slots__ = (
         "cancelled",
         "channel",
+        "eager",
         "eos",
         "finished",
         "generated",
@@ -416,6 +424,7 @@ class _Sequence:
         self.channel = channel
         self.generated = 0
         self.woken = -math.inf
+        self.eager = True  # every token wakes the consumer until it has sent its first text
         self.cancelled = False
         self.finished = False
 
@@ -425,14 +434,15 @@ class _Sequence:
         """Hand the next token over; True when the sequence has ended.
 
         The consumer is woken (its waiter added to ``wake``) at most once per ``interval``
-        seconds while tokens keep coming, and always for the first and the last one: a fast
-        model's tokens then reach the event loop a few at a time instead of one wake-up each.
+        seconds while tokens keep coming, and always for the last one and for every one until
+        the first piece of text is out: a fast model's tokens then reach the event loop a few at
+        a time instead of one wake-up each, without delaying the first.
         """
         self.generated += 1
         if token in self.eos:
             ended = _Ended("stop", token)
         else:
-            due = now - self.woken >= interval
+            due = self.eager or now - self.woken >= interval
             waiter = self.channel.put(token, due)
             if due:
                 self.woken = now
@@ -590,11 +600,11 @@ class GenerationEngine:
         self.context_length = self.defaults.context_length
         self.max_active = self.defaults.max_batch_size
         self.stream_interval = self.defaults.stream_interval_ms / 1000
-        gpu = [p for p in model.providers if p in GPU_PROVIDERS]
+        cuda = any(p in _CUDA_PROVIDERS for p in model.providers)
         io_binding = self.defaults.io_binding
-        self.io_binding = bool(gpu) if io_binding is None else io_binding
-        self._device = "cuda" if gpu else "cpu"
-        self._device_id = (model.config.device_ids or [0])[0] if gpu else 0
+        self.io_binding = cuda if io_binding is None else io_binding
+        self._device = "cuda" if cuda else "cpu"
+        self._device_id = (model.config.device_ids or [0])[0] if cuda else 0
         self._model_ref = weakref.ref(model)
         self._cond = threading.Condition()
         self._incoming: deque[_Sequence] = deque()
@@ -717,10 +727,12 @@ class GenerationEngine:
                     for batch in list(self._batches):
                         if any(s.cancelled for s in batch.sequences):
                             self._compact(batch)
-                if self._waiting:
-                    self._admit(model)
-                for batch in list(self._batches):
-                    self._step(model, batch)
+                # one instance for the whole round: /infer calls to the model take turns with it
+                with model.session() as session:
+                    if self._waiting:
+                        self._admit(session)
+                    for batch in list(self._batches):
+                        self._step(session, batch)
         except BaseException as exc:  # a bug here must not leave streams hanging
             logger.exception("the generation loop of model %s failed", self.model_name)
             with self._cond:
@@ -740,7 +752,7 @@ class GenerationEngine:
                 sequence.fail(error)
         self._active -= len(sequences)
 
-    def _admit(self, model: OnnxModel) -> None:
+    def _admit(self, session: ort.InferenceSession) -> None:
         """Prefill waiting sequences while there is room, and merge them into the batch."""
         room = self.max_active - sum(len(b.sequences) for b in self._batches)
         joined: list[_Batch] = []
@@ -750,7 +762,7 @@ class GenerationEngine:
                 self._ended()
                 continue
             try:
-                single = self._prefill(model, sequence)
+                single = self._prefill(session, sequence)
             except Exception as exc:
                 logger.exception("prefill failed on model %s", self.model_name)
                 sequence.fail(
@@ -773,7 +785,7 @@ class GenerationEngine:
 
     def _execute(
         self,
-        model: OnnxModel,
+        session: ort.InferenceSession,
         ids: np.ndarray[Any, Any],
         mask: np.ndarray[Any, Any],
         positions: np.ndarray[Any, Any],
@@ -788,38 +800,37 @@ class GenerationEngine:
             feeds["position_ids"] = positions
         if layout.has_cache_branch:
             feeds["use_cache_branch"] = np.array([mask.shape[1] > ids.shape[1]])
-        with model.session() as session:
-            if not self.io_binding:
-                feeds.update(zip(layout.past_names, past, strict=True))
-                outputs = session.run(layout.output_names, feeds)
-                logits = outputs[0]
-                present: list[Any] = outputs[1:]
-            else:
-                binding = session.io_binding()
-                for name, array in feeds.items():
-                    binding.bind_cpu_input(name, array)
-                for name, value in zip(layout.past_names, past, strict=True):
-                    if isinstance(value, np.ndarray):
-                        binding.bind_cpu_input(name, value)
-                    else:
-                        binding.bind_ortvalue_input(name, value)
-                binding.bind_output("logits", "cpu")
-                for name in layout.present_names:
-                    binding.bind_output(name, self._device, self._device_id)
-                session.run_with_iobinding(binding)
-                values = binding.get_outputs()
-                logits = values[0].numpy()
-                present = list(values[1:])
+        if not self.io_binding:
+            feeds.update(zip(layout.past_names, past, strict=True))
+            outputs = session.run(layout.output_names, feeds)
+            logits = outputs[0]
+            present: list[Any] = outputs[1:]
+        else:
+            binding = session.io_binding()
+            for name, array in feeds.items():
+                binding.bind_cpu_input(name, array)
+            for name, value in zip(layout.past_names, past, strict=True):
+                if isinstance(value, np.ndarray):
+                    binding.bind_cpu_input(name, value)
+                else:
+                    binding.bind_ortvalue_input(name, value)
+            binding.bind_output("logits", "cpu")
+            for name in layout.present_names:
+                binding.bind_output(name, self._device, self._device_id)
+            session.run_with_iobinding(binding)
+            values = binding.get_outputs()
+            logits = values[0].numpy()
+            present = list(values[1:])
         self.steps += 1
         return logits[:, -1, :], present
 
-    def _prefill(self, model: OnnxModel, sequence: _Sequence) -> _Batch | None:
+    def _prefill(self, session: ort.InferenceSession, sequence: _Sequence) -> _Batch | None:
         """Run the prompt; the sequence as a batch of one, or None when it already ended."""
         length = len(sequence.prompt)
         dtype = self.layout.ids_dtype
         mask = np.ones((1, length), dtype=np.int64)
         logits, present = self._execute(
-            model,
+            session,
             np.array([sequence.prompt], dtype=dtype),
             mask,
             np.arange(length, dtype=np.int64)[None, :],
@@ -841,7 +852,7 @@ class GenerationEngine:
             np.array([[token]], dtype=dtype),
         )
 
-    def _step(self, model: OnnxModel, batch: _Batch) -> None:
+    def _step(self, session: ort.InferenceSession, batch: _Batch) -> None:
         """One token for every sequence of the batch."""
         sequences = batch.sequences
         rows = len(sequences)
@@ -852,7 +863,7 @@ class GenerationEngine:
         else:
             mask = np.ones((rows, batch.mask.shape[1] + 1), dtype=np.int64)
         try:
-            logits, present = self._execute(model, batch.last, mask, batch.positions, batch.past)
+            logits, present = self._execute(session, batch.last, mask, batch.positions, batch.past)
         except Exception as exc:
             logger.exception("decode step failed on model %s", self.model_name)
             error = InternalError(f"generation failed on model {self.model_name!r}: {exc}")

@@ -10,7 +10,10 @@ Models in ``generation_repository``:
 - ``tiny_gpt_iobinding``: the same, run through IO binding (on the CPU provider);
 - ``tiny_gpt_serial``: the graph with ``input_ids`` fixed to batch 1, so that sequences are
   stepped one after the other instead of batched;
+- ``tiny_gpt_pairs``: at most 2 sequences at once (``max_batch_size: 2``), the others wait;
+- ``tiny_gpt_spare``: a copy for tests that unload and reload it;
 - ``no_tokenizer``: a text-generation model without its tokenizer.json;
+- ``not_a_decoder``: an MLP configured as a text-generation model;
 - ``mlp``: an ordinary inference model.
 """
 
@@ -105,9 +108,17 @@ def build_generation_repository(root: Path) -> Path:
         if graph_input.name == "input_ids":
             graph_input.type.tensor_type.shape.dim[0].dim_value = 1
     _copy_model(root, "tiny_gpt_serial", base, fixed)
+    _copy_model(
+        root,
+        "tiny_gpt_pairs",
+        {**base, "generation": {**base["generation"], "max_batch_size": 2}},
+        None,
+    )
+    _copy_model(root, "tiny_gpt_spare", base, None)
     _copy_model(root, "no_tokenizer", base, None)
     (root / "no_tokenizer" / "tokenizer.json").unlink()
     models.save(models.mlp_model(), root / "mlp" / "1" / "model.onnx")
+    _copy_model(root, "not_a_decoder", base, models.mlp_model())
     return root
 
 
@@ -145,9 +156,10 @@ def tokenizer() -> Tokenizer:
 
 
 def engine_of(service: GenerationService, url: str, model: str) -> GenerationEngine:
-    """The engine of ``model`` in a running server (one request creates it if need be)."""
-    for engine in service.engines():
-        if engine.model_name == model:
-            return engine
-    httpx.post(f"{url}/v2/models/{model}/generate", json={"text_input": "a", "max_tokens": 1})
-    return next(e for e in service.engines() if e.model_name == model)
+    """The engine of the version of ``model`` a running server serves now (a request makes
+    the server create it first, so that here it is only looked up)."""
+    answer = httpx.post(
+        f"{url}/v2/models/{model}/generate", json={"text_input": "a", "max_tokens": 1}
+    )
+    assert answer.status_code == 200, answer.text
+    return service.engine(model, None)

@@ -6,6 +6,7 @@ the KV cache (the whole sequence again at every step).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -435,6 +436,7 @@ def test_errors_before_the_first_event_are_http_errors(generation_url: str, rout
         ("nope", {"text_input": "a"}, 404, "unknown model 'nope'"),
         ("mlp", {"text_input": "a"}, 400, "not a text-generation model"),
         ("no_tokenizer", {"text_input": "a"}, 503, "tokenizer.json is missing"),
+        ("not_a_decoder", {"text_input": "a"}, 503, "lacks the 'input_ids' input"),
         ("tiny_gpt", {}, 400, "text_input"),
         ("tiny_gpt", {"text_input": 3}, 400, "text_input"),
         ("tiny_gpt", [1, 2], 400, "JSON object"),
@@ -534,3 +536,100 @@ def test_generation_models_still_serve_infer(generation_url: str) -> None:
     assert answer.status_code == 200, answer.text
     logits = np.array(answer.json()["outputs"][0]["data"])
     assert logits.shape == (2 * 1024,)
+
+
+def test_pieces_carry_the_request_id(generation_url: str) -> None:
+    events = stream(
+        generation_url, "tiny_gpt", {"text_input": "Copyright", "max_tokens": 10, "id": "abc"}
+    )
+    assert all(data["id"] == "abc" for _, data in events)
+    assert all(
+        set(data) == {"model_name", "model_version", "text_output", "id"} for _, data in events[:-1]
+    )
+
+
+def test_sequences_beyond_max_batch_size_wait_their_turn(
+    generation_url: str,
+    generation_service: GenerationService,
+    tokenizer: Tokenizer,
+    reference_session: ort.InferenceSession,
+) -> None:
+    engine = engine_of(generation_service, generation_url, "tiny_gpt_pairs")
+    prompts = PROMPTS[:5]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        results = list(
+            pool.map(
+                lambda p: generate(
+                    generation_url,
+                    "tiny_gpt_pairs",
+                    {"text_input": p, "max_tokens": 20, "return_token_ids": True},
+                ).json(),
+                prompts,
+            )
+        )
+    for prompt, result in zip(prompts, results, strict=True):
+        assert result["token_ids"] == reference_greedy(
+            reference_session, tokenizer.encode(prompt).ids, 20
+        )
+    assert engine.largest_batch <= 2
+    wait_for(lambda: engine.active_sequences == 0)
+
+
+def test_unload_lets_running_streams_finish(
+    generation_url: str, generation_service: GenerationService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = engine_of(generation_service, generation_url, "tiny_gpt_spare")
+    original = engine._execute
+
+    def slow(*args: Any) -> Any:
+        time.sleep(0.005)
+        return original(*args)
+
+    monkeypatch.setattr(engine, "_execute", slow)
+    body = {"text_input": "Copyright", "max_tokens": 60, "ignore_eos": True}
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(stream, generation_url, "tiny_gpt_spare", body)
+        wait_for(lambda: engine.active_sequences == 1)
+        unload = httpx.post(f"{generation_url}/v2/repository/models/tiny_gpt_spare/unload")
+        assert unload.status_code == 200
+        refused = generate(generation_url, "tiny_gpt_spare", body)
+        assert refused.status_code == 503
+        events = running.result()
+    assert events[-1][1]["finish_reason"] == "length"
+    assert events[-1][1]["completion_tokens"] == 60
+    load = httpx.post(f"{generation_url}/v2/repository/models/tiny_gpt_spare/load", timeout=60)
+    assert load.status_code == 200
+    again = generate(generation_url, "tiny_gpt_spare", {**body, "max_tokens": 5})
+    assert again.json()["completion_tokens"] == 5
+    assert engine_of(generation_service, generation_url, "tiny_gpt_spare") is not engine
+
+
+async def test_closing_the_engine_fails_running_streams() -> None:
+    """What the server does at shutdown: streams still running end with a 503 error."""
+    from maas_server.config import load_config
+    from maas_server.errors import ModelUnavailableError
+    from maas_server.runtime import OnnxModel
+    from maas_server.tokenizer import TextTokenizer
+    from tests.server.conftest import TINY_GPT
+
+    model = OnnxModel.load("tiny_gpt", 1, TINY_GPT / "1" / "model.onnx", load_config(TINY_GPT))
+    engine = GenerationEngine(model, TextTokenizer.load(TINY_GPT))
+    original = engine._execute
+
+    def slow(*args: Any) -> Any:
+        time.sleep(0.005)
+        return original(*args)
+
+    engine._execute = slow  # type: ignore[method-assign]
+    stream = engine.submit(engine.encode("Copyright"), engine.params({"max_tokens": 200}))
+    chunks = stream.chunks()
+    first = await anext(chunks)
+    assert first[0].text
+    await asyncio.to_thread(engine.close)
+    with pytest.raises(ModelUnavailableError, match="shutting down"):
+        async for _ in chunks:
+            pass
+    assert engine.active_sequences == 0
+    with pytest.raises(ModelUnavailableError):
+        engine.submit([5], engine.params({}))
+    model.close()
