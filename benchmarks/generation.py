@@ -22,7 +22,7 @@ at 8 streams >= 3x that of 1 stream.
 
 Usage::
 
-    python benchmarks/generation.py                 # about 30 s
+    python benchmarks/generation.py                 # under 10 s
     python benchmarks/generation.py --quick         # a smoke run
     python benchmarks/generation.py --json out.json
 """
@@ -286,7 +286,7 @@ def verdicts(rows: list[Row], ratios: dict[int, list[float]]) -> list[tuple[str,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=200, help="new tokens per stream")
-    parser.add_argument("--repeat", type=int, default=5, help="runs per scenario")
+    parser.add_argument("--repeat", type=int, default=15, help="runs per scenario")
     parser.add_argument("--quick", action="store_true", help="50 tokens, 2 runs")
     parser.add_argument("--json", type=Path, help="write the rows and verdicts here")
     args = parser.parse_args(argv)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import queue
 import re
 import threading
 import time
@@ -566,13 +567,25 @@ def _host(value: Any) -> np.ndarray[Any, Any]:
 
 
 def _notify(waiters: list[asyncio.Future[None]]) -> None:
-    """Wake consumers from the engine thread: one call into each event loop."""
+    """Wake consumers: one call into each event loop."""
     loop = waiters[0].get_loop()
     if all(w.get_loop() is loop for w in waiters):
         loop.call_soon_threadsafe(_wake_all, waiters)
         return
     for waiter in waiters:
         waiter.get_loop().call_soon_threadsafe(_wake, waiter)
+
+
+def _notifier(waiters: queue.SimpleQueue[list[asyncio.Future[None]] | None]) -> None:
+    """Wake consumers on behalf of an engine thread.
+
+    Waking an event loop is a write to its self-pipe, a system call that lets go of the GIL;
+    the loop's thread, woken by it, often takes the GIL first and keeps it while it sends what
+    it received, and a decode thread that made the call would wait all that time before its
+    next step. This thread makes the call instead, while the decode thread runs the model.
+    """
+    while (batch := waiters.get()) is not None:
+        _notify(batch)
 
 
 class GenerationEngine:
@@ -612,6 +625,7 @@ class GenerationEngine:
         self._closed = False
         self._cancel_pending = False
         self._thread: threading.Thread | None = None
+        self._wakes: queue.SimpleQueue[list[asyncio.Future[None]] | None] = queue.SimpleQueue()
         self._active = 0
         # engine thread only
         self._waiting: deque[_Sequence] = deque()
@@ -675,6 +689,12 @@ class GenerationEngine:
                     daemon=True,
                 )
                 self._thread.start()
+                threading.Thread(
+                    target=_notifier,
+                    args=(self._wakes,),
+                    name=f"maas-notify-{self.model_name}-{self.model_version}",
+                    daemon=True,
+                ).start()
         return stream
 
     def cancel(self, sequence: _Sequence) -> None:
@@ -699,6 +719,12 @@ class GenerationEngine:
             self._active -= count
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self._wakes.put(None)  # ends the notifier thread started with this one
+
+    def _loop(self) -> None:
         model = self._model_ref()
         if model is None:
             with self._cond:
@@ -841,7 +867,7 @@ class GenerationEngine:
         wake: list[asyncio.Future[None]] = []
         ended = sequence.accept(token, time.perf_counter(), self.stream_interval, wake)
         if wake:
-            _notify(wake)
+            self._wakes.put(wake)
         if ended:
             return None
         return _Batch(
@@ -890,7 +916,7 @@ class GenerationEngine:
             if sequence.accept(token, now, interval, wake):
                 ended = True
         if wake:
-            _notify(wake)
+            self._wakes.put(wake)
         batch.last = tokens.astype(self.layout.ids_dtype, copy=False)[:, None]
         if ended:
             self._compact(batch)
