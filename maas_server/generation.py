@@ -890,6 +890,11 @@ class GenerationEngine:
             mask = np.ones((rows, batch.mask.shape[1] + 1), dtype=np.int64)
         try:
             logits, present = self._execute(session, batch.last, mask, batch.positions, batch.past)
+            tokens = logits.argmax(axis=1)
+            if not batch.greedy:
+                for row, sequence in enumerate(sequences):
+                    if not sequence.sampler.greedy:
+                        tokens[row] = sequence.sampler.choose(logits[row])
         except Exception as exc:
             logger.exception("decode step failed on model %s", self.model_name)
             error = InternalError(f"generation failed on model {self.model_name!r}: {exc}")
@@ -902,11 +907,6 @@ class GenerationEngine:
         batch.mask = mask
         batch.past = present
         batch.positions += 1
-        tokens = logits.argmax(axis=1)
-        if not batch.greedy:
-            for row, sequence in enumerate(sequences):
-                if not sequence.sampler.greedy:
-                    tokens[row] = sequence.sampler.choose(logits[row])
         self.tokens += rows
         wake: list[asyncio.Future[None]] = []
         ended = False

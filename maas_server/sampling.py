@@ -15,14 +15,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SamplingParams", "TokenSampler"]
+__all__ = ["GREEDY_BELOW", "SamplingParams", "TokenSampler"]
+
+GREEDY_BELOW = 1e-5
+"""Temperatures below this decode greedily (dividing logits by them would overflow)."""
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """``temperature`` 0 means greedy (the arg max; ``top_k``, ``top_p`` and ``seed`` are then
-    unused); ``top_k`` 0 and ``top_p`` 1 switch those filters off; ``seed`` None draws from
-    fresh entropy."""
+    """``temperature`` 0 (or below :data:`GREEDY_BELOW`) means greedy: the arg max, with
+    ``top_k``, ``top_p`` and ``seed`` unused. ``top_k`` 0 and ``top_p`` 1 switch those filters
+    off; ``seed`` None draws from fresh entropy."""
 
     temperature: float = 0.0
     top_k: int = 0
@@ -31,7 +34,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW
 
 
 class TokenSampler:
@@ -47,7 +50,14 @@ class TokenSampler:
         if self._rng is None:
             return int(logits.argmax())
         params = self.params
-        scaled = logits.astype(np.float64) / params.temperature
+        with np.errstate(all="ignore"):
+            token = self._sample(logits.astype(np.float64) / params.temperature)
+        # logits with NaN or infinities (a broken model) leave no distribution to draw from
+        return int(logits.argmax()) if token is None else token
+
+    def _sample(self, scaled: np.ndarray[Any, Any]) -> int | None:
+        params = self.params
+        assert self._rng is not None
         vocab = scaled.shape[0]
         if 0 < params.top_k < vocab:
             candidates = np.argpartition(-scaled, params.top_k - 1)[: params.top_k]
@@ -59,6 +69,8 @@ class TokenSampler:
         scores = scaled[candidates]
         probs = np.exp(scores - scores.max())
         cumulative = np.cumsum(probs)
+        if not np.isfinite(cumulative[-1]) or cumulative[-1] <= 0:
+            return None
         if params.top_p < 1.0:
             keep = int(np.searchsorted(cumulative, params.top_p * cumulative[-1], "left")) + 1
             cumulative = cumulative[:keep]

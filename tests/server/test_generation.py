@@ -633,3 +633,11 @@ async def test_closing_the_engine_fails_running_streams() -> None:
     with pytest.raises(ModelUnavailableError):
         engine.submit([5], engine.params({}))
     model.close()
+
+
+def test_tiny_temperatures_decode_greedily(generation_url: str) -> None:
+    body = {"text_input": "Copyright", "max_tokens": 12, "return_token_ids": True}
+    greedy = generate(generation_url, "tiny_gpt", body).json()
+    tiny = generate(generation_url, "tiny_gpt", {**body, "temperature": 1e-300, "seed": 1})
+    assert tiny.status_code == 200
+    assert tiny.json()["token_ids"] == greedy["token_ids"]

@@ -94,3 +94,14 @@ def test_generation_config_keys() -> None:
         parse_config({"task": "text-generation", "generation": {"tokenizer": "../t.json"}}, "t")
     with pytest.raises(ConfigError, match="stop"):
         parse_config({"task": "text-generation", "generation": {"stop": [""]}}, "t")
+
+
+def test_extreme_temperatures_and_broken_logits() -> None:
+    assert TokenSampler(SamplingParams(temperature=1e-300, seed=0)).greedy
+    cold = draws(SamplingParams(temperature=1e-4, seed=0), 50)
+    assert set(cold) == {0}
+    hot = draws(SamplingParams(temperature=1e300, seed=0), 400)
+    assert set(hot) == {0, 1, 2, 3}
+    sampler = TokenSampler(SamplingParams(temperature=1.0, top_p=0.5, seed=0))
+    for broken in ([np.nan, 1.0, 2.0], [np.inf, 1.0, np.inf], [-np.inf, -np.inf, -np.inf]):
+        assert sampler.choose(np.array(broken, dtype=np.float32)) in (0, 1, 2)
