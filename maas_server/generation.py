@@ -867,7 +867,7 @@ class GenerationEngine:
         wake: list[asyncio.Future[None]] = []
         ended = sequence.accept(token, time.perf_counter(), self.stream_interval, wake)
         if wake:
-            self._wakes.put(wake)
+            _notify(wake)  # the first token: no detour through the notifier thread
         if ended:
             return None
         return _Batch(
@@ -912,11 +912,16 @@ class GenerationEngine:
         ended = False
         now = time.perf_counter()
         interval = self.stream_interval
+        first_text = False  # a stream still waiting for its first text is woken directly
         for sequence, token in zip(sequences, tokens.tolist(), strict=True):
+            first_text = first_text or sequence.eager
             if sequence.accept(token, now, interval, wake):
                 ended = True
         if wake:
-            self._wakes.put(wake)
+            if first_text:
+                _notify(wake)
+            else:
+                self._wakes.put(wake)
         batch.last = tokens.astype(self.layout.ids_dtype, copy=False)[:, None]
         if ended:
             self._compact(batch)
