@@ -16,13 +16,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from .access_log import AccessLogMiddleware
-from .auth import AuthMiddleware, KeyStore
+from .access_log import AccessLog
+from .auth import AccessControl, KeyStore
 from .dataplane import DataPlane
 from .errors import ServerError
 from .generate_routes import generate_routes
 from .generation import GenerationService
-from .limits import LimitsMiddleware
+from .guard import RequestGuard
 from .metrics import MetricsServer, metrics_endpoint, metrics_registry
 from .openai_routes import openai_routes
 from .repository import ModelRepository
@@ -59,11 +59,9 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 def build_middleware(
     settings: Settings, rejections: Rejections, keys: KeyStore | None
 ) -> list[Middleware]:
-    """The middleware stack, outermost first: the access log (it sees every answer, refusals
-    included), CORS (preflights carry no key), limits (before any work on a request), API keys."""
+    """The middleware stack, outermost first: CORS (only with origins; preflights carry no key),
+    then one :class:`RequestGuard` (request ids, header limit, API keys, deadline, access log)."""
     stack: list[Middleware] = []
-    if settings.access_log != "off":
-        stack.append(Middleware(AccessLogMiddleware, format=settings.access_log))
     if settings.cors_origins:
         stack.append(
             Middleware(
@@ -74,19 +72,17 @@ def build_middleware(
                 expose_headers=["Inference-Header-Content-Length", "X-Request-ID", "Retry-After"],
             )
         )
-    if settings.max_header_bytes or settings.request_timeout_s:
+    access = AccessControl(keys, settings.open_paths, rejections) if keys is not None else None
+    access_log = AccessLog(settings.access_log) if settings.access_log != "off" else None
+    if access or access_log or settings.max_header_bytes or settings.request_timeout_s:
         stack.append(
             Middleware(
-                LimitsMiddleware,
+                RequestGuard,
+                access=access,
+                access_log=access_log,
                 max_header_bytes=settings.max_header_bytes,
                 timeout_s=settings.request_timeout_s,
                 rejections=rejections,
-            )
-        )
-    if keys is not None:
-        stack.append(
-            Middleware(
-                AuthMiddleware, store=keys, open_paths=settings.open_paths, rejections=rejections
             )
         )
     return stack

@@ -7,11 +7,29 @@ building Starlette ``Request`` objects.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send", "header", "send_error"]
+__all__ = [
+    "ASGIApp",
+    "Message",
+    "Receive",
+    "Refusal",
+    "Scope",
+    "Send",
+    "header",
+    "send_error",
+]
+
+
+class Refusal(NamedTuple):
+    """An answer given instead of running the request: status, message, extra headers."""
+
+    status: int
+    message: str
+    headers: Sequence[tuple[bytes, bytes]] = ()
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:

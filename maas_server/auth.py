@@ -16,7 +16,7 @@ Routes that find the model in the body instead of the path (``/v1/completions``)
 :func:`require_model_access`; routes that list models filter them with :func:`model_allowed`.
 
 >>> store = KeyStore(Path("keys.json"), admin_key=None)  # doctest: +SKIP
->>> app = AuthMiddleware(app, store, open_paths=("/v2/health/live",))  # doctest: +SKIP
+>>> app = RequestGuard(app, access=AccessControl(store, ("/v2/health/live",)))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 
 from starlette.requests import Request
 
-from .asgi import ASGIApp, Receive, Scope, Send, header, send_error
+from .asgi import Refusal, Scope, header
 from .errors import ForbiddenError
 from .keys_file import SCOPES, KeyEntry, KeysFileError, read_keys
 from .stats import Rejections
@@ -42,8 +42,8 @@ __all__ = [
     "ADMIN_KEY_NAME",
     "SCOPE_KEY",
     "SCOPE_MODEL",
+    "AccessControl",
     "ApiKey",
-    "AuthMiddleware",
     "Clock",
     "KeyStore",
     "TokenBucket",
@@ -60,6 +60,7 @@ Clock = Callable[[], float]
 ADMIN_KEY_NAME = "admin"
 """The name under which the admin key given at start appears in logs."""
 
+_ADMITTED_ENTRIES = 4096
 SCOPE_KEY = "maas.api_key"
 """Where the middleware leaves the request's :class:`ApiKey` in the ASGI scope."""
 SCOPE_MODEL = "maas.model"
@@ -137,6 +138,7 @@ class KeyStore:
         if admin_key:
             self._admin = ApiKey(ADMIN_KEY_NAME, _digest(admin_key), frozenset(SCOPES))
         self._keys: dict[str, ApiKey] = {}
+        self.generation = 0  # goes up whenever the keys change
         self._signature: tuple[int, int, int] | None = None
         self._checked = clock()
         if path is not None:
@@ -152,12 +154,17 @@ class KeyStore:
     def names(self) -> list[str]:
         return sorted(k.name for k in self._keys.values())
 
+    def maybe_reload(self) -> None:
+        """Look at the keys file if the reload interval has passed since the last look."""
+        if self.path is not None:
+            now = self._clock()
+            if now - self._checked >= self.reload_interval:
+                self._checked = now
+                self.reload()
+
     def lookup(self, key: str) -> ApiKey | None:
         """The accepted key equal to ``key``, or None."""
-        now = self._clock()
-        if self.path is not None and now - self._checked >= self.reload_interval:
-            self._checked = now
-            self.reload()
+        self.maybe_reload()
         digest = _digest(key)
         found = self._keys.get(digest)
         # The dict is indexed by SHA-256 digests, whose timing says nothing about the keys; the
@@ -225,6 +232,7 @@ class KeyStore:
         if self._admin is not None:
             keys[self._admin.digest] = self._admin
         self._keys = keys
+        self.generation += 1
 
 
 def path_target(path: str) -> tuple[str | None, str | None]:
@@ -275,25 +283,54 @@ def _retry_headers(seconds: float) -> list[tuple[bytes, bytes]]:
     ]
 
 
-class AuthMiddleware:
-    """Pure ASGI middleware enforcing API keys (see the module's documentation)."""
+class AccessControl:
+    """Decides, from the ASGI scope alone, whether a request may go on (see the module's
+    documentation): :meth:`check` admits it or says how to refuse it, :meth:`release` gives back
+    its concurrency slot. :class:`~maas_server.guard.RequestGuard` calls both."""
 
     def __init__(
         self,
-        app: ASGIApp,
         store: KeyStore,
         open_paths: Iterable[str] = (),
         rejections: Rejections | None = None,
     ) -> None:
-        self.app = app
         self.store = store
         self.open_paths = frozenset(open_paths)
         self.rejections = rejections or Rejections()
+        # (Authorization header, method, path) -> the key, for requests that passed every check
+        # but the rate and the quota: the common case costs one dictionary lookup, not a parse,
+        # a hash and the path rules. A header that matches no entry almost never meets a hash
+        # collision, so the lookup's timing says nothing about the keys. Emptied when the keys
+        # change.
+        self._admitted: dict[tuple[bytes, str, str], ApiKey] = {}
+        self._generation = store.generation
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
-            await self.app(scope, receive, send)
-            return
+    def check(self, scope: Scope) -> tuple[ApiKey | None, Refusal | None]:
+        """The request's key (also left in ``scope[SCOPE_KEY]``) and None when it may go on,
+        or a refusal. An admitted request of a key with a concurrency quota holds a slot."""
+        path = scope["path"]
+        if path in self.open_paths:
+            return None, None
+        store = self.store
+        store.maybe_reload()
+        if store.generation != self._generation:
+            self._admitted.clear()
+            self._generation = store.generation
+        raw = header(scope, b"authorization")
+        cache_key = (raw or b"", scope["method"], path)
+        key = self._admitted.get(cache_key)
+        if key is None:
+            key, refusal = self._check_key(scope, path)
+            if refusal is not None:
+                return key, refusal
+            assert key is not None
+            if len(self._admitted) >= _ADMITTED_ENTRIES:
+                self._admitted.clear()
+            self._admitted[cache_key] = key
+        scope[SCOPE_KEY] = key
+        return key, self._check_limits(key)
+
+    def _check_key(self, scope: Scope, path: str) -> tuple[ApiKey | None, Refusal | None]:
         token = _bearer(scope)
         key = self.store.lookup(token) if token is not None else None
         if key is None:
@@ -306,56 +343,51 @@ class AuthMiddleware:
                 if token is None
                 else "invalid API key"
             )
-            await send_error(send, 401, message, [(b"www-authenticate", challenge.encode())])
-            return
+            return None, Refusal(401, message, [(b"www-authenticate", challenge.encode())])
         scope[SCOPE_KEY] = key
-        needed, model = access_rule(scope["method"], scope["path"])
+        needed, model = access_rule(scope["method"], path)
         if needed not in key.scopes:
             self.rejections.add("forbidden")
-            await send_error(
-                send, 403, f"API key {key.name!r} lacks the {needed!r} scope this endpoint needs"
+            return key, Refusal(
+                403, f"API key {key.name!r} lacks the {needed!r} scope this endpoint needs"
             )
-            return
-        if key.models is not None and scope["path"] == "/metrics":
-            self.rejections.add("forbidden")
-            await send_error(
-                send,
-                403,
-                f"API key {key.name!r} is limited to some models; /metrics covers them all",
-            )
-            return
-        if model is not None and not key.allows_model(model):
-            self.rejections.add("forbidden")
-            await send_error(send, 403, f"API key {key.name!r} may not use model {model!r}")
-            return
+        if key.models is not None:
+            if path == "/metrics":
+                self.rejections.add("forbidden")
+                return key, Refusal(
+                    403, f"API key {key.name!r} is limited to some models; /metrics covers them all"
+                )
+            if model is not None and model not in key.models:
+                self.rejections.add("forbidden")
+                return key, Refusal(403, f"API key {key.name!r} may not use model {model!r}")
+        return key, None
+
+    def _check_limits(self, key: ApiKey) -> Refusal | None:
         if key.bucket is not None:
             wait = key.bucket.take()
             if wait > 0.0:
                 self.rejections.add("rate_limited")
-                await send_error(
-                    send,
+                return Refusal(
                     429,
                     f"API key {key.name!r} is over its rate of {key.bucket.rate:g} requests/s; "
                     f"retry in {wait:.2f} s",
                     _retry_headers(wait),
                 )
-                return
-        if key.concurrency is None:
-            await self.app(scope, receive, send)
-            return
-        if key.in_flight >= key.concurrency:
-            self.rejections.add("concurrency_limit")
-            await send_error(
-                send,
-                429,
-                f"API key {key.name!r} already has {key.concurrency} requests in flight",
-                _retry_headers(1.0),
-            )
-            return
-        key.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
+        if key.concurrency is not None:
+            if key.in_flight >= key.concurrency:
+                self.rejections.add("concurrency_limit")
+                return Refusal(
+                    429,
+                    f"API key {key.name!r} already has {key.concurrency} requests in flight",
+                    _retry_headers(1.0),
+                )
+            key.in_flight += 1
+        return None
+
+    @staticmethod
+    def release(key: ApiKey | None) -> None:
+        """The end of a request that :meth:`check` admitted."""
+        if key is not None and key.concurrency is not None:
             key.in_flight -= 1
 
 

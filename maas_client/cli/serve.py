@@ -93,7 +93,7 @@ def serve(
         import uvicorn
 
         from maas_server import Settings, create_app, default_repository
-        from maas_server.access_log import ACCESS_LOGGER
+        from maas_server.access_log import configure_access_logger
         from maas_server.settings import OPEN_PATHS
     except ImportError as exc:
         typer.echo(
@@ -113,7 +113,7 @@ def serve(
     )
     if access_log != "off":
         # The access log follows --access-log, whatever --log-level says of other messages.
-        logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
+        configure_access_logger()
     admin_key = os.environ.get(_ADMIN_KEY_ENV) or None
     settings = Settings(
         repository=repository or default_repository(),
@@ -143,6 +143,7 @@ def serve(
         port=port,
         log_level=log_level.lower(),
         access_log=False,  # maas writes its own (--access-log)
+        log_config=None,  # keep the logging set up above (uvicorn's would close its handlers)
         ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
         ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
         ssl_ca_certs=str(ssl_ca_certs) if ssl_ca_certs else None,

@@ -23,7 +23,7 @@ from maas_server import Settings
 from maas_server.asgi import Message, Receive, Scope, Send
 from maas_server.auth import (
     SCOPE_MODEL,
-    AuthMiddleware,
+    AccessControl,
     KeyStore,
     TokenBucket,
     access_rule,
@@ -31,6 +31,7 @@ from maas_server.auth import (
     require_model_access,
 )
 from maas_server.errors import ForbiddenError
+from maas_server.guard import RequestGuard
 from maas_server.keys_file import (
     KeyEntry,
     KeysFileError,
@@ -423,7 +424,8 @@ async def test_rate_limit_timing_with_a_fake_clock(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
     key, _ = add_key(path, "metered", ["read"], rate=10.0, burst=5)
     clock = FakeClock()
-    middleware = AuthMiddleware(_ok_app(), KeyStore(path, clock=clock), rejections=Rejections())
+    access = AccessControl(KeyStore(path, clock=clock), rejections=Rejections())
+    middleware = RequestGuard(_ok_app(), access=access)
     statuses = [(await _call(middleware, "/v2", key))[0] for _ in range(6)]
     assert statuses == [200] * 5 + [429]
     status, headers = await _call(middleware, "/v2", key)
@@ -445,21 +447,18 @@ async def test_concurrency_quota(tmp_path: Path) -> None:
     key, _ = add_key(path, "one-at-a-time", ["read"], concurrency=1)
     other, _ = add_key(path, "other", ["read"], concurrency=1)
     release = asyncio.Event()
-    middleware = AuthMiddleware(_ok_app(release), KeyStore(path))
+    access = AccessControl(KeyStore(path))
+    middleware = RequestGuard(_ok_app(release), access=access)
     first = asyncio.create_task(_call(middleware, "/v2", key))
     await asyncio.sleep(0.01)
-    status, headers = await _call(_without_wait(middleware), "/v2", key)
+    # The same key state in front of an app that answers at once.
+    status, headers = await _call(RequestGuard(_ok_app(), access=access), "/v2", key)
     assert status == 429 and headers[b"retry-after"] == b"1"
     other_task = asyncio.create_task(_call(middleware, "/v2", other))  # its own quota
     await asyncio.sleep(0.01)
     release.set()
     assert (await first)[0] == 200 and (await other_task)[0] == 200
     assert (await _call(middleware, "/v2", key))[0] == 200  # the slot was given back
-
-
-def _without_wait(middleware: AuthMiddleware) -> AuthMiddleware:
-    """The same middleware (same key state) in front of an app that answers at once."""
-    return AuthMiddleware(_ok_app(), middleware.store, rejections=middleware.rejections)
 
 
 async def test_require_model_access_for_body_routes(tmp_path: Path) -> None:
@@ -478,7 +477,7 @@ async def test_require_model_access_for_body_routes(tmp_path: Path) -> None:
         seen["model"] = scope[SCOPE_MODEL]
         await _ok_app()(scope, receive, send)
 
-    middleware = AuthMiddleware(app, store)
+    middleware = RequestGuard(app, access=AccessControl(store))
     for model, allowed in (("gpt", True), ("mlp", False)):
         seen.clear()
         scope: Scope = {

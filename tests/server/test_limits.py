@@ -20,7 +20,7 @@ from maas_client.codec import HEADER_LENGTH
 from maas_client.protocol import TensorPayload, encode_request
 from maas_server import Settings
 from maas_server.asgi import Message, Receive, Scope, Send
-from maas_server.limits import LimitsMiddleware
+from maas_server.guard import RequestGuard
 from maas_server.stats import Rejections
 from tests import models
 from tests.server.apps import asgi_app, bearer, mlp_request
@@ -106,9 +106,7 @@ async def test_deadline_does_not_cut_an_answer_that_has_started() -> None:
         await send({"type": "http.response.body", "body": b"late", "more_body": False})
 
     rejections = Rejections()
-    middleware = LimitsMiddleware(
-        streaming, max_header_bytes=0, timeout_s=0.05, rejections=rejections
-    )
+    middleware = RequestGuard(streaming, timeout_s=0.05, rejections=rejections)
     sent: list[Message] = []
 
     async def receive() -> Message:
