@@ -25,13 +25,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .errors import BadRequestError, InternalError, ServerError
-from .generation import (
-    GenerationEngine,
-    GenerationEvent,
-    GenerationResult,
-    GenerationService,
-    GenerationStream,
-)
+from .generation import GenerationEngine, GenerationService
+from .generation_stream import GenerationEvent, GenerationResult, GenerationStream
 from .routes import JSONBytesResponse, read_body
 from .sse import EventStreamResponse, sse_event, watch_disconnect
 

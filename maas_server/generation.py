@@ -37,48 +37,38 @@ import asyncio
 import logging
 import math
 import queue
-import re
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from .config import GenerationConfig
+from .decoder import DecoderLayout, DecoderLayoutError
 from .errors import BadRequestError, InternalError, ModelUnavailableError, ServerError
+from .generation_stream import (
+    CLOSED,
+    GenerationStream,
+    SequenceEnd,
+    TokenChannel,
+    notify,
+)
 from .repository import ModelRepository
 from .runtime import OnnxModel
 from .sampling import SamplingParams, TokenSampler
-from .tokenizer import IncrementalDetokenizer, TextTokenizer, TokenizerError
+from .tokenizer import TextTokenizer, TokenizerError
 
-__all__ = [
-    "DecoderLayout",
-    "DecoderLayoutError",
-    "FinishReason",
-    "GenerationEngine",
-    "GenerationEvent",
-    "GenerationParams",
-    "GenerationResult",
-    "GenerationService",
-    "GenerationStream",
-    "merge_chunks",
-]
+__all__ = ["GenerationEngine", "GenerationParams", "GenerationService"]
 
 logger = logging.getLogger("maas_server")
 
-FinishReason = Literal["stop", "length"]
-
 MAX_STOP_STRINGS = 16
 _IDLE_SECONDS = 2.0  # how long an engine thread waits for work before it ends
-_PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
-_KV_DTYPES = {"FP32": np.float32, "FP16": np.float16}
-_IDS_DTYPES = {"INT64": np.int64, "INT32": np.int32}
 _CUDA_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
@@ -147,248 +137,6 @@ def _number(name: str, value: Any) -> float:
     return float(value)
 
 
-# --- results --------------------------------------------------------------------------------
-
-
-@dataclass
-class GenerationEvent:
-    """A new piece of text and the tokens that made it; the last event of a sequence has
-    ``finish_reason`` set, no text, and the token counts."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: FinishReason | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-@dataclass
-class GenerationResult:
-    """A whole generation, as :meth:`GenerationStream.collect` gathers it."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class _Closed:
-    """Marks a stream that its consumer cancelled."""
-
-
-@dataclass(frozen=True)
-class _Ended:
-    """The engine's last word on a sequence: it stopped on an EOS token (``eos``, counted but
-    never turned into text) or at its limit."""
-
-    reason: FinishReason
-    eos: int | None = None
-
-
-_CLOSED = _Closed()
-_Item = int | _Ended | ServerError | _Closed
-
-
-class _Channel:
-    """Items from the engine thread to one consumer on the event loop: token ids, then an
-    :class:`_Ended` or a :class:`ServerError`.
-
-    The engine appends without blocking. It wakes the consumer only when the consumer waits, and
-    wakes all the consumers of one step with a single call into their loop (:func:`_notify`), so
-    a consumer that lags behind picks up everything that arrived in one go.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._items: deque[_Item] = deque()
-        self._lock = threading.Lock()
-        self._waiter: asyncio.Future[None] | None = None
-
-    def put(self, item: _Item, wake: bool = True) -> asyncio.Future[None] | None:
-        """Append ``item``; with ``wake``, the consumer's waiter to wake if it waits (else the
-        consumer finds the item with the next one that wakes it)."""
-        with self._lock:
-            self._items.append(item)
-            if not wake:
-                return None
-            waiter, self._waiter = self._waiter, None
-        return waiter
-
-    def send(self, item: _Item) -> None:
-        """Append ``item`` and wake the consumer now."""
-        waiter = self.put(item)
-        if waiter is not None:
-            self.loop.call_soon_threadsafe(_wake, waiter)
-
-    async def take(self) -> list[_Item]:
-        while True:
-            with self._lock:
-                if self._items:
-                    items = list(self._items)
-                    self._items.clear()
-                    return items
-                waiter = self._waiter = self.loop.create_future()
-            await waiter
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
-    for waiter in waiters:
-        if not waiter.done():
-            waiter.set_result(None)
-
-
-class _StopStrings:
-    """Finds stop strings in generated text, holding back any tail that may begin one."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self._stops = tuple(stops)
-        self._held = ""
-
-    def feed(self, piece: str) -> tuple[str, bool]:
-        """The text that is safe to send, and whether a stop string ended the sequence."""
-        if not self._stops:
-            return piece, False
-        text = self._held + piece
-        found = [i for i in (text.find(s) for s in self._stops) if i >= 0]
-        if found:
-            self._held = ""
-            return text[: min(found)], True
-        keep = 0
-        for stop in self._stops:
-            for size in range(min(len(stop) - 1, len(text)), keep, -1):
-                if text.endswith(stop[:size]):
-                    keep = size
-                    break
-        self._held = text[len(text) - keep :] if keep else ""
-        return text[: len(text) - keep], False
-
-    def release(self) -> str:
-        held, self._held = self._held, ""
-        return held
-
-
-class GenerationStream:
-    """The results of one sequence, read on the event loop.
-
-    The engine thread only hands over token ids; turning them into text (complete UTF-8 pieces)
-    and watching for stop strings happens here, off the decode loop's critical path. A stop
-    string ends the stream at once and takes the sequence out of the engine.
-
-    Iterate over :meth:`chunks` (lists of the events that are ready) or call :meth:`collect`;
-    an error inside the loop is raised as a :class:`ServerError`. :meth:`cancel` (or leaving
-    ``async with``) takes the sequence out of the engine before its next step.
-    """
-
-    def __init__(
-        self,
-        sequence: _Sequence,
-        engine: GenerationEngine,
-        detokenizer: IncrementalDetokenizer,
-    ) -> None:
-        self._sequence = sequence
-        self.engine = engine
-        self.prompt_tokens = len(sequence.prompt)
-        self.completion_tokens = 0
-        self.done = False
-        self._detokenizer = detokenizer
-        self._stops = _StopStrings(sequence.params.stop)
-        self._pending: list[int] = []
-        self._error: ServerError | None = None
-
-    def cancel(self) -> None:
-        if not self.done:
-            self.done = True
-            self.engine.cancel(self._sequence)
-
-    def _final(self, reason: FinishReason) -> GenerationEvent:
-        self.done = True
-        pending, self._pending = self._pending, []
-        return GenerationEvent("", pending, reason, self.prompt_tokens, self.completion_tokens)
-
-    def _events(self, items: list[_Item]) -> list[GenerationEvent]:
-        """Events for what the engine sent; raises the engine's error."""
-        events: list[GenerationEvent] = []
-        for item in items:
-            if type(item) is int:
-                self.completion_tokens += 1
-                self._pending.append(item)
-                piece = self._detokenizer.push(item)
-                if not piece:
-                    continue
-                text, stopped = self._stops.feed(piece)
-                if text:
-                    events.append(GenerationEvent(text, self._pending))
-                    self._pending = []
-                    self._sequence.eager = False
-                if stopped:
-                    self.engine.cancel(self._sequence)
-                    events.append(self._final("stop"))
-                    return events
-            elif isinstance(item, _Ended):
-                reason = item.reason
-                if item.eos is not None:
-                    self.completion_tokens += 1
-                    self._pending.append(item.eos)
-                text, stopped = self._stops.feed(self._detokenizer.flush())
-                if stopped:
-                    reason = "stop"
-                else:
-                    text += self._stops.release()
-                if text:
-                    events.append(GenerationEvent(text, self._pending))
-                    self._pending = []
-                events.append(self._final(reason))
-                return events
-            elif isinstance(item, ServerError):
-                self.done = True
-                self._error = item
-                return events
-            else:  # _Closed: cancelled by the consumer
-                self.done = True
-                return events
-        return events
-
-    async def chunks(self) -> AsyncGenerator[list[GenerationEvent]]:
-        while not self.done:
-            events = self._events(await self._sequence.channel.take())
-            if events:
-                yield events
-            if self._error is not None:
-                raise self._error
-
-    async def collect(self) -> GenerationResult:
-        texts: list[str] = []
-        ids: list[int] = []
-        last: GenerationEvent | None = None
-        async for events in self.chunks():
-            for event in events:
-                texts.append(event.text)
-                ids.extend(event.token_ids)
-                last = event
-        if last is None or last.finish_reason is None:
-            raise InternalError("the generation was cancelled")
-        return GenerationResult(
-            "".join(texts), ids, last.finish_reason, last.prompt_tokens, last.completion_tokens
-        )
-
-    async def __aenter__(self) -> GenerationStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cancel()
-
-
 # --- one sequence ---------------------------------------------------------------------------
 
 
@@ -415,7 +163,7 @@ class _Sequence:
         params: GenerationParams,
         limit: int,
         eos: frozenset[int],
-        channel: _Channel,
+        channel: TokenChannel,
     ) -> None:
         self.prompt = prompt
         self.params = params
@@ -441,7 +189,7 @@ class _Sequence:
         """
         self.generated += 1
         if token in self.eos:
-            ended = _Ended("stop", token)
+            ended = SequenceEnd("stop", token)
         else:
             due = self.eager or now - self.woken >= interval
             waiter = self.channel.put(token, due)
@@ -451,89 +199,20 @@ class _Sequence:
                     wake.append(waiter)
             if self.generated < self.limit:
                 return False
-            ended = _Ended("length")
+            ended = SequenceEnd("length")
         self.finished = True
         waiter = self.channel.put(ended)
         if waiter is not None:
             wake.append(waiter)
         return True
 
+    def text_started(self) -> None:
+        """The consumer has sent its first text: wake it at the usual pace from now on."""
+        self.eager = False
+
     def fail(self, error: ServerError) -> None:
         self.finished = True
         self.channel.send(error)
-
-
-# --- the model's graph ----------------------------------------------------------------------
-
-
-class DecoderLayoutError(Exception):
-    """A graph the decode loop cannot drive; the message says what is missing."""
-
-
-@dataclass(frozen=True)
-class DecoderLayout:
-    """What the decode loop needs to know about a decoder graph; :meth:`of` reads and checks it."""
-
-    ids_dtype: Any
-    past_names: tuple[str, ...]
-    present_names: tuple[str, ...]
-    empty_past: tuple[np.ndarray[Any, Any], ...]
-    has_attention_mask: bool
-    has_position_ids: bool
-    has_cache_branch: bool
-    batchable: bool
-    vocab_size: int | None
-    output_names: list[str] = field(default_factory=list)
-
-    @classmethod
-    def of(cls, model: OnnxModel) -> DecoderLayout:
-        inputs = model.input_by_name
-        outputs = model.output_by_name
-        if "input_ids" not in inputs or "logits" not in outputs:
-            raise DecoderLayoutError(
-                "its graph lacks the 'input_ids' input or the 'logits' output of a decoder"
-            )
-        ids_spec = inputs["input_ids"]
-        if ids_spec.datatype not in _IDS_DTYPES:
-            raise DecoderLayoutError(f"'input_ids' is {ids_spec.datatype}; expected INT64 or INT32")
-        past: list[tuple[int, str, str]] = []
-        known = {"input_ids", "attention_mask", "position_ids", "use_cache_branch"}
-        for name in inputs:
-            match = _PAST.match(name)
-            if match:
-                past.append((int(match.group(1)), match.group(2), name))
-            elif name not in known:
-                raise DecoderLayoutError(f"the decode loop does not know its input {name!r}")
-        if not past:
-            raise DecoderLayoutError("its graph has no 'past_key_values.N.key/value' inputs")
-        past.sort()
-        past_names = tuple(name for _, _, name in past)
-        present_names = tuple(f"present.{layer}.{kind}" for layer, kind, _ in past)
-        empty = []
-        for name, present in zip(past_names, present_names, strict=True):
-            if present not in outputs:
-                raise DecoderLayoutError(f"its graph has {name!r} but no {present!r} output")
-            spec = inputs[name]
-            if spec.datatype not in _KV_DTYPES or len(spec.shape) != 4:
-                raise DecoderLayoutError(f"{name!r} is {spec.datatype} {list(spec.shape)}")
-            if spec.shape[1] < 0 or spec.shape[3] < 0:
-                raise DecoderLayoutError(f"{name!r} has a variable head count or head size")
-            empty.append(
-                np.zeros((1, spec.shape[1], 0, spec.shape[3]), dtype=_KV_DTYPES[spec.datatype])
-            )
-        logits_shape = outputs["logits"].shape
-        return cls(
-            ids_dtype=_IDS_DTYPES[ids_spec.datatype],
-            past_names=past_names,
-            present_names=present_names,
-            empty_past=tuple(empty),
-            has_attention_mask="attention_mask" in inputs,
-            has_position_ids="position_ids" in inputs,
-            has_cache_branch="use_cache_branch" in inputs,
-            batchable="attention_mask" in inputs and ids_spec.shape[:1] == (-1,),
-            vocab_size=logits_shape[-1] if logits_shape and logits_shape[-1] > 0 else None,
-            output_names=["logits", *present_names],
-        )
 
 
 # --- the engine -----------------------------------------------------------------------------
@@ -566,16 +245,6 @@ def _host(value: Any) -> np.ndarray[Any, Any]:
     return array
 
 
-def _notify(waiters: list[asyncio.Future[None]]) -> None:
-    """Wake consumers: one call into each event loop."""
-    loop = waiters[0].get_loop()
-    if all(w.get_loop() is loop for w in waiters):
-        loop.call_soon_threadsafe(_wake_all, waiters)
-        return
-    for waiter in waiters:
-        waiter.get_loop().call_soon_threadsafe(_wake, waiter)
-
-
 def _notifier(waiters: queue.SimpleQueue[list[asyncio.Future[None]] | None]) -> None:
     """Wake consumers on behalf of an engine thread.
 
@@ -585,7 +254,7 @@ def _notifier(waiters: queue.SimpleQueue[list[asyncio.Future[None]] | None]) -> 
     next step. This thread makes the call instead, while the decode thread runs the model.
     """
     while (batch := waiters.get()) is not None:
-        _notify(batch)
+        notify(batch)
 
 
 class GenerationEngine:
@@ -671,9 +340,16 @@ class GenerationEngine:
         limit = params.max_tokens
         if self.context_length is not None:
             limit = min(limit, self.context_length - len(ids))
-        channel = _Channel(asyncio.get_running_loop())
+        channel = TokenChannel(asyncio.get_running_loop())
         sequence = _Sequence(ids, params, limit, self.eos_token_ids, channel)
-        stream = GenerationStream(sequence, self, self.tokenizer.detokenizer(ids))
+        stream = GenerationStream(
+            channel,
+            len(ids),
+            self.tokenizer.detokenizer(ids),
+            params.stop,
+            cancel=lambda: self.cancel(sequence),
+            text_started=sequence.text_started,
+        )
         with self._cond:
             if self._closed:
                 raise ModelUnavailableError(f"model {self.model_name!r} is shutting down")
@@ -701,7 +377,7 @@ class GenerationEngine:
         """Take a sequence out before the engine's next step (any thread)."""
         sequence.cancelled = True
         self._cancel_pending = True
-        sequence.channel.send(_CLOSED)
+        sequence.channel.send(CLOSED)
 
     def close(self, timeout: float = 10.0) -> None:
         """Fail what is still running and stop the thread."""
@@ -867,7 +543,7 @@ class GenerationEngine:
         wake: list[asyncio.Future[None]] = []
         ended = sequence.accept(token, time.perf_counter(), self.stream_interval, wake)
         if wake:
-            _notify(wake)  # the first token: no detour through the notifier thread
+            notify(wake)  # the first token: no detour through the notifier thread
         if ended:
             return None
         return _Batch(
@@ -919,7 +595,7 @@ class GenerationEngine:
                 ended = True
         if wake:
             if first_text:
-                _notify(wake)
+                notify(wake)
             else:
                 self._wakes.put(wake)
         batch.last = tokens.astype(self.layout.ids_dtype, copy=False)[:, None]
@@ -1025,39 +701,3 @@ class GenerationService:
     def close(self) -> None:
         for engine in self.engines():
             engine.close()
-
-
-async def merge_chunks(
-    streams: Sequence[GenerationStream],
-) -> AsyncGenerator[tuple[int, list[GenerationEvent]]]:
-    """The chunks of several streams as they come, each with its stream's index; the first
-    error of any stream is raised."""
-    if len(streams) == 1:
-        async for events in streams[0].chunks():
-            yield 0, events
-        return
-    queue: asyncio.Queue[tuple[int, list[GenerationEvent]] | Exception | None] = asyncio.Queue()
-
-    async def pump(index: int, stream: GenerationStream) -> None:
-        try:
-            async for events in stream.chunks():
-                queue.put_nowait((index, events))
-            queue.put_nowait(None)
-        except Exception as exc:
-            queue.put_nowait(exc)
-
-    loop = asyncio.get_running_loop()
-    tasks = [loop.create_task(pump(i, s)) for i, s in enumerate(streams)]
-    try:
-        remaining = len(streams)
-        while remaining:
-            item = await queue.get()
-            if item is None:
-                remaining -= 1
-            elif isinstance(item, Exception):
-                raise item
-            else:
-                yield item
-    finally:
-        for task in tasks:
-            task.cancel()

@@ -28,14 +28,8 @@ from starlette.routing import Route
 
 from .errors import BadRequestError, InternalError, ModelNotFoundError, ServerError
 from .generate_routes import collect_until_disconnect, json_object, service
-from .generation import (
-    GenerationEngine,
-    GenerationEvent,
-    GenerationParams,
-    GenerationResult,
-    GenerationStream,
-    merge_chunks,
-)
+from .generation import GenerationEngine, GenerationParams
+from .generation_stream import GenerationEvent, GenerationResult, GenerationStream, merge_chunks
 from .routes import JSONBytesResponse
 from .sse import EventStreamResponse, sse_event
 
