@@ -11,7 +11,9 @@ and the numpy codec in :mod:`maas_client.codec`; the server imports both.
 
 from __future__ import annotations
 
+from ._batched import BatchResult
 from ._client import AsyncClient, Client
+from ._endpoints import Endpoints
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -20,6 +22,8 @@ from ._exceptions import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    BatchError,
+    ChunkFailure,
     ConflictError,
     InputError,
     InternalServerError,
@@ -34,7 +38,7 @@ from ._exceptions import (
 )
 from ._inputs import Input, Output
 from ._response import RawResponse
-from ._result import InferResult, Timing
+from ._result import InferResult, RepositoryIndex, Timing
 from ._retry import RetryEvent, RetryPolicy
 from ._types import NOT_GIVEN, NotGiven
 
@@ -48,8 +52,12 @@ __all__ = [
     "AsyncClient",
     "AuthenticationError",
     "BadRequestError",
+    "BatchError",
+    "BatchResult",
+    "ChunkFailure",
     "Client",
     "ConflictError",
+    "Endpoints",
     "InferResult",
     "Input",
     "InputError",
@@ -63,6 +71,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "RawResponse",
+    "RepositoryIndex",
     "RetryEvent",
     "RetryPolicy",
     "ServiceUnavailableError",

@@ -20,6 +20,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from ._endpoints import EndpointPool, Endpoints, parse_urls
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -41,13 +42,14 @@ from ._exceptions import (
 )
 from ._inputs import Output, collect_inputs, prepare_inputs, request_outputs
 from ._logs import logger, setup_logging
-from ._result import InferResult, Timing
+from ._result import InferResult, RepositoryIndex, Timing
 from ._retry import RetryPolicy, is_retryable
 from ._settings import DEFAULT_BASE_URL, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, EnvSettings
 from ._types import NOT_GIVEN, CallOptions, HeadersLike, NotGiven, TimeoutLike, VersionLike
 from .codec import HEADER_LENGTH, CodecError, from_wire
 from .protocol import BinaryPiece, decode_response, encode_request_parts
 from .types import (
+    InferenceStatistics,
     ModelConfiguration,
     ModelMetadata,
     RepositoryModel,
@@ -76,11 +78,13 @@ __all__ = [
     "parse_models",
     "parse_nothing",
     "parse_server_metadata",
+    "parse_statistics",
     "plan_health",
     "plan_load",
     "plan_model_config",
     "plan_model_metadata",
     "plan_model_ready",
+    "plan_model_stats",
     "plan_repository_index",
     "plan_server_metadata",
     "plan_unload",
@@ -219,6 +223,16 @@ def plan_model_ready(name: str, version: VersionLike) -> RequestPlan:
 def plan_model_config(name: str, version: VersionLike) -> RequestPlan:
     return RequestPlan(
         "GET", model_path(name, version, "/config"), model=name, version=_version_text(version)
+    )
+
+
+def plan_model_stats(name: str | None, version: VersionLike) -> RequestPlan:
+    if name is None:
+        if version is not None and version != "":
+            raise InputError("a version needs a model name")
+        return RequestPlan("GET", "/v2/models/stats")
+    return RequestPlan(
+        "GET", model_path(name, version, "/stats"), model=name, version=_version_text(version)
     )
 
 
@@ -396,7 +410,7 @@ def parse_model(cls: type[_M]) -> Callable[[Answer], _M]:
     return parse
 
 
-def parse_models(answer: Answer) -> list[RepositoryModel]:
+def parse_models(answer: Answer) -> RepositoryIndex:
     body = _json(answer)
     if not isinstance(body, list):
         raise APIResponseValidationError(
@@ -407,7 +421,7 @@ def parse_models(answer: Answer) -> list[RepositoryModel]:
             attempts=answer.attempts,
         )
     try:
-        return [RepositoryModel.model_validate(row) for row in body]
+        return RepositoryIndex(RepositoryModel.model_validate(row) for row in body)
     except ValidationError as exc:
         raise APIResponseValidationError(
             f"the repository index holds an invalid row: {exc}",
@@ -450,6 +464,7 @@ def parse_nothing(answer: Answer) -> None:
 parse_server_metadata = parse_model(ServerMetadata)
 parse_model_metadata = parse_model(ModelMetadata)
 parse_model_config = parse_model(ModelConfiguration)
+parse_statistics = parse_model(InferenceStatistics)
 
 
 @dataclass(frozen=True)
@@ -534,10 +549,12 @@ class BaseClient:
     _default_entries: dict[str, tuple[str, str]]
     _state: _SharedState
     _owns_http: bool
+    _pool: EndpointPool | None
+    """The servers of a client given several URLs (``None`` for one: ``base_url``)."""
 
     def _configure(
         self,
-        base_url: str | None,
+        base_url: str | Sequence[str] | Endpoints | None,
         *,
         api_key: str | None,
         timeout: TimeoutLike | NotGiven,
@@ -551,9 +568,7 @@ class BaseClient:
     ) -> None:
         env = EnvSettings.from_env()
         setup_logging(env.log)
-        self.base_url = (base_url or env.base_url or DEFAULT_BASE_URL).rstrip("/")
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, not {self.base_url!r}")
+        self._set_endpoints(base_url or env.base_url or DEFAULT_BASE_URL)
         self.api_key = api_key if api_key is not None else env.api_key
         if not isinstance(timeout, NotGiven):
             self.timeout = _as_timeout(timeout)
@@ -579,6 +594,11 @@ class BaseClient:
         self._state = _SharedState()
         self._build_default_headers()
 
+    def _set_endpoints(self, target: str | Sequence[str] | Endpoints) -> None:
+        endpoints = parse_urls(target)
+        self.base_url = endpoints.urls[0]
+        self._pool = EndpointPool(endpoints) if len(endpoints.urls) > 1 else None
+
     def _build_default_headers(self) -> None:
         default = {
             "Accept-Encoding": "identity",
@@ -593,7 +613,7 @@ class BaseClient:
     def _copy_settings(
         self,
         *,
-        base_url: str | None,
+        base_url: str | Sequence[str] | Endpoints | None,
         api_key: str | None,
         timeout: TimeoutLike | NotGiven,
         max_retries: int | NotGiven,
@@ -604,9 +624,12 @@ class BaseClient:
         retry_policy: RetryPolicy | None,
     ) -> None:
         """Apply :meth:`with_options` overrides to a shallow copy of a client."""
-        if base_url is not None and base_url.rstrip("/") != self.base_url:
-            self.base_url = base_url.rstrip("/")
-            self._state = _SharedState()
+        if base_url is not None:
+            endpoints = parse_urls(base_url)
+            current = self._pool.settings.urls if self._pool is not None else (self.base_url,)
+            if endpoints.urls != current:
+                self._set_endpoints(endpoints)
+                self._state = _SharedState()
         if api_key is not None:
             self.api_key = api_key
         if not isinstance(timeout, NotGiven):
@@ -643,12 +666,13 @@ class BaseClient:
             request_id=options.get("request_id") or os.urandom(16).hex(),  # as uuid4().hex
         )
 
-    def _url(self, path: str) -> httpx.URL:
-        url = self._state.urls.get(path)
+    def _url(self, path: str, base_url: str | None = None) -> httpx.URL:
+        key = path if base_url is None else base_url + path
+        url = self._state.urls.get(key)
         if url is None:
-            url = httpx.URL(self.base_url + path)
+            url = httpx.URL((self.base_url if base_url is None else base_url) + path)
             if len(self._state.urls) < 1024:
-                self._state.urls[path] = url
+                self._state.urls[key] = url
         return url
 
     def _build_request(
@@ -657,7 +681,9 @@ class BaseClient:
         options: ResolvedOptions,
         deadline_at: float | None,
         http_client: httpx.Client | httpx.AsyncClient | None,
+        base_url: str | None = None,
     ) -> httpx.Request:
+        """The request of one attempt, to ``base_url`` (an endpoint of a pool) or the client's."""
         timeout = options.timeout
         if deadline_at is not None:
             remaining = deadline_at - time.monotonic()
@@ -675,7 +701,7 @@ class BaseClient:
             for name, value in extra.items():
                 entries[name.lower()] = (name, value)
         entries["x-request-id"] = (REQUEST_ID_HEADER, options.request_id)
-        url = self._url(plan.path)
+        url = self._url(plan.path, base_url)
         # Built from a stream, an httpx.Request gets no automatic headers (and is not copied
         # into a second Headers object): Host and Content-Length come from here.
         entries.setdefault("host", ("Host", url.netloc.decode("ascii")))

@@ -24,6 +24,14 @@ from ._base import (
     plan_model_metadata,
     plan_server_metadata,
 )
+from ._batched import BatchResult, ProgressLike, async_infer_batched, infer_batched
+from ._endpoints import (
+    Endpoints,
+    Route,
+    cancel_probes,
+    start_async_probes,
+    start_probes,
+)
 from ._exceptions import (
     APIError,
     APIStatusError,
@@ -48,6 +56,8 @@ from ._types import NOT_GIVEN, CallOptions, HeadersLike, NotGiven, TimeoutLike, 
 from .types import ModelMetadata
 
 if TYPE_CHECKING:
+    import os
+
     from typing_extensions import Self, Unpack
 
 __all__ = ["AsyncClient", "Client"]
@@ -76,7 +86,9 @@ class Client(BaseClient):
 
     Settings left out come from ``MAAS_BASE_URL``, ``MAAS_API_KEY``, ``MAAS_TIMEOUT`` and
     ``MAAS_MAX_RETRIES``. ``http_client`` injects an :class:`httpx.Client` (proxies, TLS,
-    transports); the client then never closes it.
+    transports); the client then never closes it. Several URLs (a list, or
+    :class:`~maas_client.Endpoints`) spread the requests over several servers, and
+    :meth:`local` runs a server in-process.
     """
 
     server: Server
@@ -84,7 +96,7 @@ class Client(BaseClient):
 
     def __init__(
         self,
-        base_url: str | None = None,
+        base_url: str | Sequence[str] | Endpoints | None = None,
         *,
         api_key: str | None = None,
         timeout: TimeoutLike | NotGiven = NOT_GIVEN,
@@ -142,7 +154,7 @@ class Client(BaseClient):
     def with_options(
         self,
         *,
-        base_url: str | None = None,
+        base_url: str | Sequence[str] | Endpoints | None = None,
         api_key: str | None = None,
         timeout: TimeoutLike | NotGiven = NOT_GIVEN,
         max_retries: int | NotGiven = NOT_GIVEN,
@@ -179,6 +191,27 @@ class Client(BaseClient):
         """The same calls, returning a :class:`~maas_client.RawResponse` each."""
         return ClientWithRawResponse(self)
 
+    @classmethod
+    def local(
+        cls,
+        repository: str | os.PathLike[str] | None = None,
+        *,
+        settings: Any = None,
+        **client_options: Any,
+    ) -> Client:
+        """A client of a server run in-process over ``repository`` (default: the bundled
+        examples), with no network port; needs the ``server`` extra.
+
+        ``settings`` (a :class:`maas_server.Settings`) replaces ``repository``; the other
+        keyword arguments are the client's. Closing the client stops the server.
+
+        >>> with Client.local("./models") as client:  # doctest: +SKIP
+        ...     client.infer("digits", x)
+        """
+        from ._local import LOCAL_URL, attach_local, local_app
+
+        return attach_local(cls(LOCAL_URL, **client_options), local_app(repository, settings))
+
     # --- I/O ---------------------------------------------------------------------------------
 
     def _call(
@@ -197,8 +230,9 @@ class Client(BaseClient):
     def _send(self, plan: RequestPlan, options: ResolvedOptions) -> Answer:
         start = time.monotonic()
         deadline_at = None if options.deadline is None else start + options.deadline
+        route = self._pool.route() if self._pool is not None else None
         try:
-            return self._attempt(plan, options, 1, start, deadline_at)
+            return self._attempt(plan, options, 1, start, deadline_at, route)
         except APIError as exc:
             if not self._may_retry(exc, plan, options):
                 raise
@@ -213,6 +247,7 @@ class Client(BaseClient):
             method=plan.method,
             url=self.base_url + plan.path,
             request_id=options.request_id,
+            fail_over=route.fail_over if route is not None else None,
         )
         answer: Answer | None = None
         for attempt in retrying:
@@ -220,7 +255,7 @@ class Client(BaseClient):
                 number = attempt.retry_state.attempt_number
                 if number == 1:
                     raise first_failure
-                answer = self._attempt(plan, options, number, start, deadline_at)
+                answer = self._attempt(plan, options, number, start, deadline_at, route)
         assert answer is not None
         return answer
 
@@ -231,9 +266,24 @@ class Client(BaseClient):
         number: int,
         start: float,
         deadline_at: float | None,
+        route: Route | None = None,
+        *,
+        base_url: str | None = None,
     ) -> Answer:
+        if route is not None:  # several servers: this attempt goes to one of them
+            endpoint = route.acquire()
+            start_probes(self)
+            try:
+                answer = self._attempt(
+                    plan, options, number, start, deadline_at, base_url=endpoint.url
+                )
+            except BaseException as exc:
+                route.release(endpoint, exc)
+                raise
+            route.release(endpoint, None)
+            return answer
         try:
-            request = self._build_request(plan, options, deadline_at, self._http)
+            request = self._build_request(plan, options, deadline_at, self._http, base_url)
         except APITimeoutError as exc:
             exc.attempts = number - 1
             raise
@@ -358,6 +408,47 @@ class Client(BaseClient):
             self._state.forget_model(model)  # the model may have changed under its name
             raise
 
+    def infer_batched(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        batch_size: int | None = None,
+        concurrency: int = 4,
+        progress: ProgressLike = True,
+        version: VersionLike = None,
+        outputs: Sequence[str | Output] | None = None,
+        binary: bool | None = None,
+        validate: bool | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        **options: Unpack[CallOptions],
+    ) -> BatchResult:
+        """Run ``model`` on many rows: split, sent ``concurrency`` requests at a time, joined.
+
+        ``inputs`` are what :meth:`infer` takes, or a pandas DataFrame, with any number of rows
+        (their first dimension). Each request carries at most the model's ``max_batch_size``
+        rows, or ``batch_size``. The outputs come back in input order; ``progress`` shows a
+        bar (in a notebook or a terminal; ``"always"``: also elsewhere). A request that still
+        fails after its retries raises :class:`~maas_client.BatchError` once the others are
+        done, carrying their outputs.
+
+        >>> result = client.infer_batched("digits", x, concurrency=8)  # doctest: +SKIP
+        """
+        return infer_batched(
+            self,
+            model,
+            inputs,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            progress=progress,
+            version=version,
+            outputs=outputs,
+            binary=binary,
+            validate=validate,
+            parameters=parameters,
+            options=options,
+        )
+
 
 class _BodyBuffer:
     """Collects a response body into one writable buffer.
@@ -446,7 +537,7 @@ class AsyncClient(BaseClient):
 
     def __init__(
         self,
-        base_url: str | None = None,
+        base_url: str | Sequence[str] | Endpoints | None = None,
         *,
         api_key: str | None = None,
         timeout: TimeoutLike | NotGiven = NOT_GIVEN,
@@ -486,6 +577,7 @@ class AsyncClient(BaseClient):
     async def close(self) -> None:
         """Close the connection pool, unless it was injected or belongs to the original client."""
         if self._owns_http:
+            await cancel_probes(self._pool)
             if self._http is not None:
                 await self._http.aclose()
             if self._transport is not None:
@@ -503,7 +595,7 @@ class AsyncClient(BaseClient):
     def with_options(
         self,
         *,
-        base_url: str | None = None,
+        base_url: str | Sequence[str] | Endpoints | None = None,
         api_key: str | None = None,
         timeout: TimeoutLike | NotGiven = NOT_GIVEN,
         max_retries: int | NotGiven = NOT_GIVEN,
@@ -537,6 +629,24 @@ class AsyncClient(BaseClient):
         """The same calls, returning a :class:`~maas_client.RawResponse` each."""
         return AsyncClientWithRawResponse(self)
 
+    @classmethod
+    def local(
+        cls,
+        repository: str | os.PathLike[str] | None = None,
+        *,
+        settings: Any = None,
+        **client_options: Any,
+    ) -> AsyncClient:
+        """An asynchronous client of a server run in-process; see :meth:`Client.local`. The
+        server starts (loads its models) at the first request, on the caller's event loop.
+
+        >>> async with AsyncClient.local("./models") as client:  # doctest: +SKIP
+        ...     await client.infer("digits", x)
+        """
+        from ._local import LOCAL_URL, attach_local_async, local_app
+
+        return attach_local_async(cls(LOCAL_URL, **client_options), local_app(repository, settings))
+
     # --- I/O ---------------------------------------------------------------------------------
 
     async def _call(
@@ -555,8 +665,9 @@ class AsyncClient(BaseClient):
     async def _send(self, plan: RequestPlan, options: ResolvedOptions) -> Answer:
         start = time.monotonic()
         deadline_at = None if options.deadline is None else start + options.deadline
+        route = self._pool.route() if self._pool is not None else None
         try:
-            return await self._attempt(plan, options, 1, start, deadline_at)
+            return await self._attempt(plan, options, 1, start, deadline_at, route)
         except APIError as exc:
             if not self._may_retry(exc, plan, options):
                 raise
@@ -569,6 +680,7 @@ class AsyncClient(BaseClient):
             method=plan.method,
             url=self.base_url + plan.path,
             request_id=options.request_id,
+            fail_over=route.fail_over if route is not None else None,
         )
         answer: Answer | None = None
         async for attempt in retrying:
@@ -576,7 +688,7 @@ class AsyncClient(BaseClient):
                 number = attempt.retry_state.attempt_number
                 if number == 1:
                     raise first_failure
-                answer = await self._attempt(plan, options, number, start, deadline_at)
+                answer = await self._attempt(plan, options, number, start, deadline_at, route)
         assert answer is not None
         return answer
 
@@ -587,9 +699,24 @@ class AsyncClient(BaseClient):
         number: int,
         start: float,
         deadline_at: float | None,
+        route: Route | None = None,
+        *,
+        base_url: str | None = None,
     ) -> Answer:
+        if route is not None:
+            endpoint = route.acquire()
+            start_async_probes(self)
+            try:
+                answer = await self._attempt(
+                    plan, options, number, start, deadline_at, base_url=endpoint.url
+                )
+            except BaseException as exc:
+                route.release(endpoint, exc)
+                raise
+            route.release(endpoint, None)
+            return answer
         try:
-            request = self._build_request(plan, options, deadline_at, self._http)
+            request = self._build_request(plan, options, deadline_at, self._http, base_url)
         except APITimeoutError as exc:
             exc.attempts = number - 1
             raise
@@ -704,3 +831,34 @@ class AsyncClient(BaseClient):
         except (BadRequestError, NotFoundError):
             self._state.forget_model(model)
             raise
+
+    async def infer_batched(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        batch_size: int | None = None,
+        concurrency: int = 4,
+        progress: ProgressLike = True,
+        version: VersionLike = None,
+        outputs: Sequence[str | Output] | None = None,
+        binary: bool | None = None,
+        validate: bool | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        **options: Unpack[CallOptions],
+    ) -> BatchResult:
+        """Run ``model`` on many rows; see :meth:`Client.infer_batched`."""
+        return await async_infer_batched(
+            self,
+            model,
+            inputs,
+            batch_size=batch_size,
+            concurrency=concurrency,
+            progress=progress,
+            version=version,
+            outputs=outputs,
+            binary=binary,
+            validate=validate,
+            parameters=parameters,
+            options=options,
+        )

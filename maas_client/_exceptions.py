@@ -4,6 +4,7 @@
 
     MaasError
     ├── InputError                   inputs that do not fit the model (raised before sending)
+    ├── BatchError                   infer_batched: some chunks failed; the rest is kept
     └── APIError                     anything about a call to the server
         ├── APIResponseValidationError   an answer the client cannot parse
         ├── APIConnectionError           no answer: refused, reset, DNS, TLS...
@@ -22,9 +23,15 @@ the parsed body and the :class:`httpx.Response`.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import httpx
+import numpy as np
+
+if TYPE_CHECKING:
+    from ._batched import BatchResult
 
 __all__ = [
     "APIConnectionError",
@@ -34,6 +41,8 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchError",
+    "ChunkFailure",
     "ConflictError",
     "InputError",
     "InternalServerError",
@@ -50,6 +59,23 @@ __all__ = [
 
 class MaasError(Exception):
     """Base class of every error raised by ``maas_client``."""
+
+    @property
+    def hint(self) -> str:
+        """What to try next, in a sentence."""
+        from ._display import error_hint
+
+        return error_hint(self)
+
+    def __repr__(self) -> str:
+        from ._display import error_repr
+
+        return error_repr(self)
+
+    def _repr_html_(self) -> str:
+        from ._display import error_html
+
+        return error_html(self)
 
 
 class InputError(MaasError, ValueError):
@@ -233,3 +259,58 @@ class InternalServerError(APIStatusError):
 
 class ServiceUnavailableError(InternalServerError):
     """503: the server or the model is not ready; retried by default."""
+
+
+@dataclass(frozen=True)
+class ChunkFailure:
+    """Rows ``start:stop`` of an :meth:`~maas_client.Client.infer_batched` call, and why they
+    failed: ``error`` is what the chunk's last attempt raised, or (``sent=False``) the error of
+    an earlier chunk after which no more chunks were sent."""
+
+    start: int
+    stop: int
+    error: BaseException
+    sent: bool = True
+
+    @property
+    def rows(self) -> range:
+        return range(self.start, self.stop)
+
+
+class BatchError(MaasError):
+    """Some chunks of an :meth:`~maas_client.Client.infer_batched` call failed after retries.
+
+    Nothing computed is lost: ``result`` holds the outputs of the rows that succeeded (``None``
+    when none did), ``succeeded_rows`` their row numbers in the input, ``failures`` each failed
+    chunk with its rows and error, and ``failed_rows`` the row numbers to send again.
+
+    >>> try:  # doctest: +SKIP
+    ...     result = client.infer_batched("digits", x)
+    ... except BatchError as exc:
+    ...     kept, retry = exc.result, x[exc.failed_rows]
+    """
+
+    def __init__(
+        self,
+        failures: Sequence[ChunkFailure],
+        *,
+        rows: int,
+        result: BatchResult | None,
+        succeeded_rows: np.ndarray[Any, Any],
+    ) -> None:
+        self.failures = list(failures)
+        self.rows = rows
+        self.result = result
+        self.succeeded_rows = succeeded_rows
+        self.failed_rows: np.ndarray[Any, Any] = (
+            np.concatenate([np.arange(f.start, f.stop) for f in self.failures])
+            if self.failures
+            else np.zeros(0, dtype=np.int64)
+        )
+        first = self.failures[0] if self.failures else None
+        detail = f"; first: rows {first.start}-{first.stop - 1}: {first.error}" if first else ""
+        self.message = (
+            f"{len(self.failed_rows)} of {rows} rows failed in {len(self.failures)} "
+            f"request(s){detail}"
+        )
+        super().__init__(self.message)

@@ -1,10 +1,11 @@
 """From what a caller passes to ``infer`` to the tensors that go on the wire.
 
-A caller passes a bare array (for a model with one input), a ``{name: array}`` mapping, or a list
-of :class:`Input`. With the model's metadata at hand the inputs are checked before anything is
-sent: names, rank, fixed dimensions and the datatype. A value whose dtype differs from the model's
-datatype is converted when nothing is lost (``int64`` to ``INT32`` when every value fits,
-``float64`` to ``FP32`` within FP32's range) and refused with an :class:`InputError` otherwise.
+A caller passes a bare array (for a model with one input), a ``{name: array}`` mapping, a list
+of :class:`Input`, or a pandas DataFrame (:mod:`maas_client._dataframes`). With the model's
+metadata at hand the inputs are checked before anything is sent: names, rank, fixed dimensions
+and the datatype. A value whose dtype differs from the model's datatype is converted when
+nothing is lost (``int64`` to ``INT32`` when every value fits, ``float64`` to ``FP32`` within
+FP32's range) and refused with an :class:`InputError` otherwise.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ._dataframes import dataframe_inputs, is_dataframe
 from ._exceptions import InputError
 from .codec import DATATYPES, CodecError, datatype_of, to_wire
 from .protocol import TensorPayload
@@ -91,6 +93,8 @@ def collect_inputs(inputs: Any, metadata: ModelMetadata | None) -> list[Input]:
         return items
     if _is_input_list(inputs):
         return list(inputs)
+    if is_dataframe(inputs):
+        return [Input(name, value) for name, value in dataframe_inputs(inputs, metadata).items()]
     if metadata is None:
         raise InputError("a bare array needs the model's metadata; pass {name: array} instead")
     if len(metadata.inputs) != 1:

@@ -7,7 +7,6 @@ differ only by ``await``. The ``*WithRawResponse`` classes mirror them for
 
 from __future__ import annotations
 
-import builtins
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -16,18 +15,21 @@ from ._base import (
     parse_model_config,
     parse_models,
     parse_nothing,
+    parse_statistics,
     plan_health,
     plan_load,
     plan_model_config,
     plan_model_metadata,
     plan_model_ready,
+    plan_model_stats,
     plan_repository_index,
     plan_server_metadata,
     plan_unload,
 )
 from ._response import async_to_raw_response_wrapper, to_raw_response_wrapper
+from ._result import RepositoryIndex
 from ._types import CallOptions, VersionLike
-from .types import ModelConfiguration, ModelMetadata, RepositoryModel, ServerMetadata
+from .types import InferenceStatistics, ModelConfiguration, ModelMetadata, ServerMetadata
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -73,9 +75,7 @@ class Models:
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    def list(
-        self, *, ready: bool = False, **options: Unpack[CallOptions]
-    ) -> builtins.list[RepositoryModel]:
+    def list(self, *, ready: bool = False, **options: Unpack[CallOptions]) -> RepositoryIndex:
         """``POST /v2/repository/index``: every model (``ready=True``: the ready ones)."""
         return self._client._call(plan_repository_index(ready), options, parse_models)
 
@@ -99,6 +99,16 @@ class Models:
     ) -> ModelConfiguration:
         """``GET /v2/models/{name}[/versions/{version}]/config``: the model's configuration."""
         return self._client._call(plan_model_config(name, version), options, parse_model_config)
+
+    def stats(
+        self,
+        model: str | None = None,
+        version: VersionLike = None,
+        **options: Unpack[CallOptions],
+    ) -> InferenceStatistics:
+        """``GET /v2/models[/{model}[/versions/{version}]]/stats``: Triton's statistics, every
+        model's without ``model``."""
+        return self._client._call(plan_model_stats(model, version), options, parse_statistics)
 
     def load(
         self,
@@ -150,9 +160,7 @@ class AsyncModels:
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
 
-    async def list(
-        self, *, ready: bool = False, **options: Unpack[CallOptions]
-    ) -> builtins.list[RepositoryModel]:
+    async def list(self, *, ready: bool = False, **options: Unpack[CallOptions]) -> RepositoryIndex:
         """``POST /v2/repository/index``: every model (``ready=True``: the ready ones)."""
         return await self._client._call(plan_repository_index(ready), options, parse_models)
 
@@ -180,6 +188,15 @@ class AsyncModels:
         return await self._client._call(
             plan_model_config(name, version), options, parse_model_config
         )
+
+    async def stats(
+        self,
+        model: str | None = None,
+        version: VersionLike = None,
+        **options: Unpack[CallOptions],
+    ) -> InferenceStatistics:
+        """``GET /v2/models[/{model}[/versions/{version}]]/stats``; see :meth:`Models.stats`."""
+        return await self._client._call(plan_model_stats(model, version), options, parse_statistics)
 
     async def load(
         self,
@@ -213,6 +230,7 @@ class ModelsWithRawResponse:
         self.get = to_raw_response_wrapper(models.get)
         self.ready = to_raw_response_wrapper(models.ready)
         self.config = to_raw_response_wrapper(models.config)
+        self.stats = to_raw_response_wrapper(models.stats)
         self.load = to_raw_response_wrapper(models.load)
         self.unload = to_raw_response_wrapper(models.unload)
 
@@ -239,6 +257,7 @@ class AsyncModelsWithRawResponse:
         self.get = async_to_raw_response_wrapper(models.get)
         self.ready = async_to_raw_response_wrapper(models.ready)
         self.config = async_to_raw_response_wrapper(models.config)
+        self.stats = async_to_raw_response_wrapper(models.stats)
         self.load = async_to_raw_response_wrapper(models.load)
         self.unload = async_to_raw_response_wrapper(models.unload)
 

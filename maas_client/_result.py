@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .types import InferenceResponse
+from .types import InferenceResponse, RepositoryModel
 
-__all__ = ["InferResult", "Timing"]
+if TYPE_CHECKING:
+    import pandas
+
+__all__ = ["InferResult", "RepositoryIndex", "Timing"]
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,42 @@ class InferResult(Mapping[str, "np.ndarray[Any, Any]"]):
         return len(self.outputs)
 
     def __repr__(self) -> str:
+        from ._display import one_line
+
         shapes = ", ".join(f"{n}: {a.dtype}{list(a.shape)}" for n, a in self.outputs.items())
-        return (
-            f"InferResult(model={self.model_name!r}, version={self.model_version!r}, "
+        return one_line(
+            f"{type(self).__name__}(model={self.model_name!r}, version={self.model_version!r}, "
             f"outputs={{{shapes}}})"
         )
+
+    def _repr_html_(self) -> str:
+        from ._display import infer_result_html
+
+        return infer_result_html(self)
+
+    def to_pandas(self, index: Any = None) -> pandas.DataFrame:
+        """The outputs as a DataFrame, one row per batch row (needs ``pip install 'maas[pandas]'``).
+
+        A 1-D output is one column; a 2-D output ``name`` of width ``k`` is ``k`` columns
+        ``name_0`` ... ``name_{k-1}``; higher ranks are one column of arrays, one per row.
+
+        >>> client.infer("digits", x).to_pandas()  # doctest: +SKIP
+        """
+        from ._dataframes import outputs_to_dataframe
+
+        return outputs_to_dataframe(self.outputs, index=index)
+
+
+class RepositoryIndex(list[RepositoryModel]):
+    """The answer of ``client.models.list()``: a list of rows that also shows as a table."""
+
+    def __repr__(self) -> str:
+        from ._display import one_line
+
+        rows = ", ".join(f"{m.name}/{m.version or '-'} {m.state or '?'}" for m in self)
+        return one_line(f"RepositoryIndex([{rows}])")
+
+    def _repr_html_(self) -> str:
+        from ._display import repository_index_html
+
+        return repository_index_html(self)

@@ -134,12 +134,17 @@ def is_retryable(error: BaseException, *, idempotent: bool, statuses: frozenset[
 
 
 class _Wait(tenacity.wait.wait_base):
-    def __init__(self, policy: RetryPolicy) -> None:
+    def __init__(
+        self, policy: RetryPolicy, fail_over: Callable[[BaseException], bool] | None = None
+    ) -> None:
         self.policy = policy
+        self.fail_over = fail_over
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         outcome = retry_state.outcome
         error = outcome.exception() if outcome is not None else None
+        if self.fail_over is not None and error is not None and self.fail_over(error):
+            return 0.0  # the next attempt goes to another server: nothing to wait for
         return next_delay(self.policy, error, retry_state.attempt_number - 1)
 
 
@@ -162,6 +167,7 @@ def _retry_kwargs(
     method: str,
     url: str,
     request_id: str | None,
+    fail_over: Callable[[BaseException], bool] | None,
 ) -> dict[str, Any]:
     stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(max_retries + 1)
     if deadline is not None:
@@ -189,7 +195,7 @@ def _retry_kwargs(
 
     return {
         "stop": stop,
-        "wait": _Wait(policy),
+        "wait": _Wait(policy, fail_over),
         "retry": tenacity.retry_if_exception(
             lambda exc: is_retryable(exc, idempotent=idempotent, statuses=policy.retry_statuses)
         ),
@@ -207,8 +213,12 @@ def sync_retrying(
     method: str,
     url: str,
     request_id: str | None,
+    fail_over: Callable[[BaseException], bool] | None = None,
 ) -> tenacity.Retrying:
-    """A fresh tenacity loop for one call (``deadline`` is on :func:`time.monotonic`'s clock)."""
+    """A fresh tenacity loop for one call (``deadline`` is on :func:`time.monotonic`'s clock).
+
+    ``fail_over(error)`` says whether the next attempt goes at once to another server (then it
+    does not wait)."""
     return tenacity.Retrying(
         sleep=policy.sleep or time.sleep,
         **_retry_kwargs(
@@ -219,6 +229,7 @@ def sync_retrying(
             method=method,
             url=url,
             request_id=request_id,
+            fail_over=fail_over,
         ),
     )
 
@@ -232,6 +243,7 @@ def async_retrying(
     method: str,
     url: str,
     request_id: str | None,
+    fail_over: Callable[[BaseException], bool] | None = None,
 ) -> tenacity.AsyncRetrying:
     """The asynchronous twin of :func:`sync_retrying`."""
     return tenacity.AsyncRetrying(
@@ -244,5 +256,6 @@ def async_retrying(
             method=method,
             url=url,
             request_id=request_id,
+            fail_over=fail_over,
         ),
     )

@@ -18,10 +18,12 @@ __all__ = [
     "ErrorResponse",
     "InferenceRequest",
     "InferenceResponse",
+    "InferenceStatistics",
     "ModelConfigTensor",
     "ModelConfiguration",
     "ModelMetadata",
     "ModelState",
+    "ModelStatistics",
     "RepositoryIndexRequest",
     "RepositoryModel",
     "RepositoryModelLoadRequest",
@@ -73,6 +75,16 @@ class ModelMetadata(_Answer):
     inputs: list[TensorMetadata] = Field(default_factory=list)
     outputs: list[TensorMetadata] = Field(default_factory=list)
     parameters: Parameters | None = None
+
+    def __repr__(self) -> str:
+        from ._display import model_metadata_repr
+
+        return model_metadata_repr(self)
+
+    def _repr_html_(self) -> str:
+        from ._display import model_metadata_html
+
+        return model_metadata_html(self)
 
 
 class RequestInput(_Request):
@@ -176,6 +188,29 @@ class RepositoryModelLoadRequest(_Request):
     """
 
     parameters: Parameters | None = None
+
+
+class ModelStatistics(_Answer):
+    """One model version's counters in Triton's statistics extension.
+
+    ``inference_stats`` holds ``{"success": {"count": n, "ns": total}, "fail": ..., "queue":
+    ..., "compute_input": ..., "compute_infer": ..., "compute_output": ...}``; ``batch_stats``
+    one entry per batch size run. Fields a server adds of its own are kept.
+    """
+
+    name: str
+    version: str = ""
+    last_inference: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+    inference_stats: dict[str, Any] = Field(default_factory=dict)
+    batch_stats: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class InferenceStatistics(_Answer):
+    """``GET /v2/models[/{name}[/versions/{version}]]/stats``: one entry per model version."""
+
+    model_stats: list[ModelStatistics] = Field(default_factory=list)
 
 
 class ErrorResponse(_Answer):

@@ -1,0 +1,440 @@
+"""``client.infer_batched``: many rows through a model in chunks it accepts, a few at a time.
+
+The inputs (arrays, a mapping, a list of :class:`~maas_client.Input` or a DataFrame) are cut
+along their first dimension into chunks of at most the model's ``max_batch_size`` (from its
+configuration) or ``batch_size`` rows. ``concurrency`` chunks are in flight at once, each an
+ordinary :meth:`~maas_client.Client.infer` with its retries; the outputs come back in input order
+as one :class:`BatchResult`. A chunk that still fails after its retries does not stop the others:
+when all are done, a :class:`~maas_client.BatchError` carries the outputs of the rows that
+succeeded and says which rows failed and why. After an error that every later chunk would meet
+too (a missing model, a refused key, inputs that do not fit) no further chunk is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import numpy as np
+
+from ._dataframes import is_dataframe
+from ._exceptions import (
+    APIStatusError,
+    AuthenticationError,
+    BatchError,
+    ChunkFailure,
+    InputError,
+    MaasError,
+    NotFoundError,
+    PermissionDeniedError,
+)
+from ._inputs import Input, Output, collect_inputs
+from ._result import InferResult, Timing
+from .types import InferenceResponse, ModelConfiguration, ModelMetadata, ResponseOutput
+
+if TYPE_CHECKING:
+    from ._client import AsyncClient, Client
+    from ._types import CallOptions, VersionLike
+
+__all__ = [
+    "BatchResult",
+    "Progress",
+    "ProgressLike",
+    "async_infer_batched",
+    "chunk_rows",
+    "infer_batched",
+    "progress_bar",
+]
+
+ProgressLike = bool | Literal["always"]
+"""``True``: a progress bar where someone can see it (a notebook, or a terminal on stderr);
+``"always"``: also when stderr is not a terminal; ``False``: none."""
+
+_STOPS_THE_BATCH = (InputError, AuthenticationError, PermissionDeniedError, NotFoundError)
+"""Errors that every later chunk would meet too: after one, no further chunk is sent."""
+
+
+class BatchResult(InferResult):
+    """The outputs of an :meth:`~maas_client.Client.infer_batched` call, in input order.
+
+    A mapping of output names to arrays like :class:`~maas_client.InferResult`; ``chunks`` holds
+    the result of each request (request ids, timings), ``timing`` the whole call (its
+    ``attempts`` summed over the requests) and ``index`` the DataFrame index of the rows when the
+    inputs were a DataFrame (:meth:`to_pandas` keeps it).
+    """
+
+    __slots__ = ("chunks", "index")
+
+    def __init__(
+        self,
+        response: InferenceResponse,
+        outputs: dict[str, np.ndarray[Any, Any]],
+        *,
+        chunks: list[InferResult],
+        timing: Timing,
+        index: Any = None,
+    ) -> None:
+        super().__init__(response, outputs, request_id=None, timing=timing)
+        self.chunks = chunks
+        self.index = index
+
+    @property
+    def request_ids(self) -> list[str | None]:
+        return [chunk.request_id for chunk in self.chunks]
+
+    def to_pandas(self, index: Any = None) -> Any:
+        return super().to_pandas(self.index if index is None else index)
+
+
+# --- planning ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """The inputs as arrays sharing a first dimension of ``rows``, and how they are cut."""
+
+    items: list[Input]
+    rows: int
+    size: int
+    index: Any
+
+    def bounds(self) -> list[tuple[int, int]]:
+        return chunk_rows(self.rows, self.size)
+
+    def chunk(self, start: int, stop: int) -> list[Input]:
+        return [
+            Input(item.name, item.data[start:stop], item.datatype, item.parameters)
+            for item in self.items
+        ]
+
+
+def chunk_rows(rows: int, size: int) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]`` covering ``rows`` rows in chunks of at most ``size``."""
+    return [(start, min(start + size, rows)) for start in range(0, rows, size)]
+
+
+def _as_array(item: Input, metadata: ModelMetadata) -> np.ndarray[Any, Any]:
+    if isinstance(item.data, np.ndarray):
+        return item.data
+    datatypes = {spec.name: spec.datatype for spec in metadata.inputs}
+    if (item.datatype or datatypes.get(item.name)) == "BYTES":
+        return np.asarray(item.data, dtype=object)
+    return np.asarray(item.data)
+
+
+def _declared_max_batch_size(metadata: ModelMetadata) -> int | None:
+    """maas puts ``max_batch_size`` in the model's metadata; other servers only in its config."""
+    value = (metadata.parameters or {}).get("max_batch_size")
+    return value if isinstance(value, int) else None
+
+
+def _max_batch_size(config: ModelConfiguration | None, metadata: ModelMetadata) -> int:
+    declared = _declared_max_batch_size(metadata)
+    if declared is not None:
+        return declared
+    return config.max_batch_size if config is not None else 0
+
+
+_NO_CONFIG_STATUSES = frozenset({400, 404, 405, 501})
+"""Answers to the configuration call of a server that has none (the model itself exists: its
+metadata came first)."""
+
+
+def plan_batch(
+    inputs: Any,
+    metadata: ModelMetadata,
+    config: ModelConfiguration | None,
+    batch_size: int | None,
+) -> _Batch:
+    if batch_size is not None and batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    limit = _max_batch_size(config, metadata)
+    if batch_size is None and limit <= 0:
+        raise InputError(
+            f"model {metadata.name!r} declares no batch dimension (max_batch_size 0), so its "
+            "inputs cannot be split safely; pass batch_size= if their first dimension is one"
+        )
+    size = min(batch_size, limit) if batch_size is not None and limit > 0 else batch_size or limit
+    index = inputs.index if is_dataframe(inputs) else None
+    items = [
+        Input(item.name, _as_array(item, metadata), item.datatype, item.parameters)
+        for item in collect_inputs(inputs, metadata)
+    ]
+    lengths = {item.name: item.data.shape[0] if item.data.ndim else None for item in items}
+    if any(length is None for length in lengths.values()):
+        scalar = next(name for name, length in lengths.items() if length is None)
+        raise InputError(f"input {scalar!r} is a scalar: it has no rows to split")
+    if len(set(lengths.values())) != 1:
+        shown = ", ".join(f"{name}: {length}" for name, length in lengths.items())
+        raise InputError(f"the inputs do not have the same number of rows ({shown})")
+    rows = next(iter(lengths.values()))
+    assert rows is not None
+    return _Batch(items, rows, size, index)
+
+
+def _assemble(
+    model: str,
+    parts: Sequence[tuple[int, int, InferResult]],
+    seconds: float,
+    index: Any,
+) -> BatchResult:
+    """One result from the chunks' results, in input order."""
+    parts = sorted(parts, key=lambda part: part[0])
+    results = [result for _, _, result in parts]
+    outputs: dict[str, np.ndarray[Any, Any]] = {}
+    described: list[ResponseOutput] = []
+    if results:
+        first = results[0]
+        for wire in first.response.outputs:
+            arrays = [result[wire.name] for result in results if wire.name in result.outputs]
+            if len(arrays) == 1:
+                joined = arrays[0]
+            elif arrays[0].ndim == 0:
+                joined = np.stack(arrays)
+            else:
+                joined = np.concatenate(arrays)
+            outputs[wire.name] = joined
+            described.append(
+                ResponseOutput(name=wire.name, shape=list(joined.shape), datatype=wire.datatype)
+            )
+        version = first.model_version
+    else:
+        version = None
+    response = InferenceResponse(model_name=model, model_version=version, outputs=described)
+    attempts = sum(result.timing.attempts for result in results)
+    return BatchResult(
+        response, outputs, chunks=results, timing=Timing(seconds, attempts), index=index
+    )
+
+
+def _finish(
+    model: str,
+    batch: _Batch,
+    done: list[tuple[int, int, InferResult]],
+    failures: list[ChunkFailure],
+    started: float,
+) -> BatchResult:
+    seconds = time.monotonic() - started
+    if not failures:
+        return _assemble(model, done, seconds, batch.index)
+    failures.sort(key=lambda failure: failure.start)
+    succeeded = (
+        np.concatenate([np.arange(start, stop) for start, stop, _ in sorted(done)])
+        if done
+        else np.zeros(0, dtype=np.int64)
+    )
+    index = batch.index[succeeded] if batch.index is not None else None
+    partial = _assemble(model, done, seconds, index) if done else None
+    raise BatchError(failures, rows=batch.rows, result=partial, succeeded_rows=succeeded)
+
+
+# --- progress ---------------------------------------------------------------------------------
+
+
+class Progress(Protocol):
+    def update(self, n: int) -> Any: ...
+
+    def close(self) -> Any: ...
+
+
+class _NoProgress:
+    def update(self, n: int) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def _in_notebook() -> bool:
+    ipython = sys.modules.get("IPython")
+    if ipython is None:
+        return False
+    shell = ipython.get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def progress_bar(progress: ProgressLike, total: int, description: str) -> Progress:
+    """A tqdm bar over ``total`` rows: the notebook widget in Jupyter (with ipywidgets), text on
+    stderr elsewhere; nothing when ``progress`` is false, or when nobody would see it."""
+    if not progress:
+        return _NoProgress()
+    notebook = _in_notebook()
+    if progress != "always" and not notebook and not sys.stderr.isatty():
+        return _NoProgress()
+    if notebook and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.notebook import tqdm as notebook_tqdm
+
+        bar: Progress = notebook_tqdm(total=total, desc=description, unit="rows")
+        return bar
+    from tqdm import tqdm
+
+    text_bar: Progress = tqdm(
+        total=total, desc=description, unit="rows", file=sys.stderr, dynamic_ncols=True
+    )
+    return text_bar
+
+
+# --- the calls --------------------------------------------------------------------------------
+
+
+def _check_concurrency(concurrency: int) -> None:
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+
+
+def _config_or_none(fetch: Callable[[], ModelConfiguration]) -> ModelConfiguration | None:
+    try:
+        return fetch()
+    except APIStatusError as exc:
+        if exc.status_code in _NO_CONFIG_STATUSES:
+            return None
+        raise
+
+
+def infer_batched(
+    client: Client,
+    model: str,
+    inputs: Any,
+    *,
+    batch_size: int | None,
+    concurrency: int,
+    progress: ProgressLike,
+    version: VersionLike,
+    outputs: Sequence[str | Output] | None,
+    binary: bool | None,
+    validate: bool | None,
+    parameters: Mapping[str, Any] | None,
+    options: CallOptions,
+) -> BatchResult:
+    """:meth:`Client.infer_batched` (threads for the requests in flight)."""
+    _check_concurrency(concurrency)
+    started = time.monotonic()
+    metadata = client._model_metadata(model, version, options)
+    config = None
+    if _declared_max_batch_size(metadata) is None:
+        config = _config_or_none(lambda: client.models.config(model, version, **options))
+    batch = plan_batch(inputs, metadata, config, batch_size)
+    use_binary = client._use_binary(binary, options)
+    bounds = batch.bounds()
+    done: list[tuple[int, int, InferResult]] = []
+    failures: list[ChunkFailure] = []
+    bar = progress_bar(progress, batch.rows, model)
+
+    def run(start: int, stop: int) -> InferResult:
+        return client.infer(
+            model,
+            batch.chunk(start, stop),
+            version=version,
+            outputs=outputs,
+            binary=use_binary,
+            validate=validate,
+            parameters=parameters,
+            **options,
+        )
+
+    pending = list(reversed(bounds))
+    running: dict[Future[InferResult], tuple[int, int]] = {}
+    stopped: MaasError | None = None
+    try:
+        with ThreadPoolExecutor(max_workers=min(concurrency, len(bounds) or 1)) as pool:
+            while pending or running:
+                while pending and stopped is None and len(running) < concurrency:
+                    start, stop = pending.pop()
+                    running[pool.submit(run, start, stop)] = (start, stop)
+                if not running:
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    start, stop = running.pop(future)
+                    error = future.exception()
+                    if error is None:
+                        done.append((start, stop, future.result()))
+                    elif isinstance(error, MaasError):
+                        failures.append(ChunkFailure(start, stop, error))
+                        if isinstance(error, _STOPS_THE_BATCH):
+                            stopped = stopped or error
+                    else:
+                        raise error
+                    bar.update(stop - start)
+            if stopped is not None:
+                failures += [ChunkFailure(a, b, stopped, sent=False) for a, b in pending]
+    finally:
+        bar.close()
+    return _finish(model, batch, done, failures, started)
+
+
+async def async_infer_batched(
+    client: AsyncClient,
+    model: str,
+    inputs: Any,
+    *,
+    batch_size: int | None,
+    concurrency: int,
+    progress: ProgressLike,
+    version: VersionLike,
+    outputs: Sequence[str | Output] | None,
+    binary: bool | None,
+    validate: bool | None,
+    parameters: Mapping[str, Any] | None,
+    options: CallOptions,
+) -> BatchResult:
+    """:meth:`AsyncClient.infer_batched` (tasks for the requests in flight)."""
+    _check_concurrency(concurrency)
+    started = time.monotonic()
+    metadata = await client._model_metadata(model, version, options)
+    config: ModelConfiguration | None = None
+    if _declared_max_batch_size(metadata) is None:
+        try:
+            config = await client.models.config(model, version, **options)
+        except APIStatusError as exc:
+            if exc.status_code not in _NO_CONFIG_STATUSES:
+                raise
+    batch = plan_batch(inputs, metadata, config, batch_size)
+    use_binary = await client._use_binary(binary, options)
+    pending = list(reversed(batch.bounds()))
+    done: list[tuple[int, int, InferResult]] = []
+    failures: list[ChunkFailure] = []
+    bar = progress_bar(progress, batch.rows, model)
+    stopped: list[MaasError] = []
+
+    async def worker() -> None:
+        while pending and not stopped:
+            start, stop = pending.pop()
+            try:
+                result = await client.infer(
+                    model,
+                    batch.chunk(start, stop),
+                    version=version,
+                    outputs=outputs,
+                    binary=use_binary,
+                    validate=validate,
+                    parameters=parameters,
+                    **options,
+                )
+            except MaasError as exc:
+                failures.append(ChunkFailure(start, stop, exc))
+                if isinstance(exc, _STOPS_THE_BATCH):
+                    stopped.append(exc)
+            else:
+                done.append((start, stop, result))
+            bar.update(stop - start)
+
+    try:
+        workers = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, len(pending)))]
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:
+            for task in workers:
+                task.cancel()
+            raise
+        if stopped:
+            failures += [ChunkFailure(a, b, stopped[0], sent=False) for a, b in pending]
+    finally:
+        bar.close()
+    return _finish(model, batch, done, failures, started)
