@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from ._common import root
+from .bench import bench
+from .health import health
 from .keys import keys_app
+from .models import models_app
+from .predict import predict
 from .serve import serve
 
 __all__ = ["app", "main"]
@@ -17,13 +22,13 @@ app = typer.Typer(
 )
 
 
-@app.callback()
-def _root() -> None:
-    """Models as a service: serve ONNX models and call them over the Open Inference Protocol."""
-
-
+app.callback()(root)
 app.command(name="serve")(serve)
 app.add_typer(keys_app, name="keys")
+app.command(name="health")(health)
+app.add_typer(models_app, name="models")
+app.command(name="predict")(predict)
+app.command(name="bench")(bench)
 
 
 def main() -> None:

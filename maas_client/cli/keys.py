@@ -98,7 +98,10 @@ def list_keys(
     file: KeysFile = _DEFAULT_FILE,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
 ) -> None:
-    """List the keys of the file: names, scopes, models and limits (never the keys)."""
+    """List the keys of the file: names, scopes, models and limits (never the keys).
+
+    Example: maas keys list --file maas-keys.json
+    """
     kf = _keys_file()
     try:
         entries = kf.read_keys(file)
@@ -130,7 +133,10 @@ def revoke(
     name: Annotated[str, typer.Argument(help="The name of the key to remove.")],
     file: KeysFile = _DEFAULT_FILE,
 ) -> None:
-    """Remove a key; a running server refuses it within about a second."""
+    """Remove a key; a running server refuses it within about a second.
+
+    Example: maas keys revoke ci --file maas-keys.json
+    """
     kf = _keys_file()
     try:
         removed = kf.revoke_key(file, name)
