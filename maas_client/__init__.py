@@ -19,6 +19,7 @@ from ._exceptions import (
     APIError,
     APIResponseValidationError,
     APIStatusError,
+    APIStreamError,
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
@@ -36,10 +37,12 @@ from ._exceptions import (
     ServiceUnavailableError,
     UnprocessableEntityError,
 )
+from ._generation import AsyncGenerationStream, Generation, GenerationChunk, GenerationStream
 from ._inputs import Input, Output
 from ._response import RawResponse
 from ._result import InferResult, RepositoryIndex, Timing
 from ._retry import RetryEvent, RetryPolicy
+from ._streaming import AsyncStream, Stream
 from ._types import NOT_GIVEN, NotGiven
 
 __all__ = [
@@ -48,8 +51,11 @@ __all__ = [
     "APIError",
     "APIResponseValidationError",
     "APIStatusError",
+    "APIStreamError",
     "APITimeoutError",
     "AsyncClient",
+    "AsyncGenerationStream",
+    "AsyncStream",
     "AuthenticationError",
     "BadRequestError",
     "BatchError",
@@ -58,6 +64,9 @@ __all__ = [
     "Client",
     "ConflictError",
     "Endpoints",
+    "Generation",
+    "GenerationChunk",
+    "GenerationStream",
     "InferResult",
     "Input",
     "InputError",
@@ -75,6 +84,7 @@ __all__ = [
     "RetryEvent",
     "RetryPolicy",
     "ServiceUnavailableError",
+    "Stream",
     "Timing",
     "UnprocessableEntityError",
 ]

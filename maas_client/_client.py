@@ -39,6 +39,13 @@ from ._exceptions import (
     BadRequestError,
     NotFoundError,
 )
+from ._generation import (
+    AsyncGenerationStream,
+    Generation,
+    GenerationStream,
+    parse_generation,
+    plan_generate,
+)
 from ._inputs import Output, needs_metadata
 from ._resources import (
     AsyncClientWithRawResponse,
@@ -51,6 +58,7 @@ from ._resources import (
 from ._response import RawResponse, raw_response_requested
 from ._result import InferResult
 from ._retry import RetryPolicy, async_retrying, sync_retrying
+from ._streaming import open_async_stream, open_stream
 from ._transport import AsyncLeanTransport, LeanTransport, proxies_configured
 from ._types import NOT_GIVEN, CallOptions, HeadersLike, NotGiven, TimeoutLike, VersionLike
 from .types import ModelMetadata
@@ -59,6 +67,8 @@ if TYPE_CHECKING:
     import os
 
     from typing_extensions import Self, Unpack
+
+    from ._generation import GenerateOptions
 
 __all__ = ["AsyncClient", "Client"]
 
@@ -448,6 +458,50 @@ class Client(BaseClient):
             parameters=parameters,
             options=options,
         )
+
+    # --- text generation ---------------------------------------------------------------------
+
+    def generate(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        version: VersionLike = None,
+        **params: Unpack[GenerateOptions],
+    ) -> Generation:
+        """Generate text from ``prompt`` with a text-generation ``model`` (Triton's generate
+        extension) and return it whole.
+
+        The keyword arguments are the sampling parameters (``max_tokens``, ``temperature``,
+        ``top_k``, ``top_p``, ``seed``, ``stop``; left out: the model's defaults),
+        ``return_token_ids``, ``id``, ``parameters`` (anything else the server understands) and
+        the call options (``timeout``, ``max_retries``...).
+
+        >>> client.generate("tiny_gpt", "Licensed under the", max_tokens=16).text  # doctest: +SKIP
+        """
+        plan, options = plan_generate(model, version, prompt, params, stream=False)
+        return self._call(plan, options, parse_generation)
+
+    def generate_stream(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        version: VersionLike = None,
+        **params: Unpack[GenerateOptions],
+    ) -> GenerationStream:
+        """Like :meth:`generate`, as a stream of chunks that arrive while the model runs.
+
+        The call returns once the first chunk has arrived; errors until then are raised here
+        and retried like any call. Use it in a ``with`` block; leaving the block, or the loop
+        over the chunks, closes the connection and the server stops generating.
+
+        >>> with client.generate_stream("tiny_gpt", "Hello") as stream:  # doctest: +SKIP
+        ...     for chunk in stream:
+        ...         print(chunk.text, end="", flush=True)
+        """
+        plan, options = plan_generate(model, version, prompt, params, stream=True)
+        return GenerationStream(open_stream(self, plan, options))
 
 
 class _BodyBuffer:
@@ -862,3 +916,35 @@ class AsyncClient(BaseClient):
             parameters=parameters,
             options=options,
         )
+
+    # --- text generation ---------------------------------------------------------------------
+
+    async def generate(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        version: VersionLike = None,
+        **params: Unpack[GenerateOptions],
+    ) -> Generation:
+        """Generate text from ``prompt`` and return it whole; see :meth:`Client.generate`."""
+        plan, options = plan_generate(model, version, prompt, params, stream=False)
+        return await self._call(plan, options, parse_generation)
+
+    def generate_stream(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        version: VersionLike = None,
+        **params: Unpack[GenerateOptions],
+    ) -> AsyncGenerationStream:
+        """A stream of chunks; see :meth:`Client.generate_stream`. Nothing is sent until it is
+        used: ``async with client.generate_stream(...) as stream``, or ``await`` it.
+
+        >>> async with client.generate_stream("tiny_gpt", "Hello") as stream:  # doctest: +SKIP
+        ...     async for chunk in stream:
+        ...         print(chunk.text, end="", flush=True)
+        """
+        plan, options = plan_generate(model, version, prompt, params, stream=True)
+        return AsyncGenerationStream(lambda: open_async_stream(self, plan, options))

@@ -9,6 +9,7 @@
         ├── APIResponseValidationError   an answer the client cannot parse
         ├── APIConnectionError           no answer: refused, reset, DNS, TLS...
         │   └── APITimeoutError          no answer in time (or the call's deadline passed)
+        ├── APIStreamError               an error the server sent inside a stream it had begun
         └── APIStatusError               a non-2xx answer; one subclass per status
             ├── BadRequestError 400, AuthenticationError 401, PermissionDeniedError 403,
             ├── NotFoundError 404 (ModelNotFoundError when a model or version is unknown),
@@ -38,6 +39,7 @@ __all__ = [
     "APIError",
     "APIResponseValidationError",
     "APIStatusError",
+    "APIStreamError",
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
@@ -163,6 +165,37 @@ class APIConnectionError(APIError):
 
 class APITimeoutError(APIConnectionError):
     """No answer in time: a network phase timed out, or the call's deadline passed."""
+
+
+class APIStreamError(APIError):
+    """The server began a stream (2xx, some events sent) and then reported an error inside it.
+
+    ``error`` is the server's message, ``body`` the event's parsed data, ``event`` the event's
+    type (``error``) and ``response`` the :class:`httpx.Response` of the stream. Never retried:
+    part of the answer was delivered already.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        response: httpx.Response,
+        error: str,
+        event: str,
+        body: Any = None,
+        request_id: str | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(
+            message,
+            request=response.request,
+            body=body,
+            request_id=request_id,
+            attempts=attempts,
+        )
+        self.response = response
+        self.error = error
+        self.event = event
 
 
 class APIStatusError(APIError):

@@ -5,22 +5,31 @@
 - ``delays`` / ``fast_retries``: a retry policy that records each wait instead of sleeping.
 - ``routed_client`` / ``routed_async_client``: clients whose httpx client is wired to a respx
   router, for answers that a real maas server does not give (Triton, MLServer, 429...).
+- ``generation_server``: a real uvicorn over the example repository (``tiny_gpt``), as the
+  generation tests of the server use; ``make_generation_client``: clients of it on the lean
+  transport and on an injected httpx client (the test runs once with each); ``slow_engine``:
+  its ``tiny_gpt`` engine with every decode step slowed to 10 ms, so that a generation lasts
+  long enough to be cut short.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import respx
 
 from maas_client import AsyncClient, Client, RetryPolicy
-from maas_server import Settings
+from maas_server import Settings, default_repository
+from maas_server.generation import GenerationEngine, GenerationService
 from tests import models
 from tests.conftest import RunningServer, start_server
+from tests.server.conftest import engine_of
 
 BASE = "http://maas.test"
 SERVER_METADATA = {"name": "maas", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
@@ -108,3 +117,52 @@ async def routed_async_client(
     yield make
     for client in made:
         await client.close()
+
+
+@pytest.fixture(scope="session")
+def generation_server() -> Iterator[RunningServer]:
+    running = start_server(Settings(repository=default_repository(), strict_readiness=False))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="session")
+def generation_url(generation_server: RunningServer) -> str:
+    return generation_server.url
+
+
+@pytest.fixture(params=["lean", "httpx"])
+def make_generation_client(
+    request: pytest.FixtureRequest, generation_url: str
+) -> Iterator[ClientFactory]:
+    made: list[Client] = []
+    https: list[httpx.Client] = []
+
+    def make(**kwargs: Any) -> Client:
+        if request.param == "httpx":
+            https.append(httpx.Client(timeout=30.0))
+            kwargs["http_client"] = https[-1]
+        made.append(Client(generation_url, **kwargs))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()
+    for http in https:
+        http.close()
+
+
+@pytest.fixture
+def slow_engine(
+    generation_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> GenerationEngine:
+    service: GenerationService = generation_server.server.config.app.state.generation
+    engine = engine_of(service, generation_server.url, "tiny_gpt")
+    original = engine._execute
+
+    def slow(*args: Any) -> Any:
+        time.sleep(0.01)
+        return original(*args)
+
+    monkeypatch.setattr(engine, "_execute", slow)
+    return engine
