@@ -6,6 +6,7 @@ import typer
 
 from ._common import root
 from .bench import bench
+from .generate import generate
 from .health import health
 from .keys import keys_app
 from .models import models_app
@@ -24,6 +25,7 @@ app = typer.Typer(
 
 app.callback()(root)
 app.command(name="serve")(serve)
+app.command(name="generate")(generate)
 app.add_typer(keys_app, name="keys")
 app.command(name="health")(health)
 app.add_typer(models_app, name="models")

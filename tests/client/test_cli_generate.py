@@ -1,0 +1,104 @@
+"""``maas generate MODEL PROMPT`` against a real server: what it prints, its options and errors,
+and (in a subprocess, reading its stdout as it comes) that the text appears while the model is
+still generating."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from maas_client import Client
+from maas_client.cli import app
+from maas_server.generation import GenerationEngine
+from tests.conftest import wait_for
+
+PROMPT = "Licensed under the"
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, ["generate", *args], env=env)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_prints_the_generation(generation_url: str) -> None:
+    with Client(generation_url) as client:
+        expected = client.generate("tiny_gpt", PROMPT, max_tokens=16)
+        stopped = client.generate("tiny_gpt", PROMPT, max_tokens=16, stop=expected.text[4:7])
+        sampled = client.generate(
+            "tiny_gpt", PROMPT, max_tokens=8, temperature=0.9, top_k=50, top_p=0.9, seed=3
+        )
+    for streaming in ("--stream", "--no-stream"):
+        code, out, err = run(
+            "tiny_gpt", PROMPT, "--max-tokens", "16", "--url", generation_url, streaming
+        )
+        assert (code, out, err) == (0, expected.text + "\n", "")
+
+    code, out, err = run(
+        "tiny_gpt", PROMPT, "--max-tokens=16", f"--url={generation_url}", "--stats", "--version=1"
+    )
+    assert code == 0 and out == expected.text + "\n"
+    assert "finish_reason=length prompt_tokens=5 completion_tokens=16" in err
+    assert "first_text_seconds=" in err
+
+    code, out, _ = run(
+        "tiny_gpt", PROMPT, "--max-tokens=16", f"--url={generation_url}",
+        "--stop", "never appears", "--stop", expected.text[4:7],
+    )  # fmt: skip
+    assert (code, out) == (0, stopped.text + "\n")
+
+    code, out, _ = run(
+        "tiny_gpt", PROMPT, "--max-tokens=8", f"--url={generation_url}",
+        "--temperature=0.9", "--top-k=50", "--top-p=0.9", "--seed=3",
+    )  # fmt: skip
+    assert (code, out) == (0, sampled.text + "\n")
+
+
+def test_url_from_the_environment_and_extra_parameters(generation_url: str) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["generate", "tiny_gpt", "a", "--max-tokens=40", "--param", "ignore_eos=true", "--stats"],
+        env={"MAAS_BASE_URL": generation_url},
+    )
+    assert result.exit_code == 0, result.output
+    assert "completion_tokens=40" in result.stderr
+    code, _, err = run("tiny_gpt", "a", f"--url={generation_url}", "--param", "no-equals-sign")
+    assert code == 2 and "KEY=VALUE" in err
+
+
+def test_errors_go_to_stderr(generation_url: str) -> None:
+    code, out, err = run("no_such_model", PROMPT, f"--url={generation_url}")
+    assert (code, out) == (1, "")
+    assert err.startswith("error: 404") and "no_such_model" in err
+    code, _, err = run("tiny_gpt", PROMPT, f"--url={generation_url}", "--top-p=3")
+    assert code == 1 and "top_p" in err
+    code, _, err = run(
+        "tiny_gpt", PROMPT, "--url=http://127.0.0.1:9", "--timeout=2", env={"MAAS_MAX_RETRIES": "0"}
+    )
+    assert code == 1 and err.startswith("error: connection error")
+
+
+def test_tokens_are_printed_as_they_arrive(
+    slow_engine: GenerationEngine, generation_url: str
+) -> None:
+    wait_for(lambda: slow_engine.active_sequences == 0)
+    with Client(generation_url) as client:
+        expected = client.generate("tiny_gpt", "Copyright", max_tokens=120).text
+    command = [
+        sys.executable, "-m", "maas_client.cli", "generate", "tiny_gpt", "Copyright",
+        "--max-tokens=120", f"--url={generation_url}",
+    ]  # fmt: skip
+    # no PYTHONUNBUFFERED: the command itself flushes each piece
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env["PYTHONIOENCODING"] = "utf-8"
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as proc:
+        assert proc.stdout is not None
+        # a raw read (a buffered one would keep bytes that communicate() then misses)
+        first = os.read(proc.stdout.fileno(), 1)  # blocks until the command prints something
+        # 120 steps of at least 10 ms each: the model is still at work when the text shows
+        assert first and slow_engine.active_sequences == 1 and proc.poll() is None
+        rest, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert (first + rest).decode() == expected + "\n"
