@@ -2,8 +2,9 @@
 
 The text goes to stdout piece by piece (each piece flushed at once), then a newline; with
 ``--stats``, the finish reason, token counts and times go to stderr. ``--param KEY=VALUE``
-passes any other parameter the server understands. Errors go to stderr with
-exit status 1; Ctrl-C closes the stream (the server stops generating) and exits with 130.
+passes any other parameter the server understands. The server, key, timeout and retries are the
+global options (``maas --url URL generate ...``). Errors end it as for every command; Ctrl-C
+closes the stream (the server stops generating) and exits with 130.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ._common import client_from, reporting_errors
+
 if TYPE_CHECKING:
     from maas_client._generation import GenerateOptions
 
@@ -21,16 +24,9 @@ __all__ = ["generate"]
 
 
 def generate(
+    ctx: typer.Context,
     model: Annotated[str, typer.Argument(help="A text-generation model the server serves.")],
     prompt: Annotated[str, typer.Argument(help="The text to continue.")],
-    url: Annotated[
-        str | None,
-        typer.Option(envvar="MAAS_BASE_URL", help="The server (default http://127.0.0.1:8000)."),
-    ] = None,
-    api_key: Annotated[
-        str | None,
-        typer.Option(envvar="MAAS_API_KEY", help="API key, sent as a bearer token."),
-    ] = None,
     version: Annotated[
         str | None, typer.Option(help="Model version (default: the server's choice).")
     ] = None,
@@ -50,9 +46,6 @@ def generate(
             "ignore_eos=true); repeat for several."
         ),
     ] = None,
-    timeout: Annotated[
-        float | None, typer.Option(help="Seconds each network phase may take.")
-    ] = None,
     stream: Annotated[
         bool, typer.Option(help="Print the text as it arrives (--no-stream: all at the end).")
     ] = True,
@@ -64,7 +57,7 @@ def generate(
 
     Example: maas generate tiny_gpt "Licensed under the" --max-tokens 32
     """
-    from maas_client import Client, Generation, MaasError
+    from maas_client import Generation
 
     params: GenerateOptions = {
         "max_tokens": max_tokens,
@@ -76,28 +69,26 @@ def generate(
     }
     if param:
         params["parameters"] = _parameters(param)
-    if timeout is not None:
-        params["timeout"] = timeout
     started = time.monotonic()
     first_at: float | None = None
     result: Generation
     try:
-        with Client(url, api_key=api_key) as client:
-            if stream:
-                with client.generate_stream(model, prompt, version=version, **params) as chunks:
-                    for chunk in chunks:
-                        if chunk.text:
-                            first_at = first_at or time.monotonic()
-                            typer.echo(chunk.text, nl=False)
-                    result = chunks.get_final()
-            else:
-                result = client.generate(model, prompt, version=version, **params)
-                typer.echo(result.text, nl=False)
-    except MaasError as exc:
-        if first_at is not None:
-            typer.echo("")  # end the partial line
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        with client_from(ctx) as client, reporting_errors(ctx):
+            try:
+                if stream:
+                    with client.generate_stream(model, prompt, version=version, **params) as chunks:
+                        for chunk in chunks:
+                            if chunk.text:
+                                first_at = first_at or time.monotonic()
+                                typer.echo(chunk.text, nl=False)
+                        result = chunks.get_final()
+                else:
+                    result = client.generate(model, prompt, version=version, **params)
+                    typer.echo(result.text, nl=False)
+            except BaseException:
+                if first_at is not None:
+                    typer.echo("")  # end the partial line before the error message
+                raise
     except KeyboardInterrupt:  # the with blocks closed the stream: the server stops
         typer.echo("")
         raise typer.Exit(130) from None

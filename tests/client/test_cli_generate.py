@@ -18,8 +18,8 @@ from tests.conftest import wait_for
 PROMPT = "Licensed under the"
 
 
-def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, ["generate", *args], env=env)
+def run(url: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, ["--url", url, "generate", *args], env=env)
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -31,26 +31,24 @@ def test_prints_the_generation(generation_url: str) -> None:
             "tiny_gpt", PROMPT, max_tokens=8, temperature=0.9, top_k=50, top_p=0.9, seed=3
         )
     for streaming in ("--stream", "--no-stream"):
-        code, out, err = run(
-            "tiny_gpt", PROMPT, "--max-tokens", "16", "--url", generation_url, streaming
-        )
+        code, out, err = run(generation_url, "tiny_gpt", PROMPT, "--max-tokens", "16", streaming)
         assert (code, out, err) == (0, expected.text + "\n", "")
 
     code, out, err = run(
-        "tiny_gpt", PROMPT, "--max-tokens=16", f"--url={generation_url}", "--stats", "--version=1"
+        generation_url, "tiny_gpt", PROMPT, "--max-tokens=16", "--stats", "--version=1"
     )
     assert code == 0 and out == expected.text + "\n"
     assert "finish_reason=length prompt_tokens=5 completion_tokens=16" in err
     assert "first_text_seconds=" in err
 
     code, out, _ = run(
-        "tiny_gpt", PROMPT, "--max-tokens=16", f"--url={generation_url}",
+        generation_url, "tiny_gpt", PROMPT, "--max-tokens=16",
         "--stop", "never appears", "--stop", expected.text[4:7],
     )  # fmt: skip
     assert (code, out) == (0, stopped.text + "\n")
 
     code, out, _ = run(
-        "tiny_gpt", PROMPT, "--max-tokens=8", f"--url={generation_url}",
+        generation_url, "tiny_gpt", PROMPT, "--max-tokens=8",
         "--temperature=0.9", "--top-k=50", "--top-p=0.9", "--seed=3",
     )  # fmt: skip
     assert (code, out) == (0, sampled.text + "\n")
@@ -64,19 +62,17 @@ def test_url_from_the_environment_and_extra_parameters(generation_url: str) -> N
     )
     assert result.exit_code == 0, result.output
     assert "completion_tokens=40" in result.stderr
-    code, _, err = run("tiny_gpt", "a", f"--url={generation_url}", "--param", "no-equals-sign")
+    code, _, err = run(generation_url, "tiny_gpt", "a", "--param", "no-equals-sign")
     assert code == 2 and "KEY=VALUE" in err
 
 
 def test_errors_go_to_stderr(generation_url: str) -> None:
-    code, out, err = run("no_such_model", PROMPT, f"--url={generation_url}")
+    code, out, err = run(generation_url, "no_such_model", PROMPT)
     assert (code, out) == (1, "")
     assert err.startswith("error: 404") and "no_such_model" in err
-    code, _, err = run("tiny_gpt", PROMPT, f"--url={generation_url}", "--top-p=3")
+    code, _, err = run(generation_url, "tiny_gpt", PROMPT, "--top-p=3")
     assert code == 1 and "top_p" in err
-    code, _, err = run(
-        "tiny_gpt", PROMPT, "--url=http://127.0.0.1:9", "--timeout=2", env={"MAAS_MAX_RETRIES": "0"}
-    )
+    code, _, err = run("http://127.0.0.1:9", "tiny_gpt", PROMPT, env={"MAAS_MAX_RETRIES": "0"})
     assert code == 1 and err.startswith("error: connection error")
 
 
@@ -87,8 +83,8 @@ def test_tokens_are_printed_as_they_arrive(
     with Client(generation_url) as client:
         expected = client.generate("tiny_gpt", "Copyright", max_tokens=120).text
     command = [
-        sys.executable, "-m", "maas_client.cli", "generate", "tiny_gpt", "Copyright",
-        "--max-tokens=120", f"--url={generation_url}",
+        sys.executable, "-m", "maas_client.cli", f"--url={generation_url}", "generate",
+        "tiny_gpt", "Copyright", "--max-tokens=120",
     ]  # fmt: skip
     # no PYTHONUNBUFFERED: the command itself flushes each piece
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
