@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ import typer
 from typer.testing import CliRunner, Result
 
 from maas_client.cli import app
-from maas_server import Settings
+from maas_server import Settings, default_repository
 from tests import models
 from tests.client.test_client import mlp_reference
 from tests.conftest import RunningServer, start_server
@@ -255,3 +257,45 @@ def test_network_error_is_one_line_and_status_1() -> None:
     assert "hint: is a server running" in result.stderr and "Traceback" not in result.output
     assert maas("not-a-url", "health").exit_code == 2
     assert runner.invoke(app, ["models", "frobnicate"]).exit_code == 2
+
+
+# --- the commands shown in the docs ------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+_BASH = re.compile(r"^```bash\n(.*?)^```", re.DOTALL | re.MULTILINE)
+
+
+def documented_commands() -> list[list[str]]:
+    """Every ``maas ...`` line of the bash blocks of the quickstart and the CLI reference, but
+    ``maas serve`` (the test starts its own server) and syntax summaries."""
+    commands = []
+    for name in ("quickstart.md", "cli.md"):
+        for block in _BASH.findall((DOCS / name).read_text()):
+            for line in block.splitlines():
+                words = shlex.split(line, comments=True)
+                if words[:1] == ["maas"] and words[1:2] != ["serve"] and "[" not in line:
+                    commands.append(words[1:])
+    return commands
+
+
+@pytest.fixture(scope="module")
+def examples_server() -> Iterator[RunningServer]:
+    running = start_server(Settings(repository=default_repository()))
+    yield running
+    running.stop()
+
+
+def test_documented_commands_run(
+    examples_server: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commands = documented_commands()
+    assert len(commands) >= 15
+    images = np.random.default_rng(0).random((4, 64)).astype(np.float32) * 16
+    np.save(tmp_path / "images.npy", images)
+    header = ",".join(f"px{i}" for i in range(64))
+    np.savetxt(tmp_path / "images.csv", images, delimiter=",", header=header, comments="")
+    (tmp_path / "request.json").write_text(json.dumps({"input": images.tolist()}))
+    monkeypatch.chdir(tmp_path)
+    for words in commands:
+        result = runner.invoke(app, words, env={"MAAS_BASE_URL": examples_server.url})
+        assert result.exit_code == 0, (words, result.output)
