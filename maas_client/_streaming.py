@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import httpx
@@ -33,6 +33,7 @@ from ._base import (
     connection_error,
     make_status_error,
 )
+from ._endpoints import Endpoint, Route, start_async_probes, start_probes
 from ._exceptions import (
     APIConnectionError,
     APIResponseValidationError,
@@ -73,6 +74,9 @@ class _Start:
     attempts: int
     started: float
     """When the call began (:func:`time.monotonic`)."""
+    release: Callable[[BaseException | None], None] | None = field(default=None, kw_only=True)
+    """Called once when the stream is closed, with the connection error that ended it (a
+    client of several servers counts the stream as outstanding on its endpoint until then)."""
 
 
 @dataclass
@@ -119,10 +123,12 @@ def _unreadable(
 
 
 def open_stream(client: Client, plan: RequestPlan, options: CallOptions) -> StreamStart:
-    """Send ``plan`` and read up to its first event, retrying as any call is retried."""
+    """Send ``plan`` and read up to its first event, retrying as any call is retried (a client
+    of several servers sends each attempt to one of them, as for any call)."""
     resolved = client._resolve(options)
     start = time.monotonic()
     deadline_at = None if resolved.deadline is None else start + resolved.deadline
+    route = client._pool.route() if client._pool is not None else None
     retrying = sync_retrying(
         client.retry_policy,
         max_retries=resolved.max_retries,
@@ -131,12 +137,30 @@ def open_stream(client: Client, plan: RequestPlan, options: CallOptions) -> Stre
         method=plan.method,
         url=client.base_url + plan.path,
         request_id=resolved.request_id,
+        fail_over=route.fail_over if route is not None else None,
     )
     for attempt in retrying:
         with attempt:
             number = attempt.retry_state.attempt_number
-            return _attempt(client, plan, resolved, number, start, deadline_at)
+            if route is None:
+                return _attempt(client, plan, resolved, number, start, deadline_at)
+            endpoint = route.acquire()
+            start_probes(client)
+            try:
+                opened = _attempt(client, plan, resolved, number, start, deadline_at, endpoint.url)
+            except BaseException as exc:
+                route.release(endpoint, exc)
+                raise
+            opened.release = _releaser(route, endpoint)
+            return opened
     raise AssertionError("tenacity ended without an outcome")  # pragma: no cover
+
+
+def _releaser(route: Route, endpoint: Endpoint) -> Callable[[BaseException | None], None]:
+    def release(error: BaseException | None) -> None:
+        route.release(endpoint, error)
+
+    return release
 
 
 def _attempt(
@@ -146,9 +170,10 @@ def _attempt(
     number: int,
     start: float,
     deadline_at: float | None,
+    base_url: str | None = None,
 ) -> StreamStart:
     try:
-        request = client._build_request(plan, options, deadline_at, client._http)
+        request = client._build_request(plan, options, deadline_at, client._http, base_url)
     except APITimeoutError as exc:
         exc.attempts = number - 1
         raise
@@ -211,6 +236,7 @@ async def open_async_stream(
     resolved = client._resolve(options)
     start = time.monotonic()
     deadline_at = None if resolved.deadline is None else start + resolved.deadline
+    route = client._pool.route() if client._pool is not None else None
     retrying = async_retrying(
         client.retry_policy,
         max_retries=resolved.max_retries,
@@ -219,11 +245,24 @@ async def open_async_stream(
         method=plan.method,
         url=client.base_url + plan.path,
         request_id=resolved.request_id,
+        fail_over=route.fail_over if route is not None else None,
     )
     async for attempt in retrying:
         with attempt:
             number = attempt.retry_state.attempt_number
-            return await _async_attempt(client, plan, resolved, number, start, deadline_at)
+            if route is None:
+                return await _async_attempt(client, plan, resolved, number, start, deadline_at)
+            endpoint = route.acquire()
+            start_async_probes(client)
+            try:
+                opened = await _async_attempt(
+                    client, plan, resolved, number, start, deadline_at, endpoint.url
+                )
+            except BaseException as exc:
+                route.release(endpoint, exc)
+                raise
+            opened.release = _releaser(route, endpoint)
+            return opened
     raise AssertionError("tenacity ended without an outcome")  # pragma: no cover
 
 
@@ -234,9 +273,10 @@ async def _async_attempt(
     number: int,
     start: float,
     deadline_at: float | None,
+    base_url: str | None = None,
 ) -> AsyncStreamStart:
     try:
-        request = client._build_request(plan, options, deadline_at, client._http)
+        request = client._build_request(plan, options, deadline_at, client._http, base_url)
     except APITimeoutError as exc:
         exc.attempts = number - 1
         raise
@@ -317,6 +357,7 @@ class _StreamCore(Generic[_T]):
     _pending: deque[ServerSentEvent]
     _ended: bool
     _closed: bool
+    _lost_with: APIConnectionError | None
 
     def _setup(self, parse: Callable[[Any], _T], on_end: Callable[[], None] | None) -> None:
         self._start = None
@@ -325,6 +366,7 @@ class _StreamCore(Generic[_T]):
         self._pending = deque()
         self._ended = False
         self._closed = False
+        self._lost_with = None
 
     def _begin(self, start: _Start) -> None:
         self._start = start
@@ -404,9 +446,16 @@ class _StreamCore(Generic[_T]):
 
     def _lost(self, exc: httpx.TransportError) -> APIConnectionError:
         start = self._opened()
-        return connection_error(
+        self._lost_with = connection_error(
             exc, start.response.request, request_id=start.request_id, attempts=start.attempts
         )
+        return self._lost_with
+
+    def _release(self) -> None:
+        start = self._start
+        if start is not None and start.release is not None:
+            release, start.release = start.release, None
+            release(self._lost_with)
 
 
 class Stream(_StreamCore[_T]):
@@ -487,10 +536,13 @@ class Stream(_StreamCore[_T]):
             return
         self._closed = True
         self._pending.clear()
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
-        self.response.close()
+        try:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
+            self.response.close()
+        finally:
+            self._release()
 
     def __enter__(self) -> Self:
         return self
@@ -591,12 +643,15 @@ class AsyncStream(_StreamCore[_T]):
         self._closed = True
         self._opener = None
         self._pending.clear()
-        if self._chunks is not None:
-            aclose = getattr(self._chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        if self._start is not None:
-            await self._start.response.aclose()
+        try:
+            if self._chunks is not None:
+                aclose = getattr(self._chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            if self._start is not None:
+                await self._start.response.aclose()
+        finally:
+            self._release()
 
     def __await__(self) -> Generator[Any, None, Self]:
         return self._open_self().__await__()

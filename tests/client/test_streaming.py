@@ -265,6 +265,40 @@ async def test_a_refused_connection_is_retried_until_the_server_listens_async() 
             server.stop()
 
 
+# --- several servers ---------------------------------------------------------------------------
+
+
+def test_streams_fail_over_and_count_as_outstanding_until_closed(
+    generation_url: str, fast_retries: RetryPolicy, delays: Delays
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    with Client([dead, generation_url], retry_policy=fast_retries) as client:
+        assert client._pool is not None
+        down, live = client._pool.endpoints
+        for _ in range(3):
+            with client.generate_stream("tiny_gpt", "Copyright", max_tokens=8) as stream:
+                next(stream)
+                assert (live.outstanding, down.outstanding) == (1, 0)
+                assert stream.get_final().completion_tokens == 8
+            assert live.outstanding == 0
+        assert down.failures >= 1 and live.sent == 3
+        assert set(delays) <= {0.0}  # another server at once, no back-off
+
+
+async def test_streams_fail_over_async(
+    generation_url: str, fast_retries: RetryPolicy, delays: Delays
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with AsyncClient([dead, generation_url], retry_policy=fast_retries) as aclient:
+        assert aclient._pool is not None
+        down, live = aclient._pool.endpoints
+        async with aclient.generate_stream("tiny_gpt", "Copyright", max_tokens=8) as stream:
+            await stream.__anext__()
+            assert live.outstanding == 1
+        assert live.outstanding == 0 and down.failures == 1
+        assert set(delays) <= {0.0}
+
+
 # --- scripted answers -----------------------------------------------------------------------------
 
 
