@@ -8,7 +8,7 @@ name (never the key), the model and version, the status, bytes in and out, and t
 
 Each line carries its own time (UTC), so the logger's handler needs no time of its own.
 ``maas serve`` gives the logger an :class:`AccessLogHandler` (:func:`configure_access_logger`),
-which writes the lines through a buffer flushed every 0.2 s, and turns uvicorn's own access log
+which writes the lines through a buffer flushed 0.2 s after a line arrives, and turns uvicorn's own access log
 off. When that handler is the logger's only way out, the middleware hands it each request's
 fields directly, without building a ``LogRecord``, and the line is formatted when the buffer is
 flushed: the access log is on the path of every request, its formatting need not be.
@@ -16,6 +16,7 @@ flushed: the access log is on the path of every request, its formatting need not
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -107,24 +108,42 @@ class _Entry(NamedTuple):
 
 
 class AccessLogHandler(logging.Handler):
-    """Writes each record's message as one line into a buffer that a background thread flushes
-    every ``flush_interval`` seconds (and :meth:`close` at exit): one write for many lines."""
+    """Writes each record's message as one line into a buffer, flushed ``flush_interval``
+    seconds after the first line waiting in it (by the event loop that wrote it, see
+    :meth:`schedule_flush`, so that no thread competes with the loop for the interpreter; a
+    background thread flushes what other threads write, every few intervals), and by
+    :meth:`close` at exit: one write for many lines."""
 
     def __init__(self, stream: TextIO | None = None, flush_interval: float = 0.2) -> None:
         super().__init__()
+        self.flush_interval = flush_interval
+        self._scheduled = False
         self._out: TextIO = stream or sys.stderr
         self._lines: deque[str | _Entry] = deque()  # append, popleft: atomic, no lock needed
         self._clock = _Clock()
         self._flush_lock = threading.Lock()
         self._closed = threading.Event()
         self._flusher = threading.Thread(
-            target=self._flush_every, args=(flush_interval,), name="maas-access-log", daemon=True
+            target=self._flush_every,
+            args=(max(1.0, 5 * flush_interval),),
+            name="maas-access-log",
+            daemon=True,
         )
         self._flusher.start()
 
     def write_line(self, line: str | _Entry) -> None:
         """Queue a line, or a request's fields to be formatted into one when flushed."""
         self._lines.append(line)
+
+    def schedule_flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Have ``loop`` flush the buffer ``flush_interval`` seconds from now, unless it will."""
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_later(self.flush_interval, self._flush_from_loop)
+
+    def _flush_from_loop(self) -> None:
+        self._scheduled = False
+        self.flush()
 
     def handle(self, record: logging.LogRecord) -> bool:
         if not self.filter(record):
@@ -227,7 +246,13 @@ class AccessLog:
             and not logger.filters
             and not handlers[0].filters
         ):
-            handlers[0].write_line(entry)
+            handler = handlers[0]
+            handler.write_line(entry)
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no event loop here: the handler's thread flushes
+                return
+            handler.schedule_flush(loop)
         else:
             logger.info(entry.format(self._clock))
 

@@ -4,6 +4,7 @@ HTTPS with client certificates. Also the buffered access log handler on its own.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -226,6 +227,27 @@ def test_configured_logger_takes_entries_without_log_records() -> None:
             "1.50ms id=abc key=- model=mlp version=2"
         )
         assert line[:4].isdigit() and line[23] == "Z"  # 2024-05-01T12:00:00.123Z
+    finally:
+        for handler in logger.handlers:
+            handler.close()
+        logger.handlers.clear()
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
+
+
+async def test_the_event_loop_flushes_what_it_wrote() -> None:
+    out = io.StringIO()
+    logger = configure_access_logger(out, flush_interval=0.01)
+    try:
+        log = AccessLog("json", logger)
+        scope = {"type": "http", "method": "GET", "path": "/v2", "headers": [], "client": None}
+        log.write(scope, log.request_id(scope), 200, 3, 0.001)
+        assert out.getvalue() == ""  # the thread flushes only every second
+        await asyncio.sleep(0.1)
+        (line,) = out.getvalue().splitlines()
+        entry = json.loads(line)
+        assert entry["path"] == "/v2" and entry["status"] == 200 and entry["client"] == "-"
+        assert len(entry["request_id"]) == 24
     finally:
         for handler in logger.handlers:
             handler.close()
