@@ -4,7 +4,8 @@ It writes a temporary repository with the MLP of ``tests/models.py`` (FP32 [-1,6
 [-1,10]) twice: ``mlp`` with ``max_batch_size`` 1024 and dynamic batching on (what
 ``infer_batched`` cuts its chunks for), and ``mlp_whole`` without a batch limit (so that one
 request may carry every row), starts ``maas serve`` on a free loopback port in a subprocess, and
-measures in this process, in alternating rounds (medians):
+measures in this process, in alternating rounds (each way's best round: other work on the
+machine only ever slows a round down, so the best round is the closest to what the way costs):
 
 1. ``infer_batched``: every row, chunks of ``max_batch_size`` rows, ``concurrency`` 4 (its
    defaults), and at concurrency 1, 2 and 8 to see where the best lies;
@@ -22,7 +23,7 @@ its defaults within 20% of the best rows/s achievable with the server's batching
 1 and 2), and at least 5x the naive loop. The ratio to one giant request is printed as well,
 with its own PASS/FAIL against the same 0.8, for the stricter reading of "best achievable".
 The server runs on the same machine as the client; on a small machine that other work shares,
-rates move by 20% or more between runs, so compare the medians of alternating rounds.
+single rounds move by 50% or more, which is why each way is run in several alternating rounds.
 
 Usage::
 
@@ -131,11 +132,13 @@ def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
                 rate = ceiling_rate(url, x, concurrency)
                 bulk.setdefault(RAW.format(concurrency), []).append(rate)
         naive, calls = naive_rate(client, x, args.naive_seconds)
-    rates = {name: statistics.median(values) for name, values in bulk.items()}
+    rates = {name: max(values) for name, values in bulk.items()}
+    medians = {name: statistics.median(values) for name, values in bulk.items()}
     return {
         "rows": args.rows,
         "rounds": args.rounds,
         "rates": rates,
+        "medians": medians,
         "naive": naive,
         "naive_calls": calls,
     }
@@ -148,10 +151,11 @@ def report(data: dict[str, Any]) -> bool:
     batching_on = {name: rate for name, rate in rates.items() if name != GIANT}
     best_name, best = max(batching_on.items(), key=lambda item: item[1])
     print(f"\n{data['rows']:,} rows of the MLP (64 -> 128 -> 10), maas serve on loopback")
-    print(f"(medians of {data['rounds']} alternating rounds)")
-    print(f"{'way':<56}{'rows/s':>12}{'time for all rows':>20}")
+    print(f"(the best of {data['rounds']} alternating rounds; the median round beside it)")
+    print(f"{'way':<56}{'rows/s':>12}{'time for all rows':>20}{'median rows/s':>16}")
     for name, rate in sorted(rates.items(), key=lambda item: -item[1]):
-        print(f"{name:<56}{rate:>12,.0f}{data['rows'] / rate:>18.3f} s")
+        median = data["medians"][name]
+        print(f"{name:<56}{rate:>12,.0f}{data['rows'] / rate:>18.3f} s{median:>16,.0f}")
     print(
         f"{'naive loop of single-row infer':<56}{naive:>12,.0f}{data['rows'] / naive:>18.1f} s"
         f"   (extrapolated from {data['naive_calls']} calls)"
@@ -185,7 +189,7 @@ def report(data: dict[str, Any]) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (medians)")
+    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds (best kept)")
     parser.add_argument(
         "--concurrency", type=int, nargs="+", default=[1, 2, 4, 8], help="infer_batched runs"
     )
