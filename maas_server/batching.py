@@ -203,7 +203,9 @@ class Scheduler:
         level = self.level_of(priority)
         now = time.monotonic_ns()
         first = next(iter(feeds.values()), None)
-        rows = int(first.shape[0]) if self.batching and first is not None else 1
+        # Rows along the batch dimension (what Triton's statistics count for batched models).
+        batched = self.max_batch_size > 0 and first is not None and first.ndim > 0
+        rows = int(first.shape[0]) if batched and first is not None else 1
         limit = self._instances if level == 0 else self._shared_instances
         if self._fast and not self._size and self._busy < limit:
             return await self._run_now(feeds, outputs, rows, now)

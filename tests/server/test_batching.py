@@ -478,3 +478,14 @@ def test_reserved_instances_need_priorities_and_a_shared_instance(tmp_path: Path
         parse_config({"instance_count": 2, "dynamic_batching": {"reserved_instances": 1}}, "t")
     with pytest.raises(ConfigError, match="at least one"):
         parse_config({"dynamic_batching": {"priority_levels": 2, "reserved_instances": 1}}, "t")
+
+
+async def test_statistics_count_rows_of_batched_models_without_dynamic_batching(
+    tmp_path: Path,
+) -> None:
+    model = load(tmp_path, "m", two_dim_identity(), {"max_batch_size": 8})
+    await model.scheduler.infer({"x": np.zeros((5, 2), np.float32)}, ["y"])
+    await model.scheduler.infer({"x": np.zeros((3, 2), np.float32)}, ["y"])
+    assert model.stats.inference_count == 8
+    assert model.stats.execution_count == 2
+    assert sorted(model.stats.batches) == [3, 5]
