@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -338,34 +339,56 @@ def infer_batched(
             **options,
         )
 
-    pending = list(reversed(bounds))
-    running: dict[Future[InferResult], tuple[int, int]] = {}
-    stopped: MaasError | None = None
+    pending = deque(bounds)
+    stopped: list[BaseException] = []
+    unexpected: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        # Each worker takes the next chunk when its last one is answered: no hand-off through
+        # the calling thread, which only waits.
+        while True:
+            with lock:
+                if stopped or not pending:
+                    return
+                start, stop = pending.popleft()
+            try:
+                result = run(start, stop)
+            except MaasError as exc:
+                with lock:
+                    failures.append(ChunkFailure(start, stop, exc))
+                    if isinstance(exc, _STOPS_THE_BATCH):
+                        stopped.append(exc)
+            except BaseException as exc:  # a bug, not an answer: ends the call
+                with lock:
+                    unexpected.append(exc)
+                    stopped.append(exc)
+                return
+            else:
+                with lock:
+                    done.append((start, stop, result))
+            with lock:
+                bar.update(stop - start)
+
+    workers = [
+        threading.Thread(target=worker, name="maas-infer-batched", daemon=True)
+        for _ in range(min(concurrency, len(bounds)))
+    ]
     try:
-        with ThreadPoolExecutor(max_workers=min(concurrency, len(bounds) or 1)) as pool:
-            while pending or running:
-                while pending and stopped is None and len(running) < concurrency:
-                    start, stop = pending.pop()
-                    running[pool.submit(run, start, stop)] = (start, stop)
-                if not running:
-                    break
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    start, stop = running.pop(future)
-                    error = future.exception()
-                    if error is None:
-                        done.append((start, stop, future.result()))
-                    elif isinstance(error, MaasError):
-                        failures.append(ChunkFailure(start, stop, error))
-                        if isinstance(error, _STOPS_THE_BATCH):
-                            stopped = stopped or error
-                    else:
-                        raise error
-                    bar.update(stop - start)
-            if stopped is not None:
-                failures += [ChunkFailure(a, b, stopped, sent=False) for a, b in pending]
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join()
+    except BaseException:  # Ctrl-C: send nothing more, let the requests in flight end
+        with lock:
+            pending.clear()
+        raise
     finally:
         bar.close()
+    if unexpected:
+        raise unexpected[0]
+    if stopped:
+        failures += [ChunkFailure(a, b, stopped[0], sent=False) for a, b in pending]
     return _finish(model, batch, done, failures, started)
 
 
