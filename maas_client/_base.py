@@ -202,6 +202,10 @@ def plan_server_metadata() -> RequestPlan:
     return RequestPlan("GET", "/v2")
 
 
+def plan_openapi() -> RequestPlan:
+    return RequestPlan("GET", "/v2/openapi.json")
+
+
 def plan_health(which: str) -> RequestPlan:
     return RequestPlan("GET", f"/v2/health/{which}", answer_statuses=frozenset({400, 503}))
 
@@ -459,6 +463,20 @@ def parse_flag(model: str | None = None, version: str | None = None) -> Callable
 
 def parse_nothing(answer: Answer) -> None:
     return None
+
+
+def parse_json_object(answer: Answer) -> dict[str, Any]:
+    """A parser of answers holding one JSON object, returned as it is."""
+    body = _json(answer)
+    if not isinstance(body, dict):
+        raise APIResponseValidationError(
+            "the server's answer is not a JSON object",
+            response=answer.response,
+            body=body,
+            request_id=answer.request_id,
+            attempts=answer.attempts,
+        )
+    return body
 
 
 parse_server_metadata = parse_model(ServerMetadata)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._base import (
     parse_flag,
+    parse_json_object,
     parse_model_config,
     parse_models,
     parse_nothing,
@@ -22,6 +23,7 @@ from ._base import (
     plan_model_metadata,
     plan_model_ready,
     plan_model_stats,
+    plan_openapi,
     plan_repository_index,
     plan_server_metadata,
     plan_unload,
@@ -67,6 +69,10 @@ class Server:
     def metadata(self, **options: Unpack[CallOptions]) -> ServerMetadata:
         """``GET /v2``: the server's name, version and protocol extensions."""
         return self._client._call(plan_server_metadata(), options, self._client._remember_server)
+
+    def openapi(self, **options: Unpack[CallOptions]) -> dict[str, Any]:
+        """``GET /v2/openapi.json``: the OpenAPI 3 document of every endpoint (maas servers)."""
+        return self._client._call(plan_openapi(), options, parse_json_object)
 
 
 class Models:
@@ -152,6 +158,10 @@ class AsyncServer:
         return await self._client._call(
             plan_server_metadata(), options, self._client._remember_server
         )
+
+    async def openapi(self, **options: Unpack[CallOptions]) -> dict[str, Any]:
+        """``GET /v2/openapi.json``: the OpenAPI 3 document of every endpoint (maas servers)."""
+        return await self._client._call(plan_openapi(), options, parse_json_object)
 
 
 class AsyncModels:

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .auth import model_allowed, require_model_access
 from .errors import BadRequestError, InternalError, ModelNotFoundError, ServerError
 from .generate_routes import collect_until_disconnect, json_object, service
 from .generation import GenerationEngine, GenerationParams
@@ -83,7 +84,7 @@ def _model_entry(name: str) -> dict[str, Any]:
 
 
 async def list_models(request: Request) -> Response:
-    names = service(request).model_names()
+    names = [n for n in service(request).model_names() if model_allowed(request, n)]
     return JSONBytesResponse({"object": "list", "data": [_model_entry(n) for n in names]})
 
 
@@ -101,6 +102,7 @@ def _engine(request: Request, body: Mapping[str, Any]) -> GenerationEngine:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequestError("the request needs 'model', the name of a model")
+    require_model_access(request, model)  # the model is in the body, out of the middleware's view
     return service(request).engine(model, None)
 
 

@@ -70,6 +70,19 @@ async def test_server_calls_async(aclient: AsyncClient) -> None:
     assert metadata.name == "maas"
 
 
+def test_openapi_document(client: Client) -> None:
+    document = client.server.openapi()
+    assert document["openapi"].startswith("3.")
+    assert "/v2/models/{model}/infer" in document["paths"]
+    assert "post" in document["paths"]["/v2/models/{model}/infer"]
+
+
+async def test_openapi_document_async(aclient: AsyncClient) -> None:
+    document = await aclient.server.openapi()
+    assert "get" in document["paths"]["/v2/health/ready"]
+    assert "/v2/repository/index" in document["paths"]
+
+
 # --- models -----------------------------------------------------------------------------------
 
 

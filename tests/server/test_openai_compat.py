@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -205,3 +206,31 @@ def test_error_shape(generation_url: str) -> None:
     bad = httpx.post(f"{generation_url}/v1/chat/completions", content=b"[")
     assert bad.status_code == 400
     assert "JSON" in bad.json()["error"]["message"]
+
+
+async def test_model_allow_list_applies_to_body_routes(
+    generation_repository: Path, tmp_path: Path
+) -> None:
+    """The /v1 routes name the model in the body, out of the middleware's sight: a key limited
+    to other models is refused there too, and /v1/models lists only what the key may use."""
+    from maas_server import Settings
+    from maas_server.keys_file import add_key
+    from tests.server.apps import asgi_app, bearer
+
+    keys = tmp_path / "keys.json"
+    narrow, _ = add_key(keys, "narrow", ["infer", "read"], models=["tiny_gpt_spare"])
+    wide, _ = add_key(keys, "wide", ["infer", "read"])
+    settings = Settings(repository=generation_repository, api_keys_file=keys)
+    async with asgi_app(settings, models=("tiny_gpt", "tiny_gpt_spare")) as (_, client):
+        body = {"model": "tiny_gpt", "prompt": "Licensed", "max_tokens": 2}
+        refused = await client.post("/v1/completions", json=body, headers=bearer(narrow))
+        assert refused.status_code == 403
+        assert "tiny_gpt" in refused.json()["error"]["message"] or "tiny_gpt" in refused.text
+        allowed = await client.post("/v1/completions", json=body, headers=bearer(wide))
+        assert allowed.status_code == 200, allowed.text
+        chat = {"model": "tiny_gpt", "messages": [{"role": "user", "content": "hi"}]}
+        assert (
+            await client.post("/v1/chat/completions", json=chat, headers=bearer(narrow))
+        ).status_code == 403
+        listed = (await client.get("/v1/models", headers=bearer(narrow))).json()
+        assert [m["id"] for m in listed["data"]] == ["tiny_gpt_spare"]
