@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 from urllib.parse import quote
 
 import httpx
@@ -56,6 +56,9 @@ from .types import (
     ServerMetadata,
 )
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 __all__ = [
     "NO_METADATA_STATUSES",
     "REQUEST_ID_HEADER",
@@ -91,6 +94,7 @@ __all__ = [
 ]
 
 _M = TypeVar("_M", bound=BaseModel)
+_HttpT = TypeVar("_HttpT", httpx.Client, httpx.AsyncClient)
 
 REQUEST_ID_HEADER = "X-Request-ID"
 NO_METADATA_STATUSES = frozenset({404, 405, 501})
@@ -552,9 +556,26 @@ def binary_supported(metadata: ServerMetadata) -> bool:
     return "binary_tensor_data" in metadata.extensions
 
 
-class BaseClient:
-    """Settings, caches and request building shared by :class:`Client` and :class:`AsyncClient`."""
+def _injected_timeout(http_client: httpx.Client | httpx.AsyncClient | None) -> httpx.Timeout | None:
+    """An injected client's own timeout, when it was set to something other than httpx's default."""
+    if http_client is None or http_client.timeout == httpx.Timeout(5.0):
+        return None
+    return http_client.timeout
 
+
+class BaseClient(Generic[_HttpT]):
+    """Settings, caches and request building shared by :class:`Client` and :class:`AsyncClient`.
+
+    ``_HttpT`` is the kind of :class:`httpx.Client` a client may be given (sync or async).
+    """
+
+    _server_class: ClassVar[type[Any]]
+    """What ``client.server`` is (sync or async calls)."""
+    _models_class: ClassVar[type[Any]]
+    """What ``client.models`` is."""
+
+    server: Any
+    models: Any
     base_url: str
     api_key: str | None
     timeout: httpx.Timeout
@@ -563,6 +584,7 @@ class BaseClient:
     binary: bool | None
     validate: bool
     retry_policy: RetryPolicy
+    _http: _HttpT | None
     _default_headers: dict[str, str]
     _default_entries: dict[str, tuple[str, str]]
     _state: _SharedState
@@ -570,24 +592,25 @@ class BaseClient:
     _pool: EndpointPool | None
     """The servers of a client given several URLs (``None`` for one: ``base_url``)."""
 
-    def _configure(
+    def __init__(
         self,
-        base_url: str | Sequence[str] | Endpoints | None,
+        base_url: str | Sequence[str] | Endpoints | None = None,
         *,
-        api_key: str | None,
-        timeout: TimeoutLike | NotGiven,
-        max_retries: int | NotGiven,
-        deadline: float | None,
-        headers: HeadersLike | None,
-        binary: bool | None,
-        validate: bool,
-        retry_policy: RetryPolicy | None,
-        http_timeout: httpx.Timeout | None,
+        api_key: str | None = None,
+        timeout: TimeoutLike | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        deadline: float | None = None,
+        headers: HeadersLike | None = None,
+        http_client: _HttpT | None = None,
+        binary: bool | None = None,
+        validate: bool = True,
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
         env = EnvSettings.from_env()
         setup_logging(env.log)
         self._set_endpoints(base_url or env.base_url or DEFAULT_BASE_URL)
         self.api_key = api_key if api_key is not None else env.api_key
+        http_timeout = _injected_timeout(http_client)
         if not isinstance(timeout, NotGiven):
             self.timeout = _as_timeout(timeout)
         elif http_timeout is not None:
@@ -611,6 +634,83 @@ class BaseClient:
         self._custom_headers = dict(headers or {})
         self._state = _SharedState()
         self._build_default_headers()
+        self._http = http_client
+        self._owns_http = http_client is None
+        self._open_transport()
+        self._attach_namespaces()
+
+    def _open_transport(self) -> None:
+        """Set up the connection pool of a client given no ``http_client`` (sync or async)."""
+        raise NotImplementedError
+
+    def _attach_namespaces(self) -> None:
+        self.server = self._server_class(self)
+        self.models = self._models_class(self)
+
+    def with_options(
+        self,
+        *,
+        base_url: str | Sequence[str] | Endpoints | None = None,
+        api_key: str | None = None,
+        timeout: TimeoutLike | NotGiven = NOT_GIVEN,
+        max_retries: int | NotGiven = NOT_GIVEN,
+        deadline: float | NotGiven | None = NOT_GIVEN,
+        headers: HeadersLike | None = None,
+        binary: bool | NotGiven | None = NOT_GIVEN,
+        validate: bool | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> Self:
+        """A copy with other settings, sharing this client's connection pool and caches.
+
+        >>> client.with_options(timeout=5.0, max_retries=0).infer("digits", x)  # doctest: +SKIP
+        """
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.__dict__.pop("with_raw_response", None)
+        copy._copy_settings(
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            deadline=deadline,
+            headers=headers,
+            binary=binary,
+            validate=validate,
+            retry_policy=retry_policy,
+        )
+        copy._attach_namespaces()
+        return copy
+
+    @classmethod
+    def local(
+        cls,
+        repository: str | os.PathLike[str] | None = None,
+        *,
+        settings: Any = None,
+        **client_options: Any,
+    ) -> Self:
+        """A client of a server run in-process over ``repository`` (default: the bundled
+        examples), with no network port; needs the ``server`` extra.
+
+        ``settings`` (a :class:`maas_server.Settings`) replaces ``repository``; the other
+        keyword arguments are the client's. Closing the client stops the server. An
+        :class:`AsyncClient`'s server starts (loads its models) at the first request, on the
+        caller's event loop.
+
+        >>> with Client.local("./models") as client:  # doctest: +SKIP
+        ...     client.infer("digits", x)
+        >>> async with AsyncClient.local("./models") as client:  # doctest: +SKIP
+        ...     await client.infer("digits", x)
+        """
+        from ._local import LOCAL_URL, local_app
+
+        client = cls(LOCAL_URL, **client_options)
+        client._serve_in_process(local_app(repository, settings))
+        return client
+
+    def _serve_in_process(self, app: Any) -> None:
+        """Send everything to ``app`` in-process (sync or async transport)."""
+        raise NotImplementedError
 
     def _set_endpoints(self, target: str | Sequence[str] | Endpoints) -> None:
         endpoints = parse_urls(target)

@@ -26,7 +26,6 @@ from ._base import (
 )
 from ._batched import BatchResult, ProgressLike, async_infer_batched, infer_batched
 from ._endpoints import (
-    Endpoints,
     Route,
     cancel_probes,
     start_async_probes,
@@ -57,15 +56,13 @@ from ._resources import (
 )
 from ._response import RawResponse, raw_response_requested
 from ._result import InferResult
-from ._retry import RetryPolicy, async_retrying, sync_retrying
+from ._retry import async_retrying, sync_retrying
 from ._streaming import open_async_stream, open_stream
 from ._transport import AsyncLeanTransport, LeanTransport, proxies_configured
-from ._types import NOT_GIVEN, CallOptions, HeadersLike, NotGiven, TimeoutLike, VersionLike
+from ._types import CallOptions, VersionLike
 from .types import ModelMetadata
 
 if TYPE_CHECKING:
-    import os
-
     from typing_extensions import Self, Unpack
 
     from ._generation import GenerateOptions
@@ -87,7 +84,7 @@ def _internal(options: CallOptions) -> CallOptions:
     return inner
 
 
-class Client(BaseClient):
+class Client(BaseClient[httpx.Client]):
     """A blocking client of an Open Inference Protocol server (maas, Triton, MLServer, KServe).
 
     >>> with Client("http://127.0.0.1:8000") as client:  # doctest: +SKIP
@@ -101,46 +98,25 @@ class Client(BaseClient):
     :meth:`local` runs a server in-process.
     """
 
+    _server_class = Server
+    _models_class = Models
     server: Server
     models: Models
+    _transport: httpx.BaseTransport | None
 
-    def __init__(
-        self,
-        base_url: str | Sequence[str] | Endpoints | None = None,
-        *,
-        api_key: str | None = None,
-        timeout: TimeoutLike | NotGiven = NOT_GIVEN,
-        max_retries: int | NotGiven = NOT_GIVEN,
-        deadline: float | None = None,
-        headers: HeadersLike | None = None,
-        http_client: httpx.Client | None = None,
-        binary: bool | None = None,
-        validate: bool = True,
-        retry_policy: RetryPolicy | None = None,
-    ) -> None:
-        self._configure(
-            base_url,
-            api_key=api_key,
-            timeout=timeout,
-            max_retries=max_retries,
-            deadline=deadline,
-            headers=headers,
-            binary=binary,
-            validate=validate,
-            retry_policy=retry_policy,
-            http_timeout=_injected_timeout(http_client),
-        )
-        self._http: httpx.Client | None = http_client
-        self._transport: httpx.BaseTransport | None = None
-        self._owns_http = http_client is None
-        if http_client is None:
+    def _open_transport(self) -> None:
+        self._transport = None
+        if self._http is None:
             if proxies_configured():
                 # httpx mounts the proxies named in the environment in front of the transport.
                 self._http = httpx.Client(timeout=self.timeout, transport=LeanTransport())
             else:
                 self._transport = LeanTransport()
-        self.server = Server(self)
-        self.models = Models(self)
+
+    def _serve_in_process(self, app: Any) -> None:
+        from ._local import attach_local
+
+        attach_local(self, app)
 
     # --- lifetime ----------------------------------------------------------------------------
 
@@ -161,66 +137,10 @@ class Client(BaseClient):
     def __repr__(self) -> str:
         return f"<Client base_url={self.base_url!r}>"
 
-    def with_options(
-        self,
-        *,
-        base_url: str | Sequence[str] | Endpoints | None = None,
-        api_key: str | None = None,
-        timeout: TimeoutLike | NotGiven = NOT_GIVEN,
-        max_retries: int | NotGiven = NOT_GIVEN,
-        deadline: float | NotGiven | None = NOT_GIVEN,
-        headers: HeadersLike | None = None,
-        binary: bool | NotGiven | None = NOT_GIVEN,
-        validate: bool | None = None,
-        retry_policy: RetryPolicy | None = None,
-    ) -> Client:
-        """A copy with other settings, sharing this client's connection pool and caches.
-
-        >>> client.with_options(timeout=5.0, max_retries=0).infer("digits", x)  # doctest: +SKIP
-        """
-        copy = object.__new__(Client)
-        copy.__dict__.update(self.__dict__)
-        copy.__dict__.pop("with_raw_response", None)
-        copy._copy_settings(
-            base_url=base_url,
-            api_key=api_key,
-            timeout=timeout,
-            max_retries=max_retries,
-            deadline=deadline,
-            headers=headers,
-            binary=binary,
-            validate=validate,
-            retry_policy=retry_policy,
-        )
-        copy.server = Server(copy)
-        copy.models = Models(copy)
-        return copy
-
     @cached_property
     def with_raw_response(self) -> ClientWithRawResponse:
         """The same calls, returning a :class:`~maas_client.RawResponse` each."""
         return ClientWithRawResponse(self)
-
-    @classmethod
-    def local(
-        cls,
-        repository: str | os.PathLike[str] | None = None,
-        *,
-        settings: Any = None,
-        **client_options: Any,
-    ) -> Client:
-        """A client of a server run in-process over ``repository`` (default: the bundled
-        examples), with no network port; needs the ``server`` extra.
-
-        ``settings`` (a :class:`maas_server.Settings`) replaces ``repository``; the other
-        keyword arguments are the client's. Closing the client stops the server.
-
-        >>> with Client.local("./models") as client:  # doctest: +SKIP
-        ...     client.infer("digits", x)
-        """
-        from ._local import LOCAL_URL, attach_local, local_app
-
-        return attach_local(cls(LOCAL_URL, **client_options), local_app(repository, settings))
 
     # --- I/O ---------------------------------------------------------------------------------
 
@@ -572,59 +492,31 @@ async def _read_async(response: httpx.Response) -> bytearray:
     return buffer.result()
 
 
-def _injected_timeout(http_client: httpx.Client | httpx.AsyncClient | None) -> httpx.Timeout | None:
-    """An injected client's own timeout, when it was set to something other than httpx's default."""
-    if http_client is None or http_client.timeout == httpx.Timeout(5.0):
-        return None
-    return http_client.timeout
-
-
-class AsyncClient(BaseClient):
+class AsyncClient(BaseClient[httpx.AsyncClient]):
     """The ``async`` twin of :class:`Client`: the same calls, awaited.
 
     >>> async with AsyncClient("http://127.0.0.1:8000") as client:  # doctest: +SKIP
     ...     result = await client.infer("digits", x)
     """
 
+    _server_class = AsyncServer
+    _models_class = AsyncModels
     server: AsyncServer
     models: AsyncModels
+    _transport: httpx.AsyncBaseTransport | None
 
-    def __init__(
-        self,
-        base_url: str | Sequence[str] | Endpoints | None = None,
-        *,
-        api_key: str | None = None,
-        timeout: TimeoutLike | NotGiven = NOT_GIVEN,
-        max_retries: int | NotGiven = NOT_GIVEN,
-        deadline: float | None = None,
-        headers: HeadersLike | None = None,
-        http_client: httpx.AsyncClient | None = None,
-        binary: bool | None = None,
-        validate: bool = True,
-        retry_policy: RetryPolicy | None = None,
-    ) -> None:
-        self._configure(
-            base_url,
-            api_key=api_key,
-            timeout=timeout,
-            max_retries=max_retries,
-            deadline=deadline,
-            headers=headers,
-            binary=binary,
-            validate=validate,
-            retry_policy=retry_policy,
-            http_timeout=_injected_timeout(http_client),
-        )
-        self._http: httpx.AsyncClient | None = http_client
-        self._transport: httpx.AsyncBaseTransport | None = None
-        self._owns_http = http_client is None
-        if http_client is None:
+    def _open_transport(self) -> None:
+        self._transport = None
+        if self._http is None:
             if proxies_configured():
                 self._http = httpx.AsyncClient(timeout=self.timeout, transport=AsyncLeanTransport())
             else:
                 self._transport = AsyncLeanTransport()
-        self.server = AsyncServer(self)
-        self.models = AsyncModels(self)
+
+    def _serve_in_process(self, app: Any) -> None:
+        from ._local import attach_local_async
+
+        attach_local_async(self, app)
 
     # --- lifetime ----------------------------------------------------------------------------
 
@@ -646,60 +538,10 @@ class AsyncClient(BaseClient):
     def __repr__(self) -> str:
         return f"<AsyncClient base_url={self.base_url!r}>"
 
-    def with_options(
-        self,
-        *,
-        base_url: str | Sequence[str] | Endpoints | None = None,
-        api_key: str | None = None,
-        timeout: TimeoutLike | NotGiven = NOT_GIVEN,
-        max_retries: int | NotGiven = NOT_GIVEN,
-        deadline: float | NotGiven | None = NOT_GIVEN,
-        headers: HeadersLike | None = None,
-        binary: bool | NotGiven | None = NOT_GIVEN,
-        validate: bool | None = None,
-        retry_policy: RetryPolicy | None = None,
-    ) -> AsyncClient:
-        """A copy with other settings, sharing this client's connection pool and caches."""
-        copy = object.__new__(AsyncClient)
-        copy.__dict__.update(self.__dict__)
-        copy.__dict__.pop("with_raw_response", None)
-        copy._copy_settings(
-            base_url=base_url,
-            api_key=api_key,
-            timeout=timeout,
-            max_retries=max_retries,
-            deadline=deadline,
-            headers=headers,
-            binary=binary,
-            validate=validate,
-            retry_policy=retry_policy,
-        )
-        copy.server = AsyncServer(copy)
-        copy.models = AsyncModels(copy)
-        return copy
-
     @cached_property
     def with_raw_response(self) -> AsyncClientWithRawResponse:
         """The same calls, returning a :class:`~maas_client.RawResponse` each."""
         return AsyncClientWithRawResponse(self)
-
-    @classmethod
-    def local(
-        cls,
-        repository: str | os.PathLike[str] | None = None,
-        *,
-        settings: Any = None,
-        **client_options: Any,
-    ) -> AsyncClient:
-        """An asynchronous client of a server run in-process; see :meth:`Client.local`. The
-        server starts (loads its models) at the first request, on the caller's event loop.
-
-        >>> async with AsyncClient.local("./models") as client:  # doctest: +SKIP
-        ...     await client.infer("digits", x)
-        """
-        from ._local import LOCAL_URL, attach_local_async, local_app
-
-        return attach_local_async(cls(LOCAL_URL, **client_options), local_app(repository, settings))
 
     # --- I/O ---------------------------------------------------------------------------------
 

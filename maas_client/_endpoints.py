@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._exceptions import APIConnectionError, APIStatusError, APITimeoutError
 
@@ -244,7 +244,7 @@ class Route:
 # --- probes ----------------------------------------------------------------------------------
 
 
-def _probe_options(client: BaseClient) -> ResolvedOptions:
+def _probe_options(client: BaseClient[Any]) -> ResolvedOptions:
     assert client._pool is not None
     timeout = client._pool.settings.probe_timeout
     return client._resolve({"timeout": timeout, "max_retries": 0})
