@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from ._endpoints import EndpointPool, Endpoints, parse_urls
+from ._endpoints import EndpointPool, Endpoints, Route, parse_urls
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -43,7 +43,7 @@ from ._exceptions import (
 from ._inputs import Output, collect_inputs, prepare_inputs, request_outputs
 from ._logs import logger, setup_logging
 from ._result import InferResult, RepositoryIndex, Timing
-from ._retry import RetryPolicy, is_retryable
+from ._retry import RetryPolicy, RetryScope, is_retryable
 from ._settings import DEFAULT_BASE_URL, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, EnvSettings
 from ._types import NOT_GIVEN, CallOptions, HeadersLike, NotGiven, TimeoutLike, VersionLike
 from .codec import HEADER_LENGTH, CodecError, from_wire
@@ -838,6 +838,66 @@ class BaseClient(Generic[_HttpT]):
             headers=list(entries.values()),
             stream=stream,
             extensions={"timeout": timeout.as_dict()},
+        )
+
+    def _begin_call(self, options: ResolvedOptions) -> tuple[float, float | None, Route | None]:
+        """When the call starts (:func:`time.monotonic`), its deadline, and its route over the
+        servers of a client of several."""
+        start = time.monotonic()
+        deadline_at = None if options.deadline is None else start + options.deadline
+        route = self._pool.route() if self._pool is not None else None
+        return start, deadline_at, route
+
+    def _retry_scope(
+        self,
+        plan: RequestPlan,
+        options: ResolvedOptions,
+        deadline_at: float | None,
+        route: Route | None,
+    ) -> RetryScope:
+        return RetryScope(
+            max_retries=options.max_retries,
+            idempotent=plan.idempotent,
+            deadline=deadline_at,
+            method=plan.method,
+            url=self.base_url + plan.path,
+            request_id=options.request_id,
+            fail_over=route.fail_over if route is not None else None,
+        )
+
+    def _attempt_request(
+        self,
+        plan: RequestPlan,
+        options: ResolvedOptions,
+        number: int,
+        deadline_at: float | None,
+        base_url: str | None,
+    ) -> httpx.Request:
+        """The request of attempt ``number``, built and logged (a deadline already passed
+        raises :class:`APITimeoutError` counting the attempts before it)."""
+        try:
+            request = self._build_request(plan, options, deadline_at, self._http, base_url)
+        except APITimeoutError as exc:
+            exc.attempts = number - 1
+            raise
+        self._log_request(request, number)
+        return request
+
+    def _status_error(
+        self,
+        plan: RequestPlan,
+        options: ResolvedOptions,
+        number: int,
+        response: httpx.Response,
+        content: bytes | bytearray,
+    ) -> APIStatusError:
+        return make_status_error(
+            response,
+            content,
+            request_id=options.request_id,
+            attempts=number,
+            model=plan.model,
+            version=plan.version,
         )
 
     def _may_retry(self, error: APIError, plan: RequestPlan, options: ResolvedOptions) -> bool:

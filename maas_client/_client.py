@@ -20,7 +20,6 @@ from ._base import (
     RequestPlan,
     ResolvedOptions,
     connection_error,
-    make_status_error,
     plan_model_metadata,
     plan_server_metadata,
 )
@@ -34,7 +33,6 @@ from ._endpoints import (
 from ._exceptions import (
     APIError,
     APIStatusError,
-    APITimeoutError,
     BadRequestError,
     NotFoundError,
 )
@@ -158,9 +156,7 @@ class Client(BaseClient[httpx.Client]):
         return parse(answer)
 
     def _send(self, plan: RequestPlan, options: ResolvedOptions) -> Answer:
-        start = time.monotonic()
-        deadline_at = None if options.deadline is None else start + options.deadline
-        route = self._pool.route() if self._pool is not None else None
+        start, deadline_at, route = self._begin_call(options)
         try:
             return self._attempt(plan, options, 1, start, deadline_at, route)
         except APIError as exc:
@@ -170,14 +166,7 @@ class Client(BaseClient[httpx.Client]):
         # The first attempt runs outside tenacity (it costs a few microseconds per call);
         # tenacity takes over from its failure, which it replays as its own attempt 1.
         retrying = sync_retrying(
-            self.retry_policy,
-            max_retries=options.max_retries,
-            idempotent=plan.idempotent,
-            deadline=deadline_at,
-            method=plan.method,
-            url=self.base_url + plan.path,
-            request_id=options.request_id,
-            fail_over=route.fail_over if route is not None else None,
+            self.retry_policy, self._retry_scope(plan, options, deadline_at, route)
         )
         answer: Answer | None = None
         for attempt in retrying:
@@ -212,12 +201,35 @@ class Client(BaseClient[httpx.Client]):
                 raise
             route.release(endpoint, None)
             return answer
+        request, response, sent_at = self._open_attempt(
+            plan, options, number, deadline_at, base_url
+        )
         try:
-            request = self._build_request(plan, options, deadline_at, self._http, base_url)
-        except APITimeoutError as exc:
-            exc.attempts = number - 1
-            raise
-        self._log_request(request, number)
+            if response.is_success and plan.stream_response:
+                content: bytes | bytearray = _read_sync(response)
+            else:
+                content = response.read()
+        except httpx.TransportError as exc:
+            raise connection_error(
+                exc, request, request_id=options.request_id, attempts=number
+            ) from exc
+        finally:
+            response.close()
+        self._log_response(request, response, sent_at)
+        return Answer(response, content, options.request_id, number, time.monotonic() - start)
+
+    def _open_attempt(
+        self,
+        plan: RequestPlan,
+        options: ResolvedOptions,
+        number: int,
+        deadline_at: float | None,
+        base_url: str | None,
+    ) -> tuple[httpx.Request, httpx.Response, float]:
+        """Send attempt ``number``: the request, its response with the body still to read, and
+        when it was sent (:func:`time.perf_counter`). An error status the plan does not take as
+        an answer is read and raised; a failed connection raises :class:`APIConnectionError`."""
+        request = self._attempt_request(plan, options, number, deadline_at, base_url)
         sent_at = time.perf_counter()
         try:
             if self._transport is not None:
@@ -232,12 +244,10 @@ class Client(BaseClient[httpx.Client]):
             raise connection_error(
                 exc, request, request_id=options.request_id, attempts=number
             ) from exc
+        if response.is_success or response.status_code in plan.answer_statuses:
+            return request, response, sent_at
         try:
-            ok = response.is_success
-            if ok and plan.stream_response:
-                content: bytes | bytearray = _read_sync(response)
-            else:
-                content = response.read()
+            content = response.read()
         except httpx.TransportError as exc:
             raise connection_error(
                 exc, request, request_id=options.request_id, attempts=number
@@ -245,16 +255,7 @@ class Client(BaseClient[httpx.Client]):
         finally:
             response.close()
         self._log_response(request, response, sent_at)
-        if not ok and response.status_code not in plan.answer_statuses:
-            raise make_status_error(
-                response,
-                content,
-                request_id=options.request_id,
-                attempts=number,
-                model=plan.model,
-                version=plan.version,
-            )
-        return Answer(response, content, options.request_id, number, time.monotonic() - start)
+        raise self._status_error(plan, options, number, response, content)
 
     # --- what the server and models are -------------------------------------------------------
 
@@ -559,9 +560,7 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
         return parse(answer)
 
     async def _send(self, plan: RequestPlan, options: ResolvedOptions) -> Answer:
-        start = time.monotonic()
-        deadline_at = None if options.deadline is None else start + options.deadline
-        route = self._pool.route() if self._pool is not None else None
+        start, deadline_at, route = self._begin_call(options)
         try:
             return await self._attempt(plan, options, 1, start, deadline_at, route)
         except APIError as exc:
@@ -569,14 +568,7 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
                 raise
             first_failure = exc
         retrying = async_retrying(
-            self.retry_policy,
-            max_retries=options.max_retries,
-            idempotent=plan.idempotent,
-            deadline=deadline_at,
-            method=plan.method,
-            url=self.base_url + plan.path,
-            request_id=options.request_id,
-            fail_over=route.fail_over if route is not None else None,
+            self.retry_policy, self._retry_scope(plan, options, deadline_at, route)
         )
         answer: Answer | None = None
         async for attempt in retrying:
@@ -611,12 +603,33 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
                 raise
             route.release(endpoint, None)
             return answer
+        request, response, sent_at = await self._open_attempt(
+            plan, options, number, deadline_at, base_url
+        )
         try:
-            request = self._build_request(plan, options, deadline_at, self._http, base_url)
-        except APITimeoutError as exc:
-            exc.attempts = number - 1
-            raise
-        self._log_request(request, number)
+            if response.is_success and plan.stream_response:
+                content: bytes | bytearray = await _read_async(response)
+            else:
+                content = await response.aread()
+        except httpx.TransportError as exc:
+            raise connection_error(
+                exc, request, request_id=options.request_id, attempts=number
+            ) from exc
+        finally:
+            await response.aclose()
+        self._log_response(request, response, sent_at)
+        return Answer(response, content, options.request_id, number, time.monotonic() - start)
+
+    async def _open_attempt(
+        self,
+        plan: RequestPlan,
+        options: ResolvedOptions,
+        number: int,
+        deadline_at: float | None,
+        base_url: str | None,
+    ) -> tuple[httpx.Request, httpx.Response, float]:
+        """The ``async`` twin of :meth:`Client._open_attempt`."""
+        request = self._attempt_request(plan, options, number, deadline_at, base_url)
         sent_at = time.perf_counter()
         try:
             if self._transport is not None:
@@ -629,12 +642,10 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
             raise connection_error(
                 exc, request, request_id=options.request_id, attempts=number
             ) from exc
+        if response.is_success or response.status_code in plan.answer_statuses:
+            return request, response, sent_at
         try:
-            ok = response.is_success
-            if ok and plan.stream_response:
-                content: bytes | bytearray = await _read_async(response)
-            else:
-                content = await response.aread()
+            content = await response.aread()
         except httpx.TransportError as exc:
             raise connection_error(
                 exc, request, request_id=options.request_id, attempts=number
@@ -642,16 +653,7 @@ class AsyncClient(BaseClient[httpx.AsyncClient]):
         finally:
             await response.aclose()
         self._log_response(request, response, sent_at)
-        if not ok and response.status_code not in plan.answer_statuses:
-            raise make_status_error(
-                response,
-                content,
-                request_id=options.request_id,
-                attempts=number,
-                model=plan.model,
-                version=plan.version,
-            )
-        return Answer(response, content, options.request_id, number, time.monotonic() - start)
+        raise self._status_error(plan, options, number, response, content)
 
     # --- what the server and models are -------------------------------------------------------
 

@@ -29,6 +29,7 @@ __all__ = [
     "RETRY_STATUSES",
     "RetryEvent",
     "RetryPolicy",
+    "RetryScope",
     "async_retrying",
     "backoff_delay",
     "is_retryable",
@@ -158,20 +159,26 @@ class _StopAtDeadline(tenacity.stop.stop_base):
         return time.monotonic() + retry_state.upcoming_sleep >= self.deadline
 
 
-def _retry_kwargs(
-    policy: RetryPolicy,
-    *,
-    max_retries: int,
-    idempotent: bool,
-    deadline: float | None,
-    method: str,
-    url: str,
-    request_id: str | None,
-    fail_over: Callable[[BaseException], bool] | None,
-) -> dict[str, Any]:
-    stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(max_retries + 1)
-    if deadline is not None:
-        stop = stop | _StopAtDeadline(deadline)
+@dataclass(frozen=True)
+class RetryScope:
+    """What the retries of one call go by (``deadline`` is on :func:`time.monotonic`'s clock).
+
+    ``fail_over(error)`` says whether the next attempt goes at once to another server (then it
+    does not wait)."""
+
+    max_retries: int
+    idempotent: bool
+    deadline: float | None
+    method: str
+    url: str
+    request_id: str | None
+    fail_over: Callable[[BaseException], bool] | None = None
+
+
+def _retry_kwargs(policy: RetryPolicy, scope: RetryScope) -> dict[str, Any]:
+    stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(scope.max_retries + 1)
+    if scope.deadline is not None:
+        stop = stop | _StopAtDeadline(scope.deadline)
 
     def before_sleep(retry_state: tenacity.RetryCallState) -> None:
         outcome = retry_state.outcome
@@ -180,82 +187,46 @@ def _retry_kwargs(
         delay = retry_state.upcoming_sleep
         logger.info(
             "retrying %s %s in %.2f s (attempt %d of %d failed: %s) [request id %s]",
-            method,
-            url,
+            scope.method,
+            scope.url,
             delay,
             retry_state.attempt_number,
-            max_retries + 1,
+            scope.max_retries + 1,
             error,
-            request_id,
+            scope.request_id,
         )
         if policy.on_retry is not None:
             policy.on_retry(
-                RetryEvent(retry_state.attempt_number, delay, error, method, url, request_id)
+                RetryEvent(
+                    retry_state.attempt_number,
+                    delay,
+                    error,
+                    scope.method,
+                    scope.url,
+                    scope.request_id,
+                )
             )
 
     return {
         "stop": stop,
-        "wait": _Wait(policy, fail_over),
+        "wait": _Wait(policy, scope.fail_over),
         "retry": tenacity.retry_if_exception(
-            lambda exc: is_retryable(exc, idempotent=idempotent, statuses=policy.retry_statuses)
+            lambda exc: is_retryable(
+                exc, idempotent=scope.idempotent, statuses=policy.retry_statuses
+            )
         ),
         "before_sleep": before_sleep,
         "reraise": True,
     }
 
 
-def sync_retrying(
-    policy: RetryPolicy,
-    *,
-    max_retries: int,
-    idempotent: bool,
-    deadline: float | None,
-    method: str,
-    url: str,
-    request_id: str | None,
-    fail_over: Callable[[BaseException], bool] | None = None,
-) -> tenacity.Retrying:
-    """A fresh tenacity loop for one call (``deadline`` is on :func:`time.monotonic`'s clock).
-
-    ``fail_over(error)`` says whether the next attempt goes at once to another server (then it
-    does not wait)."""
-    return tenacity.Retrying(
-        sleep=policy.sleep or time.sleep,
-        **_retry_kwargs(
-            policy,
-            max_retries=max_retries,
-            idempotent=idempotent,
-            deadline=deadline,
-            method=method,
-            url=url,
-            request_id=request_id,
-            fail_over=fail_over,
-        ),
-    )
+def sync_retrying(policy: RetryPolicy, scope: RetryScope) -> tenacity.Retrying:
+    """A fresh tenacity loop for one call."""
+    return tenacity.Retrying(sleep=policy.sleep or time.sleep, **_retry_kwargs(policy, scope))
 
 
-def async_retrying(
-    policy: RetryPolicy,
-    *,
-    max_retries: int,
-    idempotent: bool,
-    deadline: float | None,
-    method: str,
-    url: str,
-    request_id: str | None,
-    fail_over: Callable[[BaseException], bool] | None = None,
-) -> tenacity.AsyncRetrying:
+def async_retrying(policy: RetryPolicy, scope: RetryScope) -> tenacity.AsyncRetrying:
     """The asynchronous twin of :func:`sync_retrying`."""
     return tenacity.AsyncRetrying(
-        sleep=policy.async_sleep or asyncio.sleep,
-        **_retry_kwargs(
-            policy,
-            max_retries=max_retries,
-            idempotent=idempotent,
-            deadline=deadline,
-            method=method,
-            url=url,
-            request_id=request_id,
-            fail_over=fail_over,
-        ),
+        sleep=policy.async_sleep or asyncio.sleep, **_retry_kwargs(policy, scope)
     )

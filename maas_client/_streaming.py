@@ -18,7 +18,6 @@ response is closed when the stream ends, fails, is closed, or the loop over it i
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -31,14 +30,12 @@ from ._base import (
     RequestPlan,
     ResolvedOptions,
     connection_error,
-    make_status_error,
 )
 from ._endpoints import Endpoint, Route, start_async_probes, start_probes
 from ._exceptions import (
     APIConnectionError,
     APIResponseValidationError,
     APIStreamError,
-    APITimeoutError,
 )
 from ._retry import async_retrying, sync_retrying
 from ._sse import ServerSentEvent, SSEDecoder
@@ -126,18 +123,9 @@ def open_stream(client: Client, plan: RequestPlan, options: CallOptions) -> Stre
     """Send ``plan`` and read up to its first event, retrying as any call is retried (a client
     of several servers sends each attempt to one of them, as for any call)."""
     resolved = client._resolve(options)
-    start = time.monotonic()
-    deadline_at = None if resolved.deadline is None else start + resolved.deadline
-    route = client._pool.route() if client._pool is not None else None
+    start, deadline_at, route = client._begin_call(resolved)
     retrying = sync_retrying(
-        client.retry_policy,
-        max_retries=resolved.max_retries,
-        idempotent=plan.idempotent,
-        deadline=deadline_at,
-        method=plan.method,
-        url=client.base_url + plan.path,
-        request_id=resolved.request_id,
-        fail_over=route.fail_over if route is not None else None,
+        client.retry_policy, client._retry_scope(plan, resolved, deadline_at, route)
     )
     for attempt in retrying:
         with attempt:
@@ -172,36 +160,8 @@ def _attempt(
     deadline_at: float | None,
     base_url: str | None = None,
 ) -> StreamStart:
+    request, response, sent_at = client._open_attempt(plan, options, number, deadline_at, base_url)
     try:
-        request = client._build_request(plan, options, deadline_at, client._http, base_url)
-    except APITimeoutError as exc:
-        exc.attempts = number - 1
-        raise
-    client._log_request(request, number)
-    sent_at = time.perf_counter()
-    try:
-        if client._transport is not None:
-            response = client._transport.handle_request(request)
-            response.request = request
-        else:
-            assert client._http is not None
-            response = client._http.send(request, stream=True)
-    except httpx.TransportError as exc:
-        raise connection_error(
-            exc, request, request_id=options.request_id, attempts=number
-        ) from exc
-    try:
-        if not response.is_success:
-            content = response.read()
-            client._log_response(request, response, sent_at)
-            raise make_status_error(
-                response,
-                content,
-                request_id=options.request_id,
-                attempts=number,
-                model=plan.model,
-                version=plan.version,
-            )
         client._log_response(request, response, sent_at)
         if not _is_event_stream(response):
             raise _not_an_event_stream(response, options.request_id, number)
@@ -234,18 +194,9 @@ async def open_async_stream(
 ) -> AsyncStreamStart:
     """The ``async`` twin of :func:`open_stream`."""
     resolved = client._resolve(options)
-    start = time.monotonic()
-    deadline_at = None if resolved.deadline is None else start + resolved.deadline
-    route = client._pool.route() if client._pool is not None else None
+    start, deadline_at, route = client._begin_call(resolved)
     retrying = async_retrying(
-        client.retry_policy,
-        max_retries=resolved.max_retries,
-        idempotent=plan.idempotent,
-        deadline=deadline_at,
-        method=plan.method,
-        url=client.base_url + plan.path,
-        request_id=resolved.request_id,
-        fail_over=route.fail_over if route is not None else None,
+        client.retry_policy, client._retry_scope(plan, resolved, deadline_at, route)
     )
     async for attempt in retrying:
         with attempt:
@@ -275,36 +226,10 @@ async def _async_attempt(
     deadline_at: float | None,
     base_url: str | None = None,
 ) -> AsyncStreamStart:
+    request, response, sent_at = await client._open_attempt(
+        plan, options, number, deadline_at, base_url
+    )
     try:
-        request = client._build_request(plan, options, deadline_at, client._http, base_url)
-    except APITimeoutError as exc:
-        exc.attempts = number - 1
-        raise
-    client._log_request(request, number)
-    sent_at = time.perf_counter()
-    try:
-        if client._transport is not None:
-            response = await client._transport.handle_async_request(request)
-            response.request = request
-        else:
-            assert client._http is not None
-            response = await client._http.send(request, stream=True)
-    except httpx.TransportError as exc:
-        raise connection_error(
-            exc, request, request_id=options.request_id, attempts=number
-        ) from exc
-    try:
-        if not response.is_success:
-            content = await response.aread()
-            client._log_response(request, response, sent_at)
-            raise make_status_error(
-                response,
-                content,
-                request_id=options.request_id,
-                attempts=number,
-                model=plan.model,
-                version=plan.version,
-            )
         client._log_response(request, response, sent_at)
         if not _is_event_stream(response):
             raise _not_an_event_stream(response, options.request_id, number)
