@@ -106,6 +106,30 @@ def load(url: str, spec: RequestSpec, concurrency: int, args: argparse.Namespace
     return run_load_blocking(url, spec, concurrency, args.count, args.duration, engine="raw")
 
 
+def in_process_gain(
+    model: Any, inputs: dict[str, np.ndarray[Any, Any]], seconds: float, batch: int = 64
+) -> float:
+    """Rows per second of onnxruntime run in this process at ``batch`` rows per call, over rows
+    per second at one row per call: the ceiling of what batching can give, server aside."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    source = str(model) if isinstance(model, Path) else model.SerializeToString()
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+    def rows_per_second(feeds: dict[str, np.ndarray[Any, Any]], rows: int) -> float:
+        session.run(None, feeds)
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 2:
+            session.run(None, feeds)
+            calls += 1
+        return calls * rows / (time.perf_counter() - start)
+
+    batched = {k: np.repeat(v, batch, axis=0) for k, v in inputs.items()}
+    return rows_per_second(batched, batch) / rows_per_second(inputs, 1)
+
+
 def batching_section(report: Report, work: Path, args: argparse.Namespace) -> None:
     cases: list[tuple[str, Any, dict[str, np.ndarray[Any, Any]]]] = [
         (
@@ -131,6 +155,12 @@ def batching_section(report: Report, work: Path, args: argparse.Namespace) -> No
             )
         )
     for name, model, inputs in cases:
+        ceiling = in_process_gain(model, inputs, seconds=min(args.duration, 3.0))
+        report.notes.append(
+            f"{name}: in-process onnxruntime rows/s at batch 64 / batch 1 = {ceiling:.2f} "
+            "(the most batching can give on this CPU)"
+        )
+        print(f"  {report.notes[-1]}", flush=True)
         spec = infer_body(inputs, binary=True)
         results: dict[str, dict[int, LoadResult]] = {}
         for mode, config in (
