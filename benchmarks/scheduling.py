@@ -375,7 +375,9 @@ def overload_section(report: Report, work: Path, args: argparse.Namespace) -> No
             )
             p99 = float(np.percentile(outcome.latencies, 99)) if outcome.latencies else 0.0
             print(
-                f"  overload {label}: offered {outcome.offered}, completed {outcome.completed}, "
+                f"  overload {label}: offered {outcome.offered} "
+                f"({outcome.offered / args.overload_seconds:.0f}/s achieved of {rate:.0f}/s), "
+                f"completed {outcome.completed}, "
                 f"503+Retry-After {outcome.rejected_with_retry_after}, other errors "
                 f"{len(outcome.other_errors)}, lost {lost}, retries {outcome.retries}, "
                 f"p99 {p99:.2f} s",
