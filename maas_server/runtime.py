@@ -37,6 +37,7 @@ __all__ = [
     "OnnxModel",
     "TensorSpec",
     "default_providers",
+    "instance_providers",
     "read_labels",
 ]
 
@@ -252,14 +253,12 @@ class OnnxModel:
         cores = os.cpu_count() or 1
         options.intra_op_num_threads = max(1, cores // config.instance_count)
         options.inter_op_num_threads = 1
-        provider_list: list[tuple[str, dict[str, Any]]] = []
-        for provider in providers:
-            opts = dict(provider.options)
-            if provider.name == "CPUExecutionProvider":
+        provider_list = instance_providers(config, providers, index)
+        for name, opts in provider_list:
+            if name == "CPUExecutionProvider":
                 for key in _CPU_THREAD_OPTIONS:
                     if key in opts:
                         setattr(options, key, int(opts.pop(key)))
-            provider_list.append((provider.name, {k: str(v) for k, v in opts.items()}))
         try:
             return ort.InferenceSession(str(path), sess_options=options, providers=provider_list)
         except Exception as exc:
@@ -400,6 +399,22 @@ class OnnxModel:
     def close(self) -> None:
         """Stop the worker threads once the requests already given to them are done."""
         self._executor.shutdown(wait=True)
+
+
+def instance_providers(
+    config: ModelConfig, providers: list[ExecutionProvider], index: int
+) -> list[tuple[str, dict[str, Any]]]:
+    """The providers and options of instance ``index``: with ``device_ids``, the instances take
+    the listed GPUs in turn (their ``device_id``), overriding the provider's own option."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for provider in providers:
+        opts: dict[str, Any] = dict(provider.options)
+        if config.device_ids and provider.name in GPU_PROVIDERS:
+            opts["device_id"] = config.device_ids[index % len(config.device_ids)]
+        if provider.name != "CPUExecutionProvider":
+            opts = {k: str(v) for k, v in opts.items()}
+        out.append((provider.name, opts))
+    return out
 
 
 def read_labels(model_dir: Path, filename: str) -> list[str]:

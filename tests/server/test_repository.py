@@ -295,3 +295,28 @@ async def test_small_models_run_inline_only_below_threshold(
     expected = model.run_sync({"input": x}, ["output"])["output"]
     for result in results:
         np.testing.assert_array_equal(result["output"], expected)
+
+
+def test_instances_take_configured_gpus_in_turn() -> None:
+    from maas_server.config import parse_config
+    from maas_server.runtime import instance_providers
+
+    config = parse_config(
+        {
+            "instance_count": 3,
+            "device_ids": [0, 2],
+            "execution_providers": [
+                {"name": "CUDAExecutionProvider", "options": {"device_id": 5, "gpu_mem_limit": 1}},
+                {"name": "CPUExecutionProvider", "options": {"intra_op_num_threads": 1}},
+            ],
+        },
+        "test",
+    )
+    devices = [
+        dict(instance_providers(config, config.providers(), i))["CUDAExecutionProvider"]
+        for i in range(3)
+    ]
+    assert [d["device_id"] for d in devices] == ["0", "2", "0"]
+    assert devices[0]["gpu_mem_limit"] == "1"
+    cpu = dict(instance_providers(config, config.providers(), 1))["CPUExecutionProvider"]
+    assert cpu == {"intra_op_num_threads": 1}
