@@ -239,7 +239,7 @@ class Scheduler:
         )
         queue.append(pending)
         self._size += 1
-        self.stats.pending += 1
+        self.stats.add_pending(1)
         if pending.deadline_ns:
             heapq.heappush(self._deadlines, pending)
         if self._task is None:
@@ -260,7 +260,7 @@ class Scheduler:
                 ) from None
             raise
         finally:
-            self.stats.pending -= 1
+            self.stats.add_pending(-1)
             if watcher is not None:
                 watcher.cancel()
 
@@ -269,13 +269,13 @@ class Scheduler:
     ) -> dict[str, np.ndarray[Any, Any]]:
         """Run a request without queueing it (the queue is empty and an instance is free)."""
         self._busy += 1
-        self.stats.pending += 1
+        self.stats.add_pending(1)
         try:
             pending = _Pending(feeds, outputs, rows, (), 0, now, 0, False, _NO_FUTURE)
             (result,) = await self._run_batch([pending])
         finally:
             self._busy -= 1
-            self.stats.pending -= 1
+            self.stats.add_pending(-1)
             self.drain.add(1)
             if self._size:
                 self._wake()

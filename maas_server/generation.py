@@ -144,16 +144,21 @@ class _Sequence:
     """One prompt being continued: touched by the engine thread only, except ``cancelled``."""
 
     __slots__ = (
+        "arrival_ns",
         "cancelled",
         "channel",
         "eager",
         "eos",
         "finished",
         "generated",
+        "infer_ns",
         "limit",
         "params",
         "prompt",
         "sampler",
+        "started_ns",
+        "stopped",
+        "succeeded",
         "woken",
     )
 
@@ -175,7 +180,12 @@ class _Sequence:
         self.woken = -math.inf
         self.eager = True  # every token wakes the consumer until it has sent its first text
         self.cancelled = False
+        self.stopped = False  # cancelled by its stream on a stop string: complete, not cancelled
         self.finished = False
+        self.succeeded = False  # ended on EOS or its limit
+        self.arrival_ns = time.perf_counter_ns()  # submitted
+        self.started_ns = 0  # its prefill started
+        self.infer_ns = 0  # session runs it took part in
 
     def accept(
         self, token: int, now: float, interval: float, wake: list[asyncio.Future[None]]
@@ -201,6 +211,7 @@ class _Sequence:
                 return False
             ended = SequenceEnd("length")
         self.finished = True
+        self.succeeded = True
         waiter = self.channel.put(ended)
         if waiter is not None:
             wake.append(waiter)
@@ -262,6 +273,27 @@ class GenerationEngine:
 
     ``steps`` (session runs), ``tokens`` (tokens generated) and ``largest_batch`` (most rows in
     one decode step) count what the engine did; ``active_sequences`` is what it still has to do.
+
+    Every sequence counts in the model version's :class:`~maas_server.stats.ModelStats` as one
+    request, the way Triton counts a decoupled model's requests (an OpenAI request with ``n``
+    choices or several prompts counts as that many):
+
+    - ``pending`` from :meth:`submit` until the engine lets go of the sequence;
+    - a sequence that ends on EOS, its limit or a stop string is a success (``inference_count``
+      +1): ``success`` is the time from :meth:`submit` until the engine lets go of it,
+      ``queue`` the time until its prefill started, ``compute_infer`` the wall time of the
+      session runs it took part in (its prefill and each decode step of its batch, attributed
+      per step; sampling and handing tokens over are not counted), ``compute_input`` and
+      ``compute_output`` 0;
+    - one that its client cancels (a disconnect) is a failure with reason ``cancelled``; one
+      that a failed session run ends, ``execution_error``; one that a shutdown or an unload
+      ends, ``unavailable``;
+    - every ``session.run`` counts once in ``execution_count`` and in the ``batch_stats`` of
+      its number of rows, with its wall time as ``compute_infer``, however many sequences it
+      advanced (so ``execution_count`` equals :attr:`steps`).
+
+    The decode loop adds each step's time to its sequences' plain ints and takes the statistics'
+    lock once per session run and once per group of sequences it lets go of.
     """
 
     def __init__(self, model: OnnxModel, tokenizer: TextTokenizer) -> None:
@@ -288,6 +320,7 @@ class GenerationEngine:
         self._device = "cuda" if cuda else "cpu"
         self._device_id = (model.config.device_ids or [0])[0] if cuda else 0
         self._model_ref = weakref.ref(model)
+        self._stats = model.stats
         self._cond = threading.Condition()
         self._incoming: deque[_Sequence] = deque()
         self._running = False
@@ -347,7 +380,7 @@ class GenerationEngine:
             len(ids),
             self.tokenizer.detokenizer(ids),
             params.stop,
-            cancel=lambda: self.cancel(sequence),
+            cancel=lambda completed: self.cancel(sequence, completed),
             text_started=sequence.text_started,
         )
         with self._cond:
@@ -355,6 +388,7 @@ class GenerationEngine:
                 raise ModelUnavailableError(f"model {self.model_name!r} is shutting down")
             self._incoming.append(sequence)
             self._active += 1
+            self._stats.add_pending(1)
             if self._running:
                 self._cond.notify()
             else:
@@ -373,8 +407,11 @@ class GenerationEngine:
                 ).start()
         return stream
 
-    def cancel(self, sequence: _Sequence) -> None:
-        """Take a sequence out before the engine's next step (any thread)."""
+    def cancel(self, sequence: _Sequence, completed: bool = False) -> None:
+        """Take a sequence out before the engine's next step (any thread); ``completed``: its
+        stream has ended it on a stop string (a success, not a cancelled request)."""
+        if completed:
+            sequence.stopped = True
         sequence.cancelled = True
         self._cancel_pending = True
         sequence.channel.send(CLOSED)
@@ -390,9 +427,27 @@ class GenerationEngine:
 
     # --- engine thread -----------------------------------------------------------------------
 
-    def _ended(self, count: int = 1) -> None:
+    def _ended(self, sequences: Sequence[_Sequence]) -> None:
+        """The engine lets go of ``sequences``: counted in the statistics, no longer active."""
+        self._record(sequences)
         with self._cond:
-            self._active -= count
+            self._active -= len(sequences)
+
+    def _record(self, sequences: Sequence[_Sequence], reason: str = "execution_error") -> None:
+        """Count ended sequences in the model's statistics (see the class docstring); ``reason``
+        is that of those that neither completed nor were cancelled."""
+        if not sequences:
+            return
+        now = time.perf_counter_ns()
+        successes: list[tuple[int, int, int]] = []
+        failures: list[tuple[int, str]] = []
+        for s in sequences:
+            total = now - s.arrival_ns
+            if s.succeeded or s.stopped:
+                successes.append((total, s.started_ns - s.arrival_ns, s.infer_ns))
+            else:
+                failures.append((total, "cancelled" if s.cancelled else reason))
+        self._stats.record_requests(successes, failures)
 
     def _run(self) -> None:
         try:
@@ -452,6 +507,8 @@ class GenerationEngine:
         for sequence in sequences:
             if not sequence.finished:
                 sequence.fail(error)
+        unavailable = isinstance(error, ModelUnavailableError)
+        self._record(sequences, "unavailable" if unavailable else "execution_error")
         self._active -= len(sequences)
 
     def _admit(self, session: ort.InferenceSession) -> None:
@@ -461,7 +518,7 @@ class GenerationEngine:
         while self._waiting and room > 0:
             sequence = self._waiting.popleft()
             if sequence.cancelled:
-                self._ended()
+                self._ended([sequence])
                 continue
             try:
                 single = self._prefill(session, sequence)
@@ -470,10 +527,10 @@ class GenerationEngine:
                 sequence.fail(
                     InternalError(f"generation failed on model {self.model_name!r}: {exc}")
                 )
-                self._ended()
+                self._ended([sequence])
                 continue
             if single is None:
-                self._ended()
+                self._ended([sequence])
                 continue
             room -= 1
             if self.layout.batchable:
@@ -492,8 +549,9 @@ class GenerationEngine:
         mask: np.ndarray[Any, Any],
         positions: np.ndarray[Any, Any],
         past: Sequence[Any],
-    ) -> tuple[np.ndarray[Any, Any], list[Any]]:
-        """One ``session.run``: the last position's logits and the ``present`` tensors."""
+    ) -> tuple[np.ndarray[Any, Any], list[Any], int]:
+        """One ``session.run``: the last position's logits, the ``present`` tensors and the
+        run's nanoseconds (counted in the model's statistics)."""
         layout = self.layout
         feeds: dict[str, Any] = {"input_ids": ids}
         if layout.has_attention_mask:
@@ -502,6 +560,7 @@ class GenerationEngine:
             feeds["position_ids"] = positions
         if layout.has_cache_branch:
             feeds["use_cache_branch"] = np.array([mask.shape[1] > ids.shape[1]])
+        start = time.perf_counter_ns()
         if not self.io_binding:
             feeds.update(zip(layout.past_names, past, strict=True))
             outputs = session.run(layout.output_names, feeds)
@@ -523,21 +582,25 @@ class GenerationEngine:
             values = binding.get_outputs()
             logits = values[0].numpy()
             present = list(values[1:])
+        elapsed = time.perf_counter_ns() - start
         self.steps += 1
-        return logits[:, -1, :], present
+        self._stats.record_batch(int(ids.shape[0]), 0, elapsed, 0)
+        return logits[:, -1, :], present, elapsed
 
     def _prefill(self, session: ort.InferenceSession, sequence: _Sequence) -> _Batch | None:
         """Run the prompt; the sequence as a batch of one, or None when it already ended."""
         length = len(sequence.prompt)
         dtype = self.layout.ids_dtype
         mask = np.ones((1, length), dtype=np.int64)
-        logits, present = self._execute(
+        sequence.started_ns = time.perf_counter_ns()
+        logits, present, elapsed = self._execute(
             session,
             np.array([sequence.prompt], dtype=dtype),
             mask,
             np.arange(length, dtype=np.int64)[None, :],
             self.layout.empty_past,
         )
+        sequence.infer_ns = elapsed
         token = sequence.sampler.choose(logits[0])
         self.tokens += 1
         wake: list[asyncio.Future[None]] = []
@@ -565,7 +628,9 @@ class GenerationEngine:
         else:
             mask = np.ones((rows, batch.mask.shape[1] + 1), dtype=np.int64)
         try:
-            logits, present = self._execute(session, batch.last, mask, batch.positions, batch.past)
+            logits, present, elapsed = self._execute(
+                session, batch.last, mask, batch.positions, batch.past
+            )
             tokens = logits.argmax(axis=1)
             if not batch.greedy:
                 for row, sequence in enumerate(sequences):
@@ -577,7 +642,7 @@ class GenerationEngine:
             for sequence in sequences:
                 if not sequence.cancelled:
                     sequence.fail(error)
-            self._ended(rows)
+            self._ended(sequences)
             self._batches.remove(batch)
             return
         batch.mask = mask
@@ -590,6 +655,7 @@ class GenerationEngine:
         interval = self.stream_interval
         first_text = False  # a stream still waiting for its first text is woken directly
         for sequence, token in zip(sequences, tokens.tolist(), strict=True):
+            sequence.infer_ns += elapsed
             first_text = first_text or sequence.eager
             if sequence.accept(token, now, interval, wake):
                 ended = True
@@ -605,7 +671,7 @@ class GenerationEngine:
     def _compact(self, batch: _Batch) -> None:
         """Drop ended and cancelled rows, and the padding columns no row needs any more."""
         keep = [i for i, s in enumerate(batch.sequences) if not (s.finished or s.cancelled)]
-        self._ended(len(batch.sequences) - len(keep))
+        self._ended([s for s in batch.sequences if s.finished or s.cancelled])
         if not keep:
             batch.sequences = []
             self._batches.remove(batch)

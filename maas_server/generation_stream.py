@@ -192,7 +192,7 @@ class GenerationStream:
         prompt_tokens: int,
         detokenizer: IncrementalDetokenizer,
         stop: Sequence[str],
-        cancel: Callable[[], None],
+        cancel: Callable[[bool], None],
         text_started: Callable[[], None],
     ) -> None:
         self._channel = channel
@@ -201,7 +201,7 @@ class GenerationStream:
         self.done = False
         self._detokenizer = detokenizer
         self._stops = _StopStrings(stop)
-        self._cancel = cancel  # takes the sequence out of the engine
+        self._cancel = cancel  # takes the sequence out of the engine; True: it is complete
         self._text_started = text_started  # tells the engine the first text is out
         self._started = False
         self._pending: list[int] = []
@@ -210,7 +210,7 @@ class GenerationStream:
     def cancel(self) -> None:
         if not self.done:
             self.done = True
-            self._cancel()
+            self._cancel(False)
 
     def _final(self, reason: FinishReason) -> GenerationEvent:
         self.done = True
@@ -235,7 +235,7 @@ class GenerationStream:
                         self._started = True
                         self._text_started()
                 if stopped:
-                    self._cancel()
+                    self._cancel(True)  # a stop string: the request is complete, not cancelled
                     events.append(self._final("stop"))
                     return events
             elif isinstance(item, SequenceEnd):

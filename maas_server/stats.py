@@ -66,7 +66,7 @@ class ModelStats:
         self.compute_output = Duration()
         self.batches: dict[int, _BatchStats] = {}
         self.rejected: dict[str, int] = {}
-        self.pending = 0
+        self.pending = 0  # requests queued or running; generation: sequences waiting or running
         self.latency = [0] * (len(_LATENCY_BOUNDS_NS) + 1)
 
     def record_success(
@@ -106,6 +106,34 @@ class ModelStats:
             batch.compute_input.add(input_ns)
             batch.compute_infer.add(infer_ns)
             batch.compute_output.add(output_ns)
+
+    def add_pending(self, delta: int) -> None:
+        """Requests that start (``delta`` > 0) or end waiting or running, from any thread."""
+        with self._lock:
+            self.pending += delta
+
+    def record_requests(
+        self, successes: list[tuple[int, int, int]], failures: list[tuple[int, str]]
+    ) -> None:
+        """Requests that ended, under one lock, and no longer pending (see :meth:`add_pending`):
+        each success as ``(total_ns, queue_ns, infer_ns)`` (one inference, no input or output
+        time), each failure as ``(total_ns, reason)``. What a generation engine records when it
+        lets go of sequences; their session runs are counted by :meth:`record_batch`."""
+        with self._lock:
+            self.pending -= len(successes) + len(failures)
+            if successes:
+                self.last_inference_ms = int(time.time() * 1000)
+            for total_ns, queue_ns, infer_ns in successes:
+                self.inference_count += 1
+                self.success.add(total_ns)
+                self.queue.add(queue_ns)
+                self.compute_input.add(0)
+                self.compute_infer.add(infer_ns)
+                self.compute_output.add(0)
+                self.latency[bisect_left(_LATENCY_BOUNDS_NS, total_ns)] += 1
+            for total_ns, reason in failures:
+                self.fail.add(total_ns)
+                self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
     def record_failure(self, total_ns: int, reason: str | None = None) -> None:
         with self._lock:

@@ -12,6 +12,8 @@ Models in ``generation_repository``:
   stepped one after the other instead of batched;
 - ``tiny_gpt_pairs``: at most 2 sequences at once (``max_batch_size: 2``), the others wait;
 - ``tiny_gpt_spare``: a copy for tests that unload and reload it;
+- ``tiny_gpt_stats``: a copy whose statistics only tests/server/test_generation_stats.py's
+  known sequence touches;
 - ``no_tokenizer``: a text-generation model without its tokenizer.json;
 - ``not_a_decoder``: an MLP configured as a text-generation model;
 - ``mlp``: an ordinary inference model.
@@ -115,6 +117,7 @@ def build_generation_repository(root: Path) -> Path:
         None,
     )
     _copy_model(root, "tiny_gpt_spare", base, None)
+    _copy_model(root, "tiny_gpt_stats", base, None)
     _copy_model(root, "no_tokenizer", base, None)
     (root / "no_tokenizer" / "tokenizer.json").unlink()
     models.save(models.mlp_model(), root / "mlp" / "1" / "model.onnx")
