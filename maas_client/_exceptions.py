@@ -123,8 +123,8 @@ class APIError(MaasError):
         return self.message
 
 
-class APIResponseValidationError(APIError):
-    """The server answered 2xx with something that is not what the protocol says it sends."""
+class _ResponseError(APIError):
+    """An error that came with an HTTP response: its request, status and the response itself."""
 
     def __init__(
         self,
@@ -144,6 +144,10 @@ class APIResponseValidationError(APIError):
         )
         self.response = response
         self.status_code = response.status_code
+
+
+class APIResponseValidationError(_ResponseError):
+    """The server answered 2xx with something that is not what the protocol says it sends."""
 
 
 class APIConnectionError(APIError):
@@ -167,7 +171,7 @@ class APITimeoutError(APIConnectionError):
     """No answer in time: a network phase timed out, or the call's deadline passed."""
 
 
-class APIStreamError(APIError):
+class APIStreamError(_ResponseError):
     """The server began a stream (2xx, some events sent) and then reported an error inside it.
 
     ``error`` is the server's message, ``body`` the event's parsed data, ``event`` the event's
@@ -187,18 +191,13 @@ class APIStreamError(APIError):
         attempts: int = 1,
     ) -> None:
         super().__init__(
-            message,
-            request=response.request,
-            body=body,
-            request_id=request_id,
-            attempts=attempts,
+            message, response=response, body=body, request_id=request_id, attempts=attempts
         )
-        self.response = response
         self.error = error
         self.event = event
 
 
-class APIStatusError(APIError):
+class APIStatusError(_ResponseError):
     """The server answered with a non-2xx status.
 
     ``error`` is the server's own message (the ``error`` field of its JSON body, or the body's
@@ -216,14 +215,8 @@ class APIStatusError(APIError):
         attempts: int = 1,
     ) -> None:
         super().__init__(
-            message,
-            request=response.request,
-            body=body,
-            request_id=request_id,
-            attempts=attempts,
+            message, response=response, body=body, request_id=request_id, attempts=attempts
         )
-        self.response = response
-        self.status_code = response.status_code
         self.error = error
 
 

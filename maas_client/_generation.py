@@ -272,7 +272,24 @@ class _Collector:
         )
 
 
-class GenerationStream(Stream[GenerationChunk]):
+class _CollectedText:
+    """``text`` and ``finish_reason`` of a generation stream, read from its collector."""
+
+    _collector: _Collector
+
+    @property
+    def text(self) -> str:
+        """The text received so far."""
+        return self._collector.text
+
+    @property
+    def finish_reason(self) -> str | None:
+        """Why the generation ended (``None`` until the last chunk arrived)."""
+        last = self._collector.last
+        return None if last is None else last.finish_reason
+
+
+class GenerationStream(_CollectedText, Stream[GenerationChunk]):
     """The chunks of a streamed generation, as they arrive; what ``generate_stream`` returns.
 
     >>> with client.generate_stream("tiny_gpt", "Hello", max_tokens=8) as stream:  # doctest: +SKIP
@@ -289,17 +306,6 @@ class GenerationStream(Stream[GenerationChunk]):
         self._collector = _Collector()
         super().__init__(start, self._collector.add, on_end=self._collector.check_end)
 
-    @property
-    def text(self) -> str:
-        """The text received so far."""
-        return self._collector.text
-
-    @property
-    def finish_reason(self) -> str | None:
-        """Why the generation ended (``None`` until the last chunk arrived)."""
-        last = self._collector.last
-        return None if last is None else last.finish_reason
-
     def get_final(self) -> Generation:
         """Read the rest of the stream and return the whole generation.
 
@@ -309,7 +315,7 @@ class GenerationStream(Stream[GenerationChunk]):
         return self._collector.final(self.request_id, self.started, self.attempts)
 
 
-class AsyncGenerationStream(AsyncStream[GenerationChunk]):
+class AsyncGenerationStream(_CollectedText, AsyncStream[GenerationChunk]):
     """The ``async`` twin of :class:`GenerationStream`: ``async with``, ``async for`` and
     ``await stream.get_final()``. It opens on first use (``async with``, ``await`` or the first
     ``async for`` step), so ``stream = await client.generate_stream(...)`` works too.
@@ -322,17 +328,6 @@ class AsyncGenerationStream(AsyncStream[GenerationChunk]):
     def __init__(self, opener: Callable[[], Awaitable[AsyncStreamStart]]) -> None:
         self._collector = _Collector()
         super().__init__(opener, self._collector.add, on_end=self._collector.check_end)
-
-    @property
-    def text(self) -> str:
-        """The text received so far."""
-        return self._collector.text
-
-    @property
-    def finish_reason(self) -> str | None:
-        """Why the generation ended (``None`` until the last chunk arrived)."""
-        last = self._collector.last
-        return None if last is None else last.finish_reason
 
     async def get_final(self) -> Generation:
         """Read the rest of the stream and return the whole generation."""
