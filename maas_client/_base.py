@@ -302,6 +302,20 @@ def _error_body(content: bytes | bytearray) -> tuple[Any, str | None]:
     return body, None
 
 
+_STATUS_ERRORS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+    503: ServiceUnavailableError,
+}
+"""The error class of each status with one of its own; other 5xx are InternalServerError."""
+
+
 def make_status_error(
     response: httpx.Response,
     content: bytes | bytearray,
@@ -326,29 +340,9 @@ def make_status_error(
     }
     if status == 404 and model is not None:
         return ModelNotFoundError(message, model=model, version=version, **common)
-    cls: type[APIStatusError]
-    if status == 400:
-        cls = BadRequestError
-    elif status == 401:
-        cls = AuthenticationError
-    elif status == 403:
-        cls = PermissionDeniedError
-    elif status == 404:
-        cls = NotFoundError
-    elif status == 409:
-        cls = ConflictError
-    elif status == 413:
-        cls = PayloadTooLargeError
-    elif status == 422:
-        cls = UnprocessableEntityError
-    elif status == 429:
-        cls = RateLimitError
-    elif status == 503:
-        cls = ServiceUnavailableError
-    elif status >= 500:
-        cls = InternalServerError
-    else:
-        cls = APIStatusError
+    cls = _STATUS_ERRORS.get(status)
+    if cls is None:
+        cls = InternalServerError if status >= 500 else APIStatusError
     return cls(message, **common)
 
 
