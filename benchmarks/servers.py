@@ -65,7 +65,7 @@ def maas_command(repository: Path, port: int, log_level: str = "warning") -> lis
     return [
         sys.executable,
         "-c",
-        "from maas_client.cli import main; main()",
+        "from maas_cli import main; main()",
         "serve",
         str(repository),
         "--port",

@@ -37,7 +37,13 @@ from ._exceptions import (
     ServiceUnavailableError,
     UnprocessableEntityError,
 )
-from ._generation import AsyncGenerationStream, Generation, GenerationChunk, GenerationStream
+from ._generation import (
+    AsyncGenerationStream,
+    GenerateOptions,
+    Generation,
+    GenerationChunk,
+    GenerationStream,
+)
 from ._inputs import Input, Output
 from ._response import RawResponse
 from ._result import InferResult, RepositoryIndex, Timing
@@ -64,6 +70,7 @@ __all__ = [
     "Client",
     "ConflictError",
     "Endpoints",
+    "GenerateOptions",
     "Generation",
     "GenerationChunk",
     "GenerationStream",

@@ -20,6 +20,9 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from maas_wire.codec import HEADER_LENGTH, CodecError, from_wire
+from maas_wire.protocol import BinaryPiece, decode_response, encode_request_parts
+
 from ._endpoints import EndpointPool, Endpoints, Route, parse_urls
 from ._exceptions import (
     APIConnectionError,
@@ -46,8 +49,6 @@ from ._result import InferResult, RepositoryIndex, Timing
 from ._retry import RetryPolicy, RetryScope, is_retryable
 from ._settings import DEFAULT_BASE_URL, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, EnvSettings
 from ._types import NOT_GIVEN, CallOptions, HeadersLike, NotGiven, TimeoutLike, VersionLike
-from .codec import HEADER_LENGTH, CodecError, from_wire
-from .protocol import BinaryPiece, decode_response, encode_request_parts
 from .types import (
     InferenceStatistics,
     ModelConfiguration,

@@ -24,8 +24,9 @@ from ._exceptions import (
 )
 
 if TYPE_CHECKING:
+    from maas_wire.types import ModelMetadata, RepositoryModel, TensorMetadata
+
     from ._result import InferResult
-    from .types import ModelMetadata, RepositoryModel, TensorMetadata
 
 __all__ = [
     "LINE_WIDTH",

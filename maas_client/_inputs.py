@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from maas_wire.codec import DATATYPES, CodecError, datatype_of, to_wire
+from maas_wire.protocol import TensorPayload
+
 from ._dataframes import dataframe_inputs, is_dataframe
 from ._exceptions import InputError
-from .codec import DATATYPES, CodecError, datatype_of, to_wire
-from .protocol import TensorPayload
 from .types import ModelMetadata, TensorMetadata
 
 __all__ = [

@@ -14,7 +14,7 @@ import concurrent.futures
 import os
 import threading
 from contextlib import AbstractAsyncContextManager
-from pathlib import Path
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -34,23 +34,23 @@ __all__ = [
 LOCAL_URL = "http://maas.local"
 """The base URL of an embedded server (never resolved: no request leaves the process)."""
 
+EMBEDDED_GROUP = "maas.embedded"
+"""Entry-point group where a server package registers the app factory ``Client.local`` runs."""
+
 _SERVER_MISSING = "Client.local runs the server in-process and needs it: pip install 'maas[server]'"
 
 
 def local_app(repository: str | os.PathLike[str] | None, settings: Any = None) -> Any:
-    """The maas app over ``repository`` (default: the bundled examples), or over ``settings``."""
-    try:
-        from maas_server import Settings, create_app, default_repository
-    except ImportError as exc:
-        raise ImportError(_SERVER_MISSING) from exc
-    if settings is None:
-        path = Path(repository) if repository is not None else default_repository()
-        if not path.is_dir():
-            raise FileNotFoundError(f"no model repository at {path}")
-        settings = Settings(repository=path)
-    elif repository is not None:
-        raise ValueError("give a repository or settings, not both")
-    return create_app(settings)
+    """The maas app over ``repository`` (default: the bundled examples), or over ``settings``.
+
+    The server registers its app factory under the ``maas.embedded`` entry-point group; the
+    client finds it there rather than importing the server package.
+    """
+    found = entry_points(group=EMBEDDED_GROUP)
+    if not found:
+        raise ImportError(_SERVER_MISSING)
+    factory = next(iter(found)).load()
+    return factory(repository, settings)
 
 
 def _lifespan(app: Any) -> AbstractAsyncContextManager[Any]:

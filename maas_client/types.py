@@ -1,18 +1,32 @@
-"""Wire models of the Open Inference Protocol (KServe V2) and Triton's extensions.
+"""The protocol's messages as the client hands them out (the models live in :mod:`maas_wire.types`).
 
-These pydantic models are the one definition of the schema: the client parses server answers with
-them and the server validates requests with them. Tensor ``data`` is typed ``Any`` on purpose:
-tensors are converted by :mod:`maas_client.codec`, never validated element by element here.
-
-Answers from other V2 servers (Triton, MLServer, KServe) carry fields of their own; the models
-that describe answers keep such fields (``extra="allow"``) instead of failing on them.
+Every name is the wire model itself, except :class:`ModelMetadata`, which adds the notebook and
+console display that the wire layer knows nothing of.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from maas_wire import types as _wire
+from maas_wire.types import (
+    ErrorResponse,
+    InferenceRequest,
+    InferenceResponse,
+    InferenceStatistics,
+    ModelConfigTensor,
+    ModelConfiguration,
+    ModelState,
+    ModelStatistics,
+    RepositoryIndexRequest,
+    RepositoryModel,
+    RepositoryModelLoadRequest,
+    RequestInput,
+    RequestOutput,
+    ResponseOutput,
+    ServerMetadata,
+    TensorMetadata,
+)
 
-from pydantic import BaseModel, ConfigDict, Field
+from ._display import model_metadata_html, model_metadata_repr
 
 __all__ = [
     "ErrorResponse",
@@ -34,186 +48,12 @@ __all__ = [
     "TensorMetadata",
 ]
 
-Parameters = dict[str, Any]
 
-
-class _Answer(BaseModel):
-    """Base of the models that describe what a server sends back."""
-
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
-
-
-class _Request(BaseModel):
-    """Base of the models that describe what a client sends."""
-
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
-
-
-class ServerMetadata(_Answer):
-    """``GET /v2``: who the server is and which protocol extensions it implements."""
-
-    name: str
-    version: str
-    extensions: list[str] = Field(default_factory=list)
-
-
-class TensorMetadata(_Answer):
-    """One input or output of a model: ``-1`` marks a variable dimension, ``[]`` a scalar."""
-
-    name: str
-    datatype: str
-    shape: list[int]
-    parameters: Parameters | None = None
-
-
-class ModelMetadata(_Answer):
-    """``GET /v2/models/{name}[/versions/{version}]``."""
-
-    name: str
-    versions: list[str] | None = None
-    platform: str = ""
-    inputs: list[TensorMetadata] = Field(default_factory=list)
-    outputs: list[TensorMetadata] = Field(default_factory=list)
-    parameters: Parameters | None = None
+class ModelMetadata(_wire.ModelMetadata):
+    """``GET /v2/models/{name}[/versions/{version}]``, shown as a table in notebooks."""
 
     def __repr__(self) -> str:
-        from ._display import model_metadata_repr
-
         return model_metadata_repr(self)
 
     def _repr_html_(self) -> str:
-        from ._display import model_metadata_html
-
         return model_metadata_html(self)
-
-
-class RequestInput(_Request):
-    """One input tensor of an inference request.
-
-    ``data`` holds the elements (row-major, flat or nested) for JSON; a tensor sent as binary has
-    ``parameters["binary_data_size"]`` instead and no ``data``.
-    """
-
-    name: str
-    shape: list[int]
-    datatype: str
-    parameters: Parameters | None = None
-    data: Any = None
-
-
-class RequestOutput(_Request):
-    """An output the request asks for; ``parameters["binary_data"]`` asks for it as binary."""
-
-    name: str
-    parameters: Parameters | None = None
-
-
-class InferenceRequest(_Request):
-    """``POST /v2/models/{name}[/versions/{version}]/infer``."""
-
-    id: str | None = None
-    parameters: Parameters | None = None
-    inputs: list[RequestInput]
-    outputs: list[RequestOutput] | None = None
-
-
-class ResponseOutput(_Answer):
-    """One output tensor of an inference response (``data`` absent when sent as binary)."""
-
-    name: str
-    shape: list[int]
-    datatype: str
-    parameters: Parameters | None = None
-    data: Any = None
-
-
-class InferenceResponse(_Answer):
-    """The answer to an inference request."""
-
-    model_name: str
-    model_version: str | None = None
-    id: str | None = None
-    parameters: Parameters | None = None
-    outputs: list[ResponseOutput] = Field(default_factory=list)
-
-
-class ModelConfigTensor(_Answer):
-    """One ``input`` or ``output`` of a model configuration (Triton's ``model_config``).
-
-    ``dims`` leave out the batch dimension when the model batches (``max_batch_size > 0``).
-    """
-
-    name: str
-    data_type: str = ""
-    dims: list[int] = Field(default_factory=list)
-
-
-class ModelConfiguration(_Answer):
-    """``GET /v2/models/{name}[/versions/{version}]/config``: Triton's ``model_config`` fields.
-
-    Servers add fields of their own (maas: ``execution_providers``, ``warmup``...); they are kept
-    and readable as attributes or through ``model_extra``.
-    """
-
-    name: str = ""
-    platform: str | None = None
-    backend: str | None = None
-    max_batch_size: int = 0
-    input: list[ModelConfigTensor] = Field(default_factory=list)
-    output: list[ModelConfigTensor] = Field(default_factory=list)
-
-
-ModelState = Literal["READY", "UNAVAILABLE", "LOADING", "UNLOADING"]
-
-
-class RepositoryModel(_Answer):
-    """One row of ``POST /v2/repository/index``."""
-
-    name: str
-    version: str | None = None
-    state: str | None = None
-    reason: str | None = None
-
-
-class RepositoryIndexRequest(_Request):
-    """Body of ``POST /v2/repository/index``: ``ready=True`` lists only ready models."""
-
-    ready: bool | None = None
-
-
-class RepositoryModelLoadRequest(_Request):
-    """Body of ``POST /v2/repository/models/{name}/load``.
-
-    ``parameters["config"]`` may hold a JSON string that overrides the model's configuration.
-    """
-
-    parameters: Parameters | None = None
-
-
-class ModelStatistics(_Answer):
-    """One model version's counters in Triton's statistics extension.
-
-    ``inference_stats`` holds ``{"success": {"count": n, "ns": total}, "fail": ..., "queue":
-    ..., "compute_input": ..., "compute_infer": ..., "compute_output": ...}``; ``batch_stats``
-    one entry per batch size run. Fields a server adds of its own are kept.
-    """
-
-    name: str
-    version: str = ""
-    last_inference: int = 0
-    inference_count: int = 0
-    execution_count: int = 0
-    inference_stats: dict[str, Any] = Field(default_factory=dict)
-    batch_stats: list[dict[str, Any]] = Field(default_factory=list)
-
-
-class InferenceStatistics(_Answer):
-    """``GET /v2/models[/{name}[/versions/{version}]]/stats``: one entry per model version."""
-
-    model_stats: list[ModelStatistics] = Field(default_factory=list)
-
-
-class ErrorResponse(_Answer):
-    """The body of every non-2xx answer."""
-
-    error: str

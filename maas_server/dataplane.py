@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from maas_client.codec import DATATYPES, CodecError, decode_binary_tensor, element_count
-from maas_client.protocol import TensorPayload
-from maas_client.types import InferenceRequest, RequestInput, RequestOutput
+from maas_wire.codec import DATATYPES, CodecError, decode_binary_tensor, element_count
+from maas_wire.protocol import TensorPayload
+from maas_wire.types import InferenceRequest, RequestInput, RequestOutput
 
 from . import __version__
 from .batching import ClientDisconnected, DrainRate, QueueFullError, retry_headers

@@ -1,7 +1,7 @@
 """The OpenAPI 3 document of the server, built from its route table and the wire models.
 
 Every route of the app appears (a test keeps the two equal); endpoints known here get their
-request and answer schemas from :mod:`maas_client.types`, any other route (added later) gets a
+request and answer schemas from :mod:`maas_wire.types`, any other route (added later) gets a
 summary from its endpoint's docstring. Served at ``GET /v2/openapi.json``.
 """
 
@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from maas_client.types import (
+from maas_wire.types import (
     ErrorResponse,
     InferenceRequest,
     InferenceResponse,

@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from maas_client.codec import HEADER_LENGTH, CodecError
-from maas_client.protocol import decode_request, encode_response
+from maas_wire.codec import HEADER_LENGTH, CodecError
+from maas_wire.protocol import decode_request, encode_response
 
 from .auth import model_allowed
 from .batching import ClientDisconnected

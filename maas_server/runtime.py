@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from maas_client.codec import DATATYPES
+from maas_wire.codec import DATATYPES
 
 from .batching import Scheduler
 from .config import ConfigError, ExecutionProvider, ModelConfig

@@ -17,7 +17,7 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from maas_client.cli import app
+from maas_cli import app
 from maas_server import Settings, default_repository
 from tests import models
 from tests.client.test_client import mlp_reference
@@ -51,7 +51,7 @@ def explicit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runnin
 
 def test_importing_the_cli_leaves_the_server_out() -> None:
     code = (
-        "import sys, maas_client.cli._app; "
+        "import sys, maas_cli._app; "
         "print([m for m in ('onnxruntime', 'maas_server', 'pandas') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

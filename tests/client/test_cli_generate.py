@@ -10,8 +10,8 @@ import sys
 
 from typer.testing import CliRunner
 
+from maas_cli import app
 from maas_client import Client
-from maas_client.cli import app
 from maas_server.generation import GenerationEngine
 from tests.conftest import wait_for
 
@@ -83,7 +83,7 @@ def test_tokens_are_printed_as_they_arrive(
     with Client(generation_url) as client:
         expected = client.generate("tiny_gpt", "Copyright", max_tokens=120).text
     command = [
-        sys.executable, "-m", "maas_client.cli", f"--url={generation_url}", "generate",
+        sys.executable, "-m", "maas_cli", f"--url={generation_url}", "generate",
         "tiny_gpt", "Copyright", "--max-tokens=120",
     ]  # fmt: skip
     # no PYTHONUNBUFFERED: the command itself flushes each piece

@@ -26,6 +26,7 @@ PUBLIC = {
     "Client",
     "ConflictError",
     "Endpoints",
+    "GenerateOptions",
     "Generation",
     "GenerationChunk",
     "GenerationStream",

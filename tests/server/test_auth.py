@@ -18,7 +18,7 @@ import pytest
 from starlette.requests import Request
 from typer.testing import CliRunner
 
-from maas_client.cli import app as cli_app
+from maas_cli import app as cli_app
 from maas_server import Settings
 from maas_server.asgi import Message, Receive, Scope, Send
 from maas_server.auth import (
@@ -600,7 +600,7 @@ def test_keys_cli_needs_neither_onnxruntime_nor_starlette(tmp_path: Path) -> Non
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
-        "from maas_client.cli import app\n"
+        "from maas_cli import app\n"
         f"result = CliRunner().invoke(app, ['keys', 'create', '--name', 'x', '-f', {str(tmp_path / 'k.json')!r}])\n"  # noqa: E501
         "assert result.exit_code == 0, result.output\n"
         "heavy = [m for m in ('onnxruntime', 'starlette') if m in sys.modules]\n"

@@ -224,7 +224,7 @@ def test_sigterm_finishes_in_flight_requests(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "maas_client.cli",
+            "maas_cli",
             "serve",
             str(tmp_path),
             "--port",

@@ -55,7 +55,7 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], **client: objec
 
 
 def serve(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-c", "from maas_client.cli import main; main()", "serve", *args]
+    command = [sys.executable, "-c", "from maas_cli import main; main()", "serve", *args]
     with log.open("wb") as out:
         return subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}

@@ -18,7 +18,7 @@ import typer
 from ._common import client_from, reporting_errors
 
 if TYPE_CHECKING:
-    from maas_client._generation import GenerateOptions
+    from maas_client import GenerateOptions
 
 __all__ = ["generate"]
 

@@ -31,7 +31,7 @@ __all__ = ["bench", "random_inputs"]
 
 def random_inputs(metadata: ModelMetadata, batch_size: int, seed: int = 0) -> dict[str, Any]:
     """Random inputs of the model's shapes and datatypes."""
-    from maas_client.codec import DATATYPES
+    from maas_wire.codec import DATATYPES
 
     rng = np.random.default_rng(seed)
     inputs: dict[str, Any] = {}
