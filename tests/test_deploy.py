@@ -244,7 +244,7 @@ def test_render_matches_kubectl_kustomize(folder: Path) -> None:
 
 
 @pytest.mark.parametrize("where", ["kubernetes/base", "kubernetes/overlays/gpu"])
-def test_deployment_settings_fit_together(where: str) -> None:
+def test_deployment_settings_fit_together(where: str, entrypoint_args: Any) -> None:
     objects = RENDERED[where]
     pod = _one(objects, "Deployment")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -259,7 +259,7 @@ def test_deployment_settings_fit_together(where: str) -> None:
     resources = container["resources"]
     assert resources["requests"]["cpu"] == resources["limits"]["cpu"]
     # Termination: the preStop pause, then every accepted request's --request-timeout, then margin.
-    args = _serve_args_from_entrypoint(_literal_env(container), container.get("args", []))
+    args = entrypoint_args(_literal_env(container), container.get("args", []))
     timeout = float(args[args.index("--request-timeout") + 1])
     pause = float(container["lifecycle"]["preStop"]["exec"]["command"][-1])
     assert pod["terminationGracePeriodSeconds"] >= pause + timeout + 10
@@ -363,39 +363,30 @@ def _literal_env(container: Obj) -> dict[str, str]:
     return {e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e}
 
 
-def _serve_args_from_entrypoint(env: dict[str, str], args: list[str]) -> list[str]:
-    """The arguments the image's entry point script passes to ``maas``, run by /bin/sh with a
-    stand-in ``maas`` that writes them out."""
-    out = subprocess.run(
-        ["/bin/sh", str(ENTRYPOINT_SCRIPT), *args],
-        env={
-            "PATH": os.pathsep.join([str(_recorder()), "/usr/bin", "/bin"]),
-            **env,
-        },
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    argv: list[str] = json.loads(out)
-    return argv
+@pytest.fixture(scope="module")
+def entrypoint_args(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``entrypoint_args(env, args)``: the arguments the image's entry point script passes to
+    ``maas``, run by /bin/sh with a stand-in ``maas`` on the PATH that prints them as JSON."""
+    folder = tmp_path_factory.mktemp("recorder")
+    maas = folder / "maas"
+    maas.write_text(
+        f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n",
+        encoding="utf-8",
+    )
+    maas.chmod(0o755)
 
+    def run(env: dict[str, str], args: list[str]) -> list[str]:
+        out = subprocess.run(
+            ["/bin/sh", str(ENTRYPOINT_SCRIPT), *args],
+            env={"PATH": os.pathsep.join([str(folder), "/usr/bin", "/bin"]), **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        argv: list[str] = json.loads(out)
+        return argv
 
-_RECORDER: list[Path] = []
-
-
-def _recorder() -> Path:
-    if not _RECORDER:
-        import tempfile
-
-        folder = Path(tempfile.mkdtemp(prefix="maas-recorder-"))
-        maas = folder / "maas"
-        maas.write_text(
-            f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n",
-            encoding="utf-8",
-        )
-        maas.chmod(0o755)
-        _RECORDER.append(folder)
-    return _RECORDER[0]
+    return run
 
 
 def _dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
@@ -423,15 +414,17 @@ def test_image_entry_point_is_the_script(dockerfile: Path) -> None:
     assert not user.startswith("0") and user != "root"
 
 
-def test_image_defaults_are_accepted_by_maas_serve(run_serve: Any) -> None:
+def test_image_defaults_are_accepted_by_maas_serve(run_serve: Any, entrypoint_args: Any) -> None:
     """`docker run IMAGE` with no settings."""
-    seen = run_serve(_serve_args_from_entrypoint({}, []))
+    seen = run_serve(entrypoint_args({}, []))
     assert (seen["host"], seen["port"]) == ("0.0.0.0", 8000)
     assert seen["settings"].repository == Path("/models")
     assert seen["settings"].model_control == "none"
 
 
-def test_image_settings_from_the_environment(run_serve: Any, tmp_path: Path) -> None:
+def test_image_settings_from_the_environment(
+    run_serve: Any, entrypoint_args: Any, tmp_path: Path
+) -> None:
     keys = tmp_path / "keys.json"
     keys.write_text('{"keys": []}', encoding="utf-8")
     env = {
@@ -441,9 +434,7 @@ def test_image_settings_from_the_environment(run_serve: Any, tmp_path: Path) -> 
         "MAAS_SERVER_LOG_LEVEL": "warning",
         "MAAS_SERVER_ACCESS_LOG": "json",
     }
-    args = _serve_args_from_entrypoint(
-        env, ["--request-timeout", "30", "--api-keys-file", str(keys)]
-    )
+    args = entrypoint_args(env, ["--request-timeout", "30", "--api-keys-file", str(keys)])
     seen = run_serve(args)
     settings = seen["settings"]
     assert seen["port"] == 9001
@@ -453,20 +444,24 @@ def test_image_settings_from_the_environment(run_serve: Any, tmp_path: Path) -> 
     assert settings.api_keys_file == keys
 
 
-def test_image_refuses_a_bad_setting(run_serve: Any) -> None:
+def test_image_refuses_a_bad_setting(run_serve: Any, entrypoint_args: Any) -> None:
     """A wrong value in the environment reaches maas serve's own checks (no silent default)."""
-    args = _serve_args_from_entrypoint({"MAAS_SERVER_MODEL_CONTROL": "sometimes"}, [])
+    args = entrypoint_args({"MAAS_SERVER_MODEL_CONTROL": "sometimes"}, [])
     with pytest.raises(typer.BadParameter, match="use 'none' or 'explicit'"):
         run_serve(args)
 
 
 @pytest.mark.parametrize("where", ["kubernetes/base", "kubernetes/overlays/gpu"])
 def test_deployment_arguments_are_accepted_by_maas_serve(
-    where: str, run_serve: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    where: str,
+    run_serve: Any,
+    entrypoint_args: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     (container,) = _one(RENDERED[where], "Deployment")["spec"]["template"]["spec"]["containers"]
     env = _literal_env(container)
-    args = _serve_args_from_entrypoint(env, container.get("args", []))
+    args = entrypoint_args(env, container.get("args", []))
     # maas serve reads the keys file variable itself: give it one it can read here.
     keys = tmp_path / "keys.json"
     keys.write_text('{"keys": []}', encoding="utf-8")
@@ -505,6 +500,47 @@ def test_unknown_flag_is_refused(run_serve: Any) -> None:
     """The check above can fail: a flag maas serve does not have is an error."""
     with pytest.raises(_USAGE_ERROR, match="No such option: --graceful-timeoutt"):
         run_serve(["serve", "/mnt/models", "--graceful-timeoutt", "30"])
+
+
+_BASH = re.compile(r"^```bash\n(.*?)^```", re.DOTALL | re.MULTILINE)
+
+
+def _documented_maas_blocks() -> list[list[list[str]]]:
+    """The ``maas ...`` lines of each bash block of docs/deploy.md."""
+    text = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    blocks = []
+    for block in _BASH.findall(text):
+        lines = [
+            shlex.split(line, comments=True) for line in block.replace("\\\n", " ").splitlines()
+        ]
+        commands = [words[1:] for words in lines if words[:1] == ["maas"]]
+        if commands:
+            blocks.append(commands)
+    return blocks
+
+
+def test_documented_maas_commands_are_accepted(
+    run_serve: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ``maas keys`` and ``maas serve`` lines of docs/deploy.md, each block in a folder of
+    its own, run as written (``maas serve`` up to uvicorn)."""
+    from typer.testing import CliRunner
+
+    blocks = _documented_maas_blocks()
+    assert {c[0] for block in blocks for c in block} == {"keys", "serve"}
+    for index, block in enumerate(blocks):
+        folder = tmp_path / str(index)
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        for words in block:
+            if words[0] == "serve":
+                assert run_serve(words)["host"] == "0.0.0.0"
+            else:
+                result = CliRunner().invoke(app, words)
+                assert result.exit_code == 0, (words, result.output)
+        created = [c for c in block if c[:2] == ["keys", "create"]]
+        if created:
+            assert len(read_keys(folder / "keys.json")) == len(created)
 
 
 # --- health checks against a real server ----------------------------------------------------
