@@ -78,6 +78,13 @@ def serve(
     max_header_size: Annotated[
         int, typer.Option(help="Largest request headers, in bytes (431 above; 0: no limit).")
     ] = 16 * 1024,
+    root_path: Annotated[
+        str,
+        typer.Option(
+            help="Path prefix a proxy serves maas under (e.g. /maas), which the proxy strips; "
+            "routes and API keys see paths without it."
+        ),
+    ] = "",
     request_timeout: Annotated[
         float,
         typer.Option(help="Seconds a request may take before its answer starts (504; 0: none)."),
@@ -104,6 +111,8 @@ def serve(
         raise typer.BadParameter("use 'none' or 'explicit'", param_hint="--model-control")
     if access_log not in ("text", "json", "off"):
         raise typer.BadParameter("use 'text', 'json' or 'off'", param_hint="--access-log")
+    if root_path and (not root_path.startswith("/") or root_path.endswith("/")):
+        raise typer.BadParameter("start it with '/', without a final '/'", param_hint="--root-path")
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise typer.BadParameter("give both --ssl-certfile and --ssl-keyfile")
     if ssl_ca_certs is not None and ssl_certfile is None:
@@ -141,6 +150,7 @@ def serve(
         create_app(settings),
         host=host,
         port=port,
+        root_path=root_path,
         log_level=log_level.lower(),
         access_log=False,  # maas writes its own (--access-log)
         log_config=None,  # keep the logging set up above (uvicorn's would close its handlers)

@@ -52,6 +52,7 @@ __all__ = [
     "path_target",
     "request_key",
     "require_model_access",
+    "route_path",
 ]
 
 logger = logging.getLogger("maas_server")
@@ -235,6 +236,25 @@ class KeyStore:
         self.generation += 1
 
 
+def route_path(scope: Scope) -> str:
+    """The path the router matches: ``scope["path"]`` less the ``root_path`` it starts with.
+
+    Behind a proxy prefix (uvicorn ``--root-path``) or when the app is mounted under a path,
+    ``scope["path"]`` holds the prefix and Starlette's router strips it before matching; access
+    is decided on what the router will match, never on the prefixed path (the same rule as
+    ``starlette._utils.get_route_path``).
+    """
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if not root_path or not path.startswith(root_path):
+        return path
+    if path == root_path:
+        return ""
+    if path[len(root_path)] == "/":
+        return path[len(root_path) :]
+    return path
+
+
 def path_target(path: str) -> tuple[str | None, str | None]:
     """The model and version a request path names (``/v2/models/{m}[/versions/{v}]/...`` and
     ``/v2/repository/models/{m}/...``), as the router will match them."""
@@ -307,8 +327,9 @@ class AccessControl:
 
     def check(self, scope: Scope) -> tuple[ApiKey | None, Refusal | None]:
         """The request's key (also left in ``scope[SCOPE_KEY]``) and None when it may go on,
-        or a refusal. An admitted request of a key with a concurrency quota holds a slot."""
-        path = scope["path"]
+        or a refusal. An admitted request of a key with a concurrency quota holds a slot.
+        Decided on :func:`route_path`, the path the router matches."""
+        path = route_path(scope)
         if path in self.open_paths:
             return None, None
         store = self.store

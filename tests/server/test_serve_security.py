@@ -136,6 +136,42 @@ def test_serve_with_keys_access_log_and_metrics_port(secured: dict[str, object])
     assert key not in text and "admin-from-env" not in text
 
 
+def test_serve_with_a_root_path_decides_access_on_the_routed_path(
+    tmp_path: Path, small_repository: Path
+) -> None:
+    """Behind a proxy that strips ``/api`` (``--root-path /api``), a key limited to ``mlp`` is
+    still limited to it and the health probes stay open."""
+    keys = tmp_path / "keys.json"
+    key, _ = add_key(keys, "mlp-user", ["infer", "read"], models=["mlp"])
+    port = free_port()
+    process = serve(
+        [str(small_repository), "--port", str(port), "--log-level", "warning",
+         "--api-keys-file", str(keys), "--root-path", "/api"],
+        tmp_path / "serve.log",
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url, process)  # an open probe, without a key
+        with httpx.Client(base_url=url) as http:
+            assert http.get("/v2/health/live").status_code == 200
+            unload = http.post("/v2/repository/models/mlp/unload", headers=bearer(key))
+            assert unload.status_code == 403
+            assert http.get("/v2/models/other", headers=bearer(key)).status_code == 403
+            assert http.get("/v2/models/mlp").status_code == 401
+            assert http.get("/v2/models/mlp", headers=bearer(key)).status_code == 200
+            request = mlp_request()
+            request["headers"].update(bearer(key))
+            assert http.post("/v2/models/mlp/infer", **request).status_code == 200
+    finally:
+        stop(process)
+
+
+def test_serve_refuses_a_bad_root_path(small_repository: Path, tmp_path: Path) -> None:
+    process = serve([str(small_repository), "--root-path", "api/"], tmp_path / "log")
+    assert process.wait(timeout=60) == 2
+    assert "--root-path" in (tmp_path / "log").read_text()
+
+
 def test_serve_over_mutual_tls(small_repository: Path, tmp_path: Path) -> None:
     ca = trustme.CA()
     server = ca.issue_cert("127.0.0.1")
