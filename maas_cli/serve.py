@@ -60,8 +60,18 @@ def serve(
     ] = None,
     metrics_port: Annotated[
         int | None,
-        typer.Option(help="Serve /metrics on this port (same host) instead of the main one."),
+        typer.Option(
+            help="Serve /metrics on this port instead of the main one: without API key or TLS, "
+            "so on --metrics-host only."
+        ),
     ] = None,
+    metrics_host: Annotated[
+        str,
+        typer.Option(
+            help="Address of --metrics-port (default loopback; another address exposes the "
+            "metrics, unauthenticated and in clear, to whoever reaches it)."
+        ),
+    ] = "127.0.0.1",
     access_log: Annotated[
         str, typer.Option(help="One line per request on stderr: text, json or off.")
     ] = "text",
@@ -137,7 +147,7 @@ def serve(
         request_timeout_s=request_timeout,
         cors_origins=tuple(cors_origin or ()),
         metrics_port=metrics_port,
-        metrics_host=host,
+        metrics_host=metrics_host,
         access_log=access_log,  # type: ignore[arg-type]
     )
     if not settings.auth_enabled and not _loopback(host):
@@ -145,6 +155,13 @@ def serve(
             "listening on %s without API keys: anyone who reaches this address may use and "
             "manage every model (see --api-keys-file)",
             host,
+        )
+    if metrics_port is not None and not _loopback(metrics_host):
+        logging.getLogger("maas_server").warning(
+            "metrics on %s:%d without API key or TLS: anyone who reaches this address may read "
+            "them (see --metrics-host)",
+            metrics_host,
+            metrics_port,
         )
     uvicorn.run(
         create_app(settings),
