@@ -5,12 +5,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import ssl
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-__all__ = ["serve"]
+__all__ = ["TLS_MINIMUM_VERSION", "serve", "tls_floor"]
 
 _ADMIN_KEY_ENV = "MAAS_SERVER_API_KEY"
 
@@ -105,8 +106,6 @@ def serve(
     Example: maas serve ./models --port 8000 --model-control explicit
     """
     try:
-        import ssl
-
         import uvicorn
 
         from maas_server import Settings, create_app, default_repository
@@ -163,7 +162,7 @@ def serve(
             metrics_host,
             metrics_port,
         )
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=host,
         port=port,
@@ -176,3 +175,22 @@ def serve(
         ssl_ca_certs=str(ssl_ca_certs) if ssl_ca_certs else None,
         ssl_cert_reqs=ssl.CERT_REQUIRED if ssl_ca_certs else ssl.CERT_NONE,
     )
+    config.load()
+    if config.ssl is not None:
+        tls_floor(config.ssl)
+    server = uvicorn.Server(config)
+    server.run()
+    if not server.started:
+        raise typer.Exit(3)
+
+
+TLS_MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
+"""The oldest TLS version ``maas serve`` accepts, whatever Python, OpenSSL or uvicorn allow."""
+
+
+def tls_floor(context: ssl.SSLContext) -> ssl.SSLContext:
+    """Refuse TLS versions before :data:`TLS_MINIMUM_VERSION` (and SSL) on ``context``."""
+    current = context.minimum_version  # MINIMUM_SUPPORTED is -2, MAXIMUM_SUPPORTED -1
+    if current != ssl.TLSVersion.MAXIMUM_SUPPORTED and current < TLS_MINIMUM_VERSION:
+        context.minimum_version = TLS_MINIMUM_VERSION
+    return context

@@ -67,19 +67,20 @@ def test_a_silent_connection_is_closed(metrics_server: MetricsServer) -> None:
     assert httpx.get(f"http://127.0.0.1:{metrics_server.port}/metrics").status_code == 200
 
 
-def run_serve(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> tuple[Any, dict[str, Any]]:
-    """``maas serve`` up to the point where it hands the app to uvicorn."""
+def run_serve(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> tuple[Any, Any]:
+    """``maas serve`` up to the point where uvicorn would start serving: its app and config."""
     import uvicorn
 
     seen: dict[str, Any] = {}
 
-    def fake_run(app: Any, **kwargs: Any) -> None:
-        seen["app"], seen["kwargs"] = app, kwargs
+    def run(self: uvicorn.Server, sockets: Any = None) -> None:
+        seen["config"] = self.config
+        self.started = True  # as if it had served and stopped
 
-    monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr(uvicorn.Server, "run", run)
     result = CliRunner().invoke(cli_app, ["serve", *args, "--access-log", "off"])
     assert result.exit_code == 0, result.output
-    return seen["app"], seen["kwargs"]
+    return seen["config"].app, seen["config"]
 
 
 def test_serve_binds_the_metrics_port_to_loopback(
@@ -88,10 +89,10 @@ def test_serve_binds_the_metrics_port_to_loopback(
     (tmp_path / "models").mkdir()
     repository = str(tmp_path / "models")
     with caplog.at_level(logging.WARNING, logger="maas_server"):
-        app, kwargs = run_serve(
+        app, config = run_serve(
             monkeypatch, [repository, "--host", "0.0.0.0", "--metrics-port", "9100"]
         )
-    assert kwargs["host"] == "0.0.0.0"
+    assert config.host == "0.0.0.0"
     assert app.state.settings.metrics_host == "127.0.0.1"
     assert not any("metrics on" in r.getMessage() for r in caplog.records)
     caplog.clear()
