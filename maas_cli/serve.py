@@ -110,6 +110,7 @@ def serve(
 
         from maas_server import Settings, create_app, default_repository
         from maas_server.access_log import configure_access_logger
+        from maas_server.keys_file import KeysFileError
         from maas_server.settings import OPEN_PATHS
     except ImportError as exc:
         typer.echo(
@@ -162,8 +163,14 @@ def serve(
             metrics_host,
             metrics_port,
         )
+    try:
+        app = create_app(settings)
+    except (KeysFileError, FileNotFoundError) as exc:
+        # No keys to fall back on at start: refuse to serve rather than serve without them.
+        typer.echo(f"maas serve: cannot start: {exc}", err=True)
+        raise typer.Exit(2) from None
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=host,
         port=port,
         root_path=root_path,

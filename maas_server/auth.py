@@ -141,6 +141,7 @@ class KeyStore:
         self._keys: dict[str, ApiKey] = {}
         self.generation = 0  # goes up whenever the keys change
         self._signature: tuple[int, int, int] | None = None
+        self._refused: tuple[int, int, int] | None = None  # a file version not taken, and why
         self._checked = clock()
         if path is not None:
             if not path.is_file():
@@ -186,13 +187,25 @@ class KeyStore:
             self._signature = None
             self._install([])
             return True
+        if not force and signature == self._refused:
+            return False  # said once already, until the file changes again
         try:
             entries = read_keys(self.path)
-        except KeysFileError as exc:
-            logger.error("API keys file not reloaded, keeping the previous keys: %s", exc)
+            keys = self._build(entries)
+        except Exception as exc:  # whatever the file holds, the previous keys go on serving
+            self._refused = signature
+            reason = exc if isinstance(exc, KeysFileError) else f"{type(exc).__name__}: {exc}"
+            logger.error(
+                "API keys file %s not reloaded, keeping the previous %d key(s): %s",
+                self.path,
+                len(self._keys),
+                reason,
+            )
             return False
+        self._refused = None
         self._signature = signature
-        self._install(entries)
+        self._keys = keys
+        self.generation += 1
         logger.info("API keys reloaded from %s: %d key(s)", self.path, len(entries))
         return True
 
@@ -205,6 +218,11 @@ class KeyStore:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def _install(self, entries: Iterable[KeyEntry]) -> None:
+        self._keys = self._build(entries)
+        self.generation += 1
+
+    def _build(self, entries: Iterable[KeyEntry]) -> dict[str, ApiKey]:
+        """The keys for ``entries``; unchanged keys keep their rate and in-flight state."""
         previous = self._keys
         keys: dict[str, ApiKey] = {}
         for entry in entries:
@@ -232,8 +250,7 @@ class KeyStore:
             keys[digest] = key
         if self._admin is not None:
             keys[self._admin.digest] = self._admin
-        self._keys = keys
-        self.generation += 1
+        return keys
 
 
 def route_path(scope: Scope) -> str:
