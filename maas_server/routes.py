@@ -48,12 +48,22 @@ def _version(request: Request) -> str | None:
     return version
 
 
+def _header_int(value: str) -> int | None:
+    """A header's non-negative decimal integer (ASCII digits only: ``str.isdigit`` also takes
+    ``²``), or None; one of more than 18 digits counts as 10**18."""
+    text = value.strip()
+    if not text or not text.isascii() or not text.isdigit():
+        return None
+    return int(text) if len(text) <= 18 else 10**18
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    size = _header_int(declared) if declared is not None else None
+    if size is not None and size > limit:
         raise PayloadTooLargeError(
-            f"request body of {int(declared)} bytes exceeds the server's limit of {limit} bytes"
+            f"request body of {declared} bytes exceeds the server's limit of {limit} bytes"
         )
     chunks: list[bytes] = []
     size = 0
@@ -143,9 +153,13 @@ async def infer(request: Request) -> Response:
     header = request.headers.get(HEADER_LENGTH)
     header_length: int | None = None
     if header is not None:
-        if not header.strip().isdigit():
-            raise BadRequestError(f"{HEADER_LENGTH} must be a non-negative integer, not {header!r}")
-        header_length = int(header)
+        header_length = _header_int(header)
+        if header_length is None or header_length > len(body):
+            shown = repr(header) if len(header) <= 40 else repr(header[:40]) + "..."
+            raise BadRequestError(
+                f"{HEADER_LENGTH} must be a non-negative integer no larger than the body "
+                f"({len(body)} bytes), not {shown}"
+            )
     if header_length == 0:
         request_msg, tensors = plane.raw_request(plane.repository.get(name, version), body)
     else:
