@@ -79,28 +79,45 @@ async def read_body(request: Request, limit: int) -> bytes:
     return _decompress(body, encoding, limit)
 
 
+_MAX_GZIP_MEMBERS = 1024
+
+
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     """A gzip or deflate request body (tritonclient's request compression), inflated no further
-    than ``limit`` bytes so that a small body cannot expand without bound."""
+    than ``limit`` bytes so that a small body cannot expand without bound. Every member of a
+    gzip body is decoded, as ``gzip.decompress`` does (up to 1024 of them); data after a deflate
+    stream is refused, never dropped."""
     if encoding == "gzip":
-        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        wbits = 16 + zlib.MAX_WBITS
     elif encoding == "deflate":
-        inflater = zlib.decompressobj()
+        wbits = zlib.MAX_WBITS
     else:
         raise UnsupportedMediaTypeError(
             f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or identity"
         )
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise BadRequestError(f"request body is not valid {encoding} data: {exc}") from None
-    if len(data) > limit:
-        raise PayloadTooLargeError(
-            f"decompressed request body exceeds the server's limit of {limit} bytes"
-        )
-    if not inflater.eof:
-        raise BadRequestError(f"request body is truncated {encoding} data")
-    return data
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    for _ in range(_MAX_GZIP_MEMBERS):
+        inflater = zlib.decompressobj(wbits=wbits)
+        try:
+            data = inflater.decompress(rest, limit + 1 - size)
+        except zlib.error as exc:
+            raise BadRequestError(f"request body is not valid {encoding} data: {exc}") from None
+        size += len(data)
+        if size > limit:
+            raise PayloadTooLargeError(
+                f"decompressed request body exceeds the server's limit of {limit} bytes"
+            )
+        if not inflater.eof:
+            raise BadRequestError(f"request body is truncated {encoding} data")
+        parts.append(data)
+        rest = inflater.unused_data
+        if not rest:
+            return b"".join(parts)
+        if encoding != "gzip":
+            raise BadRequestError("request body has data after the end of its deflate stream")
+    raise BadRequestError(f"request body has more than {_MAX_GZIP_MEMBERS} gzip members")
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
