@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -186,9 +187,10 @@ def serve(
     if config.ssl is not None:
         tls_floor(config.ssl)
     server = uvicorn.Server(config)
-    server.run()
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn has shut down already
+        server.run()
     if not server.started:
-        raise typer.Exit(3)
+        raise typer.Exit(3)  # as uvicorn.run: it could not start (the log says why)
 
 
 TLS_MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
