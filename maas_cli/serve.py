@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
+import ssl
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-__all__ = ["serve"]
+__all__ = ["TLS_MINIMUM_VERSION", "serve", "tls_floor"]
 
 _ADMIN_KEY_ENV = "MAAS_SERVER_API_KEY"
 
@@ -60,8 +62,18 @@ def serve(
     ] = None,
     metrics_port: Annotated[
         int | None,
-        typer.Option(help="Serve /metrics on this port (same host) instead of the main one."),
+        typer.Option(
+            help="Serve /metrics on this port instead of the main one: without API key or TLS, "
+            "so on --metrics-host only."
+        ),
     ] = None,
+    metrics_host: Annotated[
+        str,
+        typer.Option(
+            help="Address of --metrics-port (default loopback; another address exposes the "
+            "metrics, unauthenticated and in clear, to whoever reaches it)."
+        ),
+    ] = "127.0.0.1",
     access_log: Annotated[
         str, typer.Option(help="One line per request on stderr: text, json or off.")
     ] = "text",
@@ -78,6 +90,13 @@ def serve(
     max_header_size: Annotated[
         int, typer.Option(help="Largest request headers, in bytes (431 above; 0: no limit).")
     ] = 16 * 1024,
+    root_path: Annotated[
+        str,
+        typer.Option(
+            help="Path prefix a proxy serves maas under (e.g. /maas), which the proxy strips; "
+            "routes and API keys see paths without it."
+        ),
+    ] = "",
     request_timeout: Annotated[
         float,
         typer.Option(help="Seconds a request may take before its answer starts (504; 0: none)."),
@@ -88,12 +107,11 @@ def serve(
     Example: maas serve ./models --port 8000 --model-control explicit
     """
     try:
-        import ssl
-
         import uvicorn
 
         from maas_server import Settings, create_app, default_repository
         from maas_server.access_log import configure_access_logger
+        from maas_server.keys_file import KeysFileError
         from maas_server.settings import OPEN_PATHS
     except ImportError as exc:
         typer.echo(
@@ -104,6 +122,8 @@ def serve(
         raise typer.BadParameter("use 'none' or 'explicit'", param_hint="--model-control")
     if access_log not in ("text", "json", "off"):
         raise typer.BadParameter("use 'text', 'json' or 'off'", param_hint="--access-log")
+    if root_path and (not root_path.startswith("/") or root_path.endswith("/")):
+        raise typer.BadParameter("start it with '/', without a final '/'", param_hint="--root-path")
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise typer.BadParameter("give both --ssl-certfile and --ssl-keyfile")
     if ssl_ca_certs is not None and ssl_certfile is None:
@@ -128,7 +148,7 @@ def serve(
         request_timeout_s=request_timeout,
         cors_origins=tuple(cors_origin or ()),
         metrics_port=metrics_port,
-        metrics_host=host,
+        metrics_host=metrics_host,
         access_log=access_log,  # type: ignore[arg-type]
     )
     if not settings.auth_enabled and not _loopback(host):
@@ -137,10 +157,24 @@ def serve(
             "manage every model (see --api-keys-file)",
             host,
         )
-    uvicorn.run(
-        create_app(settings),
+    if metrics_port is not None and not _loopback(metrics_host):
+        logging.getLogger("maas_server").warning(
+            "metrics on %s:%d without API key or TLS: anyone who reaches this address may read "
+            "them (see --metrics-host)",
+            metrics_host,
+            metrics_port,
+        )
+    try:
+        app = create_app(settings)
+    except (KeysFileError, FileNotFoundError) as exc:
+        # No keys to fall back on at start: refuse to serve rather than serve without them.
+        typer.echo(f"maas serve: cannot start: {exc}", err=True)
+        raise typer.Exit(2) from None
+    config = uvicorn.Config(
+        app,
         host=host,
         port=port,
+        root_path=root_path,
         log_level=log_level.lower(),
         access_log=False,  # maas writes its own (--access-log)
         log_config=None,  # keep the logging set up above (uvicorn's would close its handlers)
@@ -149,3 +183,23 @@ def serve(
         ssl_ca_certs=str(ssl_ca_certs) if ssl_ca_certs else None,
         ssl_cert_reqs=ssl.CERT_REQUIRED if ssl_ca_certs else ssl.CERT_NONE,
     )
+    config.load()
+    if config.ssl is not None:
+        tls_floor(config.ssl)
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn has shut down already
+        server.run()
+    if not server.started:
+        raise typer.Exit(3)  # as uvicorn.run: it could not start (the log says why)
+
+
+TLS_MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
+"""The oldest TLS version ``maas serve`` accepts, whatever Python, OpenSSL or uvicorn allow."""
+
+
+def tls_floor(context: ssl.SSLContext) -> ssl.SSLContext:
+    """Refuse TLS versions before :data:`TLS_MINIMUM_VERSION` (and SSL) on ``context``."""
+    current = context.minimum_version  # MINIMUM_SUPPORTED is -2, MAXIMUM_SUPPORTED -1
+    if current != ssl.TLSVersion.MAXIMUM_SUPPORTED and current < TLS_MINIMUM_VERSION:
+        context.minimum_version = TLS_MINIMUM_VERSION
+    return context

@@ -29,7 +29,7 @@ from typing import Literal, NamedTuple, TextIO
 import orjson
 
 from .asgi import Scope, header
-from .auth import SCOPE_KEY, SCOPE_MODEL, path_target
+from .auth import SCOPE_KEY, SCOPE_MODEL, path_target, route_path
 
 __all__ = [
     "ACCESS_LOGGER",
@@ -73,12 +73,14 @@ class _Entry(NamedTuple):
     seconds: float
     key: str | None
     model: str | None
+    route: str
 
     def format(self, clock: _Clock) -> str:
-        model, version = path_target(self.path)
+        model, version = path_target(self.route)
         model = self.model or model
         length = self.content_length
-        received = int(length) if length is not None and length.isdigit() else 0
+        ok = length is not None and 0 < len(length) <= 18 and length.isdigit()
+        received = int(length) if ok and length is not None else 0
         peer = f"{self.client[0]}:{self.client[1]}" if self.client else "-"
         if self.json:
             return orjson.dumps(
@@ -237,6 +239,7 @@ class AccessLog:
             seconds,
             key.name if key is not None else None,
             scope.get(SCOPE_MODEL),
+            route_path(scope),
         )
         handlers = logger.handlers
         if (

@@ -52,6 +52,7 @@ __all__ = [
     "path_target",
     "request_key",
     "require_model_access",
+    "route_path",
 ]
 
 logger = logging.getLogger("maas_server")
@@ -140,6 +141,7 @@ class KeyStore:
         self._keys: dict[str, ApiKey] = {}
         self.generation = 0  # goes up whenever the keys change
         self._signature: tuple[int, int, int] | None = None
+        self._refused: tuple[int, int, int] | None = None  # a file version not taken, and why
         self._checked = clock()
         if path is not None:
             if not path.is_file():
@@ -185,13 +187,25 @@ class KeyStore:
             self._signature = None
             self._install([])
             return True
+        if not force and signature == self._refused:
+            return False  # said once already, until the file changes again
         try:
             entries = read_keys(self.path)
-        except KeysFileError as exc:
-            logger.error("API keys file not reloaded, keeping the previous keys: %s", exc)
+            keys = self._build(entries)
+        except Exception as exc:  # whatever the file holds, the previous keys go on serving
+            self._refused = signature
+            reason = exc if isinstance(exc, KeysFileError) else f"{type(exc).__name__}: {exc}"
+            logger.error(
+                "API keys file %s not reloaded, keeping the previous %d key(s): %s",
+                self.path,
+                len(self._keys),
+                reason,
+            )
             return False
+        self._refused = None
         self._signature = signature
-        self._install(entries)
+        self._keys = keys
+        self.generation += 1
         logger.info("API keys reloaded from %s: %d key(s)", self.path, len(entries))
         return True
 
@@ -204,6 +218,11 @@ class KeyStore:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def _install(self, entries: Iterable[KeyEntry]) -> None:
+        self._keys = self._build(entries)
+        self.generation += 1
+
+    def _build(self, entries: Iterable[KeyEntry]) -> dict[str, ApiKey]:
+        """The keys for ``entries``; unchanged keys keep their rate and in-flight state."""
         previous = self._keys
         keys: dict[str, ApiKey] = {}
         for entry in entries:
@@ -231,8 +250,26 @@ class KeyStore:
             keys[digest] = key
         if self._admin is not None:
             keys[self._admin.digest] = self._admin
-        self._keys = keys
-        self.generation += 1
+        return keys
+
+
+def route_path(scope: Scope) -> str:
+    """The path the router matches: ``scope["path"]`` less the ``root_path`` it starts with.
+
+    Behind a proxy prefix (uvicorn ``--root-path``) or when the app is mounted under a path,
+    ``scope["path"]`` holds the prefix and Starlette's router strips it before matching; access
+    is decided on what the router will match, never on the prefixed path (the same rule as
+    ``starlette._utils.get_route_path``).
+    """
+    path: str = scope["path"]
+    root_path: str = scope.get("root_path", "")
+    if not root_path or not path.startswith(root_path):
+        return path
+    if path == root_path:
+        return ""
+    if path[len(root_path)] == "/":
+        return path[len(root_path) :]
+    return path
 
 
 def path_target(path: str) -> tuple[str | None, str | None]:
@@ -307,8 +344,9 @@ class AccessControl:
 
     def check(self, scope: Scope) -> tuple[ApiKey | None, Refusal | None]:
         """The request's key (also left in ``scope[SCOPE_KEY]``) and None when it may go on,
-        or a refusal. An admitted request of a key with a concurrency quota holds a slot."""
-        path = scope["path"]
+        or a refusal. An admitted request of a key with a concurrency quota holds a slot.
+        Decided on :func:`route_path`, the path the router matches."""
+        path = route_path(scope)
         if path in self.open_paths:
             return None, None
         store = self.store

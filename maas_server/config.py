@@ -7,13 +7,26 @@ refused, so that a typo is a load error with its reason rather than a silently i
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "CONFIG_FILES",
+    "PROVIDER_OPTIONS",
     "ConfigError",
     "DynamicBatching",
     "ExecutionProvider",
@@ -39,16 +52,140 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+_MAX_THREADS = 256
+_MAX_BYTES = 1 << 50
+
+
+@dataclass(frozen=True)
+class _Option:
+    """A provider option maas passes on: ``kind`` ``int`` (from ``low`` to ``high``), ``bool``
+    or ``choice`` (one of ``choices``)."""
+
+    kind: Literal["int", "bool", "choice"]
+    low: int = 0
+    high: int = 0
+    choices: tuple[str, ...] = ()
+
+    def check(self, value: Any) -> Any:
+        """The value to pass on, or ValueError saying what is expected."""
+        if self.kind == "int":
+            number = value
+            if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 20:
+                number = int(value)
+            if (
+                isinstance(number, int)
+                and not isinstance(number, bool)
+                and self.low <= number <= self.high
+            ):
+                return number
+            raise ValueError(f"an integer from {self.low} to {self.high}")
+        if self.kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if value in (0, 1, "0", "1", "true", "false", "True", "False"):
+                return str(value).lower() in ("1", "true")
+            raise ValueError("true or false")
+        if isinstance(value, str) and value in self.choices:
+            return value
+        raise ValueError("one of " + ", ".join(repr(c) for c in self.choices))
+
+
+_THREADS = _Option("int", 0, _MAX_THREADS)
+_DEVICE = _Option("int", 0, 255)
+_MEMORY = _Option("int", 1, _MAX_BYTES)
+_FLAG = _Option("bool")
+_ARENA = _Option("choice", choices=("kNextPowerOfTwo", "kSameAsRequested"))
+PROVIDER_OPTIONS: dict[str, dict[str, _Option]] = {
+    "CPUExecutionProvider": {"intra_op_num_threads": _THREADS, "inter_op_num_threads": _THREADS},
+    "CUDAExecutionProvider": {
+        "device_id": _DEVICE,
+        "gpu_mem_limit": _MEMORY,
+        "arena_extend_strategy": _ARENA,
+        "cudnn_conv_algo_search": _Option("choice", choices=("EXHAUSTIVE", "HEURISTIC", "DEFAULT")),
+        "do_copy_in_default_stream": _FLAG,
+        "cudnn_conv_use_max_workspace": _FLAG,
+        "cudnn_conv1d_pad_to_nc1d": _FLAG,
+        "enable_cuda_graph": _FLAG,
+        "use_tf32": _FLAG,
+        "prefer_nhwc": _FLAG,
+        "tunable_op_enable": _FLAG,
+        "tunable_op_tuning_enable": _FLAG,
+    },
+    "TensorrtExecutionProvider": {
+        "device_id": _DEVICE,
+        "trt_max_workspace_size": _MEMORY,
+        "trt_fp16_enable": _FLAG,
+        "trt_int8_enable": _FLAG,
+        "trt_builder_optimization_level": _Option("int", 0, 5),
+        "trt_max_partition_iterations": _Option("int", 1, 100_000),
+        "trt_min_subgraph_size": _Option("int", 1, 100_000),
+    },
+    "ROCMExecutionProvider": {
+        "device_id": _DEVICE,
+        "gpu_mem_limit": _MEMORY,
+        "arena_extend_strategy": _ARENA,
+    },
+    "DmlExecutionProvider": {"device_id": _DEVICE},
+}
+"""The execution provider options a configuration may set, with their types and ranges.
+Others (and every option of a provider not listed) are refused: options that name files or
+libraries (TensorRT's cache paths, custom op libraries) are not for a configuration that an
+admin request can send."""
+
+_PROVIDER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}ExecutionProvider$")
+
+
 class ExecutionProvider(_Strict):
     """An ONNX Runtime execution provider and its options, e.g.
 
     ``{"name": "CUDAExecutionProvider", "options": {"device_id": 0, "gpu_mem_limit": 2147483648,
     "arena_extend_strategy": "kSameAsRequested"}}``. For ``CPUExecutionProvider`` the options
-    ``intra_op_num_threads`` and ``inter_op_num_threads`` set the session's thread pools.
+    ``intra_op_num_threads`` and ``inter_op_num_threads`` (0 to 256) set the session's thread
+    pools. Only the options of :data:`PROVIDER_OPTIONS` are accepted, each with its type and
+    range checked.
     """
 
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_form(cls, name: str) -> str:
+        if not _PROVIDER_NAME.match(name):
+            raise ValueError(
+                f"{name!r} is not an execution provider name (like CPUExecutionProvider)"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _known_options(self) -> ExecutionProvider:
+        allowed = PROVIDER_OPTIONS.get(self.name, {})
+        checked: dict[str, Any] = {}
+        for key, value in self.options.items():
+            option = allowed.get(key)
+            if option is None:
+                known = ", ".join(sorted(allowed)) or "none"
+                raise ValueError(f"unknown option {key!r} of {self.name} (known options: {known})")
+            try:
+                checked[key] = option.check(value)
+            except ValueError as exc:
+                shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+                raise ValueError(
+                    f"option {key!r} of {self.name} must be {exc}, not {shown}"
+                ) from None
+        self.options = checked
+        return self
+
+
+def _provider_kind(value: Any) -> str:
+    return "name" if isinstance(value, str) else "provider"
+
+
+ProviderEntry = Annotated[
+    Annotated[ExecutionProvider, Tag("provider")]
+    | Annotated[str, StringConstraints(pattern=_PROVIDER_NAME.pattern), Tag("name")],
+    Discriminator(_provider_kind),
+]
 
 
 class LatestPolicy(_Strict):
@@ -210,7 +347,7 @@ class ModelConfig(_Strict):
 
     max_batch_size: int = Field(default=0, ge=0)
     instance_count: int = Field(default=1, ge=1, le=64)
-    execution_providers: list[ExecutionProvider | str] | None = None
+    execution_providers: list[ProviderEntry] | None = None
     graph_optimization_level: GraphOptimizationLevel = "all"
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
     warmup: int = Field(default=0, ge=0, le=1000)
@@ -219,7 +356,7 @@ class ModelConfig(_Strict):
     outputs: list[TensorOverride] = Field(default_factory=list)
     require_gpu: bool = False
     dynamic_batching: DynamicBatching | None = None
-    device_ids: list[int] | None = Field(default=None, min_length=1)
+    device_ids: list[Annotated[int, Field(ge=0, le=255)]] | None = Field(default=None, min_length=1)
     task: Literal["inference", "text-generation"] = "inference"
     generation: GenerationConfig | None = None
 
@@ -275,7 +412,14 @@ def load_config(model_dir: Path) -> ModelConfig:
         path = model_dir / filename
         if not path.is_file():
             continue
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"cannot read {path.name}: not UTF-8 text (byte {exc.start}: {exc.reason})"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path.name}: {exc.strerror}") from None
         try:
             if filename.endswith(".json"):
                 data = json.loads(text) if text.strip() else {}

@@ -27,6 +27,7 @@ from typing import Any
 
 __all__ = [
     "KEY_PREFIX",
+    "MAX_LIMIT",
     "SCOPES",
     "KeyEntry",
     "KeysFileError",
@@ -117,14 +118,22 @@ class KeyEntry:
         )
 
 
+MAX_LIMIT = 1_000_000_000
+"""The largest ``rate``, ``burst`` or ``concurrency`` a key may have (more is no limit)."""
+
+
 def _positive(value: Any, kind: type[int] | type[float], what: str) -> Any:
     if value is None:
         return None
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and 0 < value <= MAX_LIMIT  # also refuses NaN and infinities (1e999)
     if kind is int:
         ok = ok and float(value).is_integer()
-    if not ok or value <= 0:
-        raise KeysFileError(f"{what} must be null or a positive {kind.__name__}, not {value!r}")
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise KeysFileError(
+            f"{what} must be null or a positive {kind.__name__} up to {MAX_LIMIT:.0e}, not {shown}"
+        )
     return kind(value)
 
 
@@ -153,7 +162,7 @@ def parse_rate(text: str) -> float:
     except ValueError:
         raise KeysFileError(f"rate {text!r}: use a number of requests per s, m or h") from None
     per = _RATE_UNITS.get(unit.strip().lower() or "s")
-    if per is None or not value > 0 or value == float("inf"):
+    if per is None or not 0 < value <= MAX_LIMIT * per:
         raise KeysFileError(f"rate {text!r}: use a positive number per s, m or h, like 50/s")
     return value / per
 
@@ -164,13 +173,17 @@ def read_keys(path: Path) -> list[KeyEntry]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return []
+    except UnicodeDecodeError as exc:
+        raise KeysFileError(
+            f"keys file {path} is not UTF-8 text (byte {exc.start}: {exc.reason})"
+        ) from None
     except OSError as exc:
         raise KeysFileError(f"cannot read keys file {path}: {exc.strerror}") from None
     if not text.strip():
         return []
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, integers over 4300 digits
         raise KeysFileError(f"keys file {path} is not valid JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
         raise KeysFileError(f'keys file {path} must be a JSON object {{"keys": [...]}}')

@@ -18,6 +18,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
@@ -163,12 +164,59 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(render(registry), media_type=CONTENT_TYPE)
 
 
+class _BoundedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, at most ``max_threads`` at once: a connection beyond them is
+    closed at once instead of starting another thread."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_threads: int
+    ) -> None:
+        super().__init__(address, handler)
+        self.max_threads = max_threads
+        self._slots = threading.BoundedSemaphore(max_threads)
+        self._lock = threading.Lock()
+        self.busy = 0  # connections being served now
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        with self._lock:
+            self.busy += 1
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._lock:
+                self.busy -= 1
+            self._slots.release()
+
+
 class MetricsServer:
     """``/metrics`` on a port of its own, served from a thread (so scrapes are answered even
-    while the event loop is busy). ``port=0`` picks a free port; ``port`` says which."""
+    while the event loop is busy). ``port=0`` picks a free port; ``port`` says which.
 
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+    It has no API key and no TLS: bind it to loopback (the default of ``maas serve``) or to a
+    network only the scraper reaches. At most ``max_threads`` connections are served at once
+    (more are closed at once), and a connection silent for ``timeout_s`` is closed."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        *,
+        max_threads: int = 4,
+        timeout_s: float = 10.0,
+    ) -> None:
         class Handler(BaseHTTPRequestHandler):
+            timeout = timeout_s
+
             def do_GET(self) -> None:
                 if self.path.split("?", 1)[0] != "/metrics":
                     self.send_error(404, "only /metrics is served on this port")
@@ -183,12 +231,16 @@ class MetricsServer:
             def log_message(self, format: str, *args: object) -> None:
                 return
 
-        self._httpd = ThreadingHTTPServer((host, port), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _BoundedHTTPServer((host, port), Handler, max_threads)
         self.port: int = self._httpd.server_address[1]
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, name="maas-metrics", daemon=True
         )
+
+    @property
+    def busy(self) -> int:
+        """Connections being served now."""
+        return self._httpd.busy
 
     def start(self) -> None:
         self._thread.start()

@@ -48,12 +48,22 @@ def _version(request: Request) -> str | None:
     return version
 
 
+def _header_int(value: str) -> int | None:
+    """A header's non-negative decimal integer (ASCII digits only: ``str.isdigit`` also takes
+    ``²``), or None; one of more than 18 digits counts as 10**18."""
+    text = value.strip()
+    if not text or not text.isascii() or not text.isdigit():
+        return None
+    return int(text) if len(text) <= 18 else 10**18
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    size = _header_int(declared) if declared is not None else None
+    if size is not None and size > limit:
         raise PayloadTooLargeError(
-            f"request body of {int(declared)} bytes exceeds the server's limit of {limit} bytes"
+            f"request body of {declared} bytes exceeds the server's limit of {limit} bytes"
         )
     chunks: list[bytes] = []
     size = 0
@@ -69,28 +79,45 @@ async def read_body(request: Request, limit: int) -> bytes:
     return _decompress(body, encoding, limit)
 
 
+_MAX_GZIP_MEMBERS = 1024
+
+
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     """A gzip or deflate request body (tritonclient's request compression), inflated no further
-    than ``limit`` bytes so that a small body cannot expand without bound."""
+    than ``limit`` bytes so that a small body cannot expand without bound. Every member of a
+    gzip body is decoded, as ``gzip.decompress`` does (up to 1024 of them); data after a deflate
+    stream is refused, never dropped."""
     if encoding == "gzip":
-        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        wbits = 16 + zlib.MAX_WBITS
     elif encoding == "deflate":
-        inflater = zlib.decompressobj()
+        wbits = zlib.MAX_WBITS
     else:
         raise UnsupportedMediaTypeError(
             f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or identity"
         )
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise BadRequestError(f"request body is not valid {encoding} data: {exc}") from None
-    if len(data) > limit:
-        raise PayloadTooLargeError(
-            f"decompressed request body exceeds the server's limit of {limit} bytes"
-        )
-    if not inflater.eof:
-        raise BadRequestError(f"request body is truncated {encoding} data")
-    return data
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    for _ in range(_MAX_GZIP_MEMBERS):
+        inflater = zlib.decompressobj(wbits=wbits)
+        try:
+            data = inflater.decompress(rest, limit + 1 - size)
+        except zlib.error as exc:
+            raise BadRequestError(f"request body is not valid {encoding} data: {exc}") from None
+        size += len(data)
+        if size > limit:
+            raise PayloadTooLargeError(
+                f"decompressed request body exceeds the server's limit of {limit} bytes"
+            )
+        if not inflater.eof:
+            raise BadRequestError(f"request body is truncated {encoding} data")
+        parts.append(data)
+        rest = inflater.unused_data
+        if not rest:
+            return b"".join(parts)
+        if encoding != "gzip":
+            raise BadRequestError("request body has data after the end of its deflate stream")
+    raise BadRequestError(f"request body has more than {_MAX_GZIP_MEMBERS} gzip members")
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -143,9 +170,13 @@ async def infer(request: Request) -> Response:
     header = request.headers.get(HEADER_LENGTH)
     header_length: int | None = None
     if header is not None:
-        if not header.strip().isdigit():
-            raise BadRequestError(f"{HEADER_LENGTH} must be a non-negative integer, not {header!r}")
-        header_length = int(header)
+        header_length = _header_int(header)
+        if header_length is None or header_length > len(body):
+            shown = repr(header) if len(header) <= 40 else repr(header[:40]) + "..."
+            raise BadRequestError(
+                f"{HEADER_LENGTH} must be a non-negative integer no larger than the body "
+                f"({len(body)} bytes), not {shown}"
+            )
     if header_length == 0:
         request_msg, tensors = plane.raw_request(plane.repository.get(name, version), body)
     else:

@@ -36,11 +36,21 @@ DEFAULT_CHAT_TEMPLATE = (
 """The chat template of a tokenizer configuration that has none: ``role: content`` lines."""
 
 _REPLACEMENT = "\ufffd"
+_CHAT_TEMPLATE_FILE = "chat_template.jinja"
 _CONTEXT_TOKENS = 4  # prompt tokens decoded before the first generated one (leading spaces)
 
 
 class TokenizerError(Exception):
     """A tokenizer that cannot be used; the message says which file and why."""
+
+
+def _inside(model_dir: Path, filename: str) -> Path:
+    """``model_dir / filename`` with links followed, refused when it lies outside the folder."""
+    root = model_dir.resolve()
+    path = (model_dir / filename).resolve()
+    if not path.is_relative_to(root):
+        raise TokenizerError(f"{filename} lies outside the model's folder")
+    return path
 
 
 def _token_text(value: Any) -> str | None:
@@ -97,8 +107,11 @@ class TextTokenizer:
         tokenizer_file: str = "tokenizer.json",
         config_file: str = "tokenizer_config.json",
     ) -> TextTokenizer:
-        """The tokenizer of a model folder; :class:`TokenizerError` says what is wrong."""
-        path = model_dir / tokenizer_file
+        """The tokenizer of a model folder; :class:`TokenizerError` says what is wrong.
+
+        Every file must lie inside the model's folder once symbolic links are followed (as the
+        labels file must): a link out of the repository is refused, not read."""
+        path = _inside(model_dir, tokenizer_file)
         if not path.is_file():
             raise TokenizerError(f"{tokenizer_file} is missing from the model's folder")
         try:
@@ -106,19 +119,22 @@ class TextTokenizer:
         except Exception as exc:
             raise TokenizerError(f"cannot read {tokenizer_file}: {exc}") from None
         config: dict[str, Any] = {}
-        config_path = model_dir / config_file
+        config_path = _inside(model_dir, config_file)
         if config_path.is_file():
             try:
                 loaded = json.loads(config_path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, RecursionError) as exc:
                 raise TokenizerError(f"cannot read {config_file}: {exc}") from None
             if not isinstance(loaded, dict):
                 raise TokenizerError(f"{config_file} must hold a JSON object")
             config = loaded
-        template_path = model_dir / "chat_template.jinja"
+        template_path = _inside(model_dir, _CHAT_TEMPLATE_FILE)
         template = None
         if "chat_template" not in config and template_path.is_file():
-            template = template_path.read_text(encoding="utf-8")
+            try:
+                template = template_path.read_text(encoding="utf-8")
+            except (OSError, ValueError) as exc:
+                raise TokenizerError(f"cannot read {_CHAT_TEMPLATE_FILE}: {exc}") from None
         return cls(tokenizer, config, template)
 
     def _id_of(self, token: str | None) -> int | None:

@@ -28,6 +28,7 @@ import numpy.typing as npt
 __all__ = [
     "DATATYPES",
     "HEADER_LENGTH",
+    "MAX_DIMS",
     "CodecError",
     "assemble_body",
     "bf16_bits_to_float32",
@@ -111,11 +112,36 @@ def _wire_dtype(datatype: str) -> np.dtype[Any]:
         raise CodecError(f"unknown datatype {datatype!r}; expected one of {known}") from None
 
 
+MAX_DIMS = 64
+"""The most dimensions a tensor may have (NumPy's limit)."""
+_MAX_SPAN = 1 << 58  # product of the non-zero dimensions: 16-byte elements stay under 2**63 bytes
+
+
+def _shown(shape: Sequence[int]) -> str:
+    text = str(list(shape))
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def element_count(shape: Sequence[int]) -> int:
-    """The number of elements of a tensor of this shape (1 for a scalar ``[]``)."""
+    """The number of elements of a tensor of this shape (1 for a scalar ``[]``).
+
+    :class:`CodecError` for a shape no array can have: more than :data:`MAX_DIMS` dimensions,
+    a dimension that is not a non-negative integer, or dimensions whose non-zero ones multiply
+    beyond what an array can index (``[2**62, 0]`` holds no element, yet no array has it).
+    """
+    if len(shape) > MAX_DIMS:
+        raise CodecError(f"shape has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
+    span = 1
     for dim in shape:
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
-            raise CodecError(f"shape {list(shape)} has an invalid dimension {dim!r}")
+            raise CodecError(f"shape {_shown(shape)} has an invalid dimension {dim!r}")
+        if dim:
+            span *= dim
+            if span > _MAX_SPAN:
+                raise CodecError(
+                    f"shape {_shown(shape)} is too large for any tensor: its non-zero "
+                    f"dimensions multiply to more than 2**58 elements"
+                )
     return math.prod(shape)
 
 

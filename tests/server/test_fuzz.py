@@ -62,6 +62,21 @@ versions = st.one_of(
     st.text(_ASCII, min_size=1, max_size=8).filter(lambda s: "/" not in s and s.strip(".")),
 )
 
+huge_dims = st.one_of(
+    st.sampled_from([2**31, 2**32, 2**53, 2**62, 2**63 - 1, 2**63, 2**64, 10**30]),
+    st.integers(min_value=2**31, max_value=2**70),
+)
+"""Dimensions beyond any tensor; with a 0 elsewhere, shapes that hold no element at all."""
+_LATIN1 = st.characters(max_codepoint=0xFF, blacklist_categories=["Cc"])
+header_numbers = st.one_of(
+    st.integers(-3, 2000).map(str),
+    st.text(_ASCII, max_size=6),
+    st.text(_LATIN1, max_size=6),  # ² and ³ are digits to str.isdigit, not to int()
+    st.sampled_from(["\u00b2", "1\u00b3", "\u00b9\u00b2", " 7 ", "0" * 30]),
+    st.integers(19, 6000).map(lambda n: "9" * n),  # past int()'s 4300 digits, past int64
+)
+"""Values of ``Inference-Header-Content-Length`` (sent as Latin-1 bytes, as HTTP carries)."""
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
     lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner),
@@ -72,7 +87,11 @@ json_values = st.recursive(
 @st.composite
 def inference_bodies(draw: st.DrawFn) -> dict[str, Any]:
     """Inference requests that are nearly right: real input names, odd shapes and data."""
-    shape = draw(st.lists(st.integers(-2, 70), max_size=3))
+    dims = st.one_of(st.integers(-2, 70), huge_dims)
+    if draw(st.integers(0, 9)) == 0:
+        shape = draw(st.lists(st.integers(0, 2), min_size=60, max_size=80))  # around 64 dims
+    else:
+        shape = draw(st.lists(dims, max_size=draw(st.sampled_from([3, 3, 8]))))
     entry: dict[str, Any] = {
         "name": draw(st.sampled_from(["input", "text", "INPUT0", "x", ""])),
         "shape": shape,
@@ -94,11 +113,17 @@ def inference_bodies(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def requests(draw: st.DrawFn) -> tuple[str, str, dict[str, str], bytes]:
     operations = [(p, m) for p, m, _ in route_operations(_ROUTES)]
-    path, method = draw(st.sampled_from(operations))
-    path = _PARAM.sub(lambda m: draw(hostile_names if m.group(1) == "model" else versions), path)
-    if draw(st.integers(0, 9)) == 0:
-        method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"]))
-    kind = draw(st.sampled_from(["none", "json", "inference", "binary", "framed"]))
+    if draw(st.integers(0, 2)) == 0:  # inference on a loaded model: where bodies are decoded
+        path, method = f"/v2/models/{draw(st.sampled_from(LOADED))}/infer", "POST"
+        kind = draw(st.sampled_from(["inference", "framed", "framed"]))
+    else:
+        path, method = draw(st.sampled_from(operations))
+        path = _PARAM.sub(
+            lambda m: draw(hostile_names if m.group(1) == "model" else versions), path
+        )
+        if draw(st.integers(0, 9)) == 0:
+            method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"]))
+        kind = draw(st.sampled_from(["none", "json", "inference", "binary", "framed"]))
     body = b""
     headers: dict[str, str] = {}
     if kind == "json":
@@ -112,9 +137,7 @@ def requests(draw: st.DrawFn) -> tuple[str, str, dict[str, str], bytes]:
         body = header + draw(st.binary(max_size=400))
         headers["Inference-Header-Content-Length"] = str(len(header))
     if draw(st.integers(0, 3)) == 0:
-        headers["Inference-Header-Content-Length"] = draw(
-            st.one_of(st.integers(-3, 2000).map(str), st.text(_ASCII, max_size=6))
-        )
+        headers["Inference-Header-Content-Length"] = draw(header_numbers)
     if draw(st.integers(0, 5)) == 0:
         headers["Content-Encoding"] = draw(st.sampled_from(["gzip", "deflate", "br", "x"]))
     auth = draw(st.sampled_from(["admin", "admin", "admin", "none", "wrong", "garbage"]))
@@ -161,7 +184,12 @@ def test_fuzz_handlers(target: tuple[asyncio.AbstractEventLoop, Any, Starlette])
         try:
             answer = loop.run_until_complete(
                 asyncio.wait_for(
-                    client.request(method, path, headers=headers, content=body),
+                    client.request(
+                        method,
+                        path,
+                        headers={k: v.encode("latin-1") for k, v in headers.items()},
+                        content=body,
+                    ),
                     ANSWER_TIMEOUT_S,
                 )
             )

@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -136,6 +137,42 @@ def test_serve_with_keys_access_log_and_metrics_port(secured: dict[str, object])
     assert key not in text and "admin-from-env" not in text
 
 
+def test_serve_with_a_root_path_decides_access_on_the_routed_path(
+    tmp_path: Path, small_repository: Path
+) -> None:
+    """Behind a proxy that strips ``/api`` (``--root-path /api``), a key limited to ``mlp`` is
+    still limited to it and the health probes stay open."""
+    keys = tmp_path / "keys.json"
+    key, _ = add_key(keys, "mlp-user", ["infer", "read"], models=["mlp"])
+    port = free_port()
+    process = serve(
+        [str(small_repository), "--port", str(port), "--log-level", "warning",
+         "--api-keys-file", str(keys), "--root-path", "/api"],
+        tmp_path / "serve.log",
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url, process)  # an open probe, without a key
+        with httpx.Client(base_url=url) as http:
+            assert http.get("/v2/health/live").status_code == 200
+            unload = http.post("/v2/repository/models/mlp/unload", headers=bearer(key))
+            assert unload.status_code == 403
+            assert http.get("/v2/models/other", headers=bearer(key)).status_code == 403
+            assert http.get("/v2/models/mlp").status_code == 401
+            assert http.get("/v2/models/mlp", headers=bearer(key)).status_code == 200
+            request = mlp_request()
+            request["headers"].update(bearer(key))
+            assert http.post("/v2/models/mlp/infer", **request).status_code == 200
+    finally:
+        stop(process)
+
+
+def test_serve_refuses_a_bad_root_path(small_repository: Path, tmp_path: Path) -> None:
+    process = serve([str(small_repository), "--root-path", "api/"], tmp_path / "log")
+    assert process.wait(timeout=60) == 2
+    assert "--root-path" in (tmp_path / "log").read_text()
+
+
 def test_serve_over_mutual_tls(small_repository: Path, tmp_path: Path) -> None:
     ca = trustme.CA()
     server = ca.issue_cert("127.0.0.1")
@@ -165,6 +202,55 @@ def test_serve_over_mutual_tls(small_repository: Path, tmp_path: Path) -> None:
             pytest.raises(httpx.TransportError),
         ):
             http.get("/v2/health/live")
+    finally:
+        stop(process)
+
+
+def old_tls_client(ca: Path, version: ssl.TLSVersion) -> ssl.SSLContext:
+    """A client that offers ``version`` at most, with OpenSSL's own floor lowered for it."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(str(ca))
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.0 and 1.1 are, indeed
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.maximum_version = version
+    return context
+
+
+def test_serve_refuses_clients_older_than_tls_1_2(small_repository: Path, tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    ca.cert_pem.write_to_path(tmp_path / "ca.pem")
+    server.cert_chain_pems[0].write_to_path(tmp_path / "cert.pem")
+    server.private_key_pem.write_to_path(tmp_path / "key.pem")
+    port = free_port()
+    process = serve(
+        [str(small_repository), "--port", str(port), "--log-level", "warning",
+         "--ssl-certfile", str(tmp_path / "cert.pem"), "--ssl-keyfile", str(tmp_path / "key.pem")],
+        tmp_path / "serve.log",
+    )  # fmt: skip
+    try:
+        url = f"https://127.0.0.1:{port}"
+        trusted = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        wait_until_ready(url, process, verify=trusted)
+        for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+            context = old_tls_client(tmp_path / "ca.pem", version)
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=10) as sock,
+                pytest.raises(ssl.SSLError),
+            ):
+                context.wrap_socket(sock, server_hostname="127.0.0.1")
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            context = old_tls_client(tmp_path / "ca.pem", version)
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=10) as sock,
+                context.wrap_socket(sock, server_hostname="127.0.0.1") as tls,
+            ):
+                expected = "TLSv1.2" if version == ssl.TLSVersion.TLSv1_2 else "TLSv1.3"
+                assert tls.version() == expected
+        with httpx.Client(base_url=url, verify=trusted) as http:
+            assert http.post("/v2/models/mlp/infer", **mlp_request()).status_code == 200
     finally:
         stop(process)
 

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import ssl
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import trustme
+from typer.testing import CliRunner
 
+from maas_cli import app as cli_app
+from maas_cli.serve import TLS_MINIMUM_VERSION, tls_floor
 from maas_client import AsyncClient, Client
 from maas_server import Settings
 from tests.conftest import RunningServer, start_server
@@ -156,3 +161,48 @@ def test_mutual_tls_refuses_clients_without_a_good_certificate(
     good = client_context(certificates, certificates.client_cert, certificates.client_key)
     with httpx.Client(base_url=mtls_server.url, verify=good) as client:
         assert client.get("/v2/health/live").status_code == 200
+
+
+# --- the TLS floor of maas serve ---------------------------------------------------------------
+
+
+def test_maas_serve_sets_its_own_tls_floor(
+    monkeypatch: pytest.MonkeyPatch, certificates: Certificates, tmp_path: Path
+) -> None:
+    """Whatever context uvicorn builds (an older uvicorn or Python left TLS 1.0 on), the one
+    ``maas serve`` listens with refuses TLS before 1.2."""
+    import uvicorn
+    import uvicorn.config
+
+    made = uvicorn.config.create_ssl_context
+
+    def permissive(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        context = made(*args, **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.0 is, indeed
+            context.minimum_version = ssl.TLSVersion.TLSv1
+        return context
+
+    served: list[ssl.SSLContext | None] = []
+
+    def run(self: uvicorn.Server, sockets: Any = None) -> None:
+        served.append(self.config.ssl)
+        self.started = True  # as if it had served and stopped
+
+    monkeypatch.setattr(uvicorn.config, "create_ssl_context", permissive)
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    (tmp_path / "models").mkdir()
+    result = CliRunner().invoke(
+        cli_app,
+        ["serve", str(tmp_path / "models"), "--access-log", "off",
+         "--ssl-certfile", str(certificates.server_cert),
+         "--ssl-keyfile", str(certificates.server_key)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (context,) = served
+    assert context is not None
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2 == TLS_MINIMUM_VERSION
+    # A context that already asks for more keeps it.
+    strict = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    strict.minimum_version = ssl.TLSVersion.TLSv1_3
+    assert tls_floor(strict).minimum_version == ssl.TLSVersion.TLSv1_3

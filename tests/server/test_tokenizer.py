@@ -126,3 +126,35 @@ def test_load_errors(tmp_path: Path) -> None:
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{% for %}"}))
     with pytest.raises(TokenizerError, match="does not compile"):
         TextTokenizer.load(tmp_path)
+
+
+LINKED_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]
+
+
+@pytest.mark.parametrize("filename", LINKED_FILES)
+def test_files_linked_out_of_the_model_folder_are_refused(tmp_path: Path, filename: str) -> None:
+    """As for the labels file: a link that leads out of the model's folder is not followed."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    copy_tokenizer(model_dir, {"eos_token": "<|endoftext|>"})
+    (model_dir / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (model_dir / filename).rename(outside / filename)
+    (model_dir / filename).symlink_to(outside / filename)
+    with pytest.raises(TokenizerError, match=f"{filename} lies outside the model's folder"):
+        TextTokenizer.load(model_dir)
+    # A link that stays inside the folder is followed.
+    (model_dir / filename).unlink()
+    (outside / filename).rename(model_dir / f"real-{filename}")
+    (model_dir / filename).symlink_to(model_dir / f"real-{filename}")
+    tokenizer = TextTokenizer.load(model_dir)
+    assert tokenizer.decode(tokenizer.encode("Copyright")) == "Copyright"
+    assert tokenizer.apply_chat_template([{"role": "user", "content": "hi"}]) == "hi"
+
+
+def test_a_chat_template_that_is_not_utf8_is_a_tokenizer_error(tmp_path: Path) -> None:
+    copy_tokenizer(tmp_path, None)
+    (tmp_path / "chat_template.jinja").write_bytes(b"\xff\xfe{{ x }}")
+    with pytest.raises(TokenizerError, match=r"cannot read chat_template\.jinja"):
+        TextTokenizer.load(tmp_path)
