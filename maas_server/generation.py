@@ -17,6 +17,9 @@ every sequence of that model:
   length, or at once when its client goes away (:meth:`GenerationStream.cancel`): it leaves the
   batch before the next step.
 
+The batch bookkeeping (which rows are live, padding, masks, positions, joining and leaving) is
+:class:`~maas_server.kv_batch.KVBatch`, plain numpy; this module is the loop that runs the model.
+
 Models whose graph fixes the batch size at 1 (or has no ``attention_mask``) are stepped one
 sequence after the other instead, still round-robin.
 
@@ -58,6 +61,7 @@ from .generation_stream import (
     TokenChannel,
     notify,
 )
+from .kv_batch import KVBatch
 from .repository import ModelRepository
 from .runtime import OnnxModel
 from .sampling import SamplingParams, TokenSampler
@@ -229,31 +233,13 @@ class _Sequence:
 # --- the engine -----------------------------------------------------------------------------
 
 
-class _Batch:
-    """Sequences stepped together: row ``i`` of every array belongs to ``sequences[i]``."""
+class _Batch(KVBatch[_Sequence]):
+    """The engine's batch: a :class:`KVBatch` of sequences that knows whether all are greedy."""
 
-    def __init__(
-        self,
-        sequences: list[_Sequence],
-        past: list[Any],
-        mask: np.ndarray[Any, Any],
-        positions: np.ndarray[Any, Any],
-        last: np.ndarray[Any, Any],
-    ) -> None:
-        self.sequences = sequences
-        self.past = past  # numpy arrays, or OrtValues in the provider's memory
-        self.mask = mask
-        self.padded = not mask.all()  # else the next mask is all ones
-        self.positions = positions  # [rows, 1]: where each row's next token goes
-        self.last = last  # [rows, 1]: each row's last token, the next input
-        self.greedy = all(s.sampler.greedy for s in sequences)
+    greedy = True
 
-
-def _host(value: Any) -> np.ndarray[Any, Any]:
-    if isinstance(value, np.ndarray):
-        return value
-    array: np.ndarray[Any, Any] = value.numpy()
-    return array
+    def changed(self) -> None:
+        self.greedy = all(s.sampler.greedy for s in self.rows)
 
 
 def _notifier(waiters: queue.SimpleQueue[list[asyncio.Future[None]] | None]) -> None:
@@ -482,7 +468,7 @@ class GenerationEngine:
                 if self._cancel_pending:
                     self._cancel_pending = False
                     for batch in list(self._batches):
-                        if any(s.cancelled for s in batch.sequences):
+                        if any(s.cancelled for s in batch.rows):
                             self._compact(batch)
                 # one instance for the whole round: /infer calls to the model take turns with it
                 with model.session() as session:
@@ -500,7 +486,7 @@ class GenerationEngine:
     def _fail_all(self, error: ServerError) -> None:
         """Fail every sequence (with ``self._cond`` held)."""
         sequences = [*self._incoming, *self._waiting]
-        sequences += [s for batch in self._batches for s in batch.sequences]
+        sequences += [s for batch in self._batches for s in batch.rows]
         self._incoming.clear()
         self._waiting.clear()
         self._batches.clear()
@@ -513,7 +499,7 @@ class GenerationEngine:
 
     def _admit(self, session: ort.InferenceSession) -> None:
         """Prefill waiting sequences while there is room, and merge them into the batch."""
-        room = self.max_active - sum(len(b.sequences) for b in self._batches)
+        room = self.max_active - sum(len(b.rows) for b in self._batches)
         joined: list[_Batch] = []
         while self._waiting and room > 0:
             sequence = self._waiting.popleft()
@@ -539,8 +525,7 @@ class GenerationEngine:
                 self._batches.append(single)
         if joined:
             current = self._batches[0] if self._batches else None
-            merged = self._merge([current, *joined] if current else joined)
-            self._batches[:] = [merged]
+            self._batches[:] = [_Batch.merge([current, *joined] if current else joined)]
 
     def _execute(
         self,
@@ -609,24 +594,15 @@ class GenerationEngine:
             notify(wake)  # the first token: no detour through the notifier thread
         if ended:
             return None
-        return _Batch(
-            [sequence],
-            present,
-            mask,
-            np.array([[length]], dtype=np.int64),
-            np.array([[token]], dtype=dtype),
-        )
+        return _Batch.single(sequence, present, length, token, dtype)
 
     def _step(self, session: ort.InferenceSession, batch: _Batch) -> None:
         """One token for every sequence of the batch."""
-        sequences = batch.sequences
+        sequences = batch.rows
         rows = len(sequences)
         if rows > self.largest_batch:
             self.largest_batch = rows
-        if batch.padded:
-            mask = np.concatenate((batch.mask, np.ones((rows, 1), dtype=np.int64)), axis=1)
-        else:
-            mask = np.ones((rows, batch.mask.shape[1] + 1), dtype=np.int64)
+        mask = batch.next_mask()
         try:
             logits, present, elapsed = self._execute(
                 session, batch.last, mask, batch.positions, batch.past
@@ -645,9 +621,7 @@ class GenerationEngine:
             self._ended(sequences)
             self._batches.remove(batch)
             return
-        batch.mask = mask
-        batch.past = present
-        batch.positions += 1
+        batch.advance(mask, present, tokens, self.layout.ids_dtype)
         self.tokens += rows
         wake: list[asyncio.Future[None]] = []
         ended = False
@@ -664,54 +638,16 @@ class GenerationEngine:
                 notify(wake)
             else:
                 self._wakes.put(wake)
-        batch.last = tokens.astype(self.layout.ids_dtype, copy=False)[:, None]
         if ended:
             self._compact(batch)
 
     def _compact(self, batch: _Batch) -> None:
-        """Drop ended and cancelled rows, and the padding columns no row needs any more."""
-        keep = [i for i, s in enumerate(batch.sequences) if not (s.finished or s.cancelled)]
-        self._ended([s for s in batch.sequences if s.finished or s.cancelled])
-        if not keep:
-            batch.sequences = []
+        """Drop ended and cancelled rows (and the padding no row needs any more)."""
+        gone = [s for s in batch.rows if s.finished or s.cancelled]
+        self._ended(gone)
+        batch.keep([i for i, s in enumerate(batch.rows) if not (s.finished or s.cancelled)])
+        if not batch.rows:
             self._batches.remove(batch)
-            return
-        index = np.array(keep)
-        mask = batch.mask[index]
-        first = int(mask.any(axis=0).argmax())
-        batch.mask = np.ascontiguousarray(mask[:, first:])
-        batch.padded = not batch.mask.all()
-        batch.past = [np.ascontiguousarray(_host(p)[index][:, :, first:]) for p in batch.past]
-        batch.positions = batch.positions[index]
-        batch.last = batch.last[index]
-        batch.sequences = [batch.sequences[i] for i in keep]
-        batch.greedy = all(s.sampler.greedy for s in batch.sequences)
-
-    def _merge(self, batches: list[_Batch]) -> _Batch:
-        """One batch of all rows, each KV cache right-aligned to the longest (left padding)."""
-        width = max(b.mask.shape[1] for b in batches)
-        rows = sum(len(b.sequences) for b in batches)
-        mask = np.zeros((rows, width), dtype=np.int64)
-        past: list[np.ndarray[Any, Any]] = []
-        hosts = [[_host(p) for p in b.past] for b in batches]
-        for k in range(len(self.layout.past_names)):
-            first = hosts[0][k]
-            shape = (rows, first.shape[1], width, first.shape[3])
-            past.append(np.zeros(shape, dtype=first.dtype))
-        row = 0
-        for batch, host in zip(batches, hosts, strict=True):
-            count, length = batch.mask.shape
-            mask[row : row + count, width - length :] = batch.mask
-            for k, array in enumerate(host):
-                past[k][row : row + count, :, width - length :, :] = array
-            row += count
-        return _Batch(
-            [s for b in batches for s in b.sequences],
-            list(past),
-            mask,
-            np.concatenate([b.positions for b in batches]),
-            np.concatenate([b.last for b in batches]),
-        )
 
 
 # --- the engines of a repository ------------------------------------------------------------
