@@ -6,7 +6,6 @@ Content-Type (clients differ in what they send).
 
 from __future__ import annotations
 
-import zlib
 from functools import partial
 from typing import Any
 
@@ -21,9 +20,10 @@ from maas_wire.protocol import decode_request, encode_response
 from .auth import model_allowed
 from .batching import ClientDisconnected
 from .dataplane import DataPlane
-from .errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from .errors import BadRequestError
 from .limits import check_tensor_limits
 from .openapi import openapi_endpoint
+from .request_body import read_body, read_json, require_body
 from .stats import model_statistics
 
 __all__ = ["JSONBytesResponse", "routes"]
@@ -46,64 +46,6 @@ def _dataplane(request: Request) -> DataPlane:
 def _version(request: Request) -> str | None:
     version: str | None = request.path_params.get("version")
     return version
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(
-            f"request body of {int(declared)} bytes exceeds the server's limit of {limit} bytes"
-        )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"request body exceeds the server's limit of {limit} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("", "identity"):
-        return body
-    return _decompress(body, encoding, limit)
-
-
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    """A gzip or deflate request body (tritonclient's request compression), inflated no further
-    than ``limit`` bytes so that a small body cannot expand without bound."""
-    if encoding == "gzip":
-        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    elif encoding == "deflate":
-        inflater = zlib.decompressobj()
-    else:
-        raise UnsupportedMediaTypeError(
-            f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or identity"
-        )
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise BadRequestError(f"request body is not valid {encoding} data: {exc}") from None
-    if len(data) > limit:
-        raise PayloadTooLargeError(
-            f"decompressed request body exceeds the server's limit of {limit} bytes"
-        )
-    if not inflater.eof:
-        raise BadRequestError(f"request body is truncated {encoding} data")
-    return data
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    body = await read_body(request, _dataplane(request).settings.max_body_bytes)
-    if not body.strip():
-        return {}
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequestError(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadRequestError("request body must be a JSON object")
-    return data
 
 
 async def server_metadata(request: Request) -> Response:
@@ -139,7 +81,7 @@ async def infer(request: Request) -> Response:
     plane = _dataplane(request)
     name = request.path_params["model"]
     version = _version(request)
-    body = await read_body(request, plane.settings.max_body_bytes)
+    body = require_body(await read_body(request, plane.settings.max_body_bytes))
     header = request.headers.get(HEADER_LENGTH)
     header_length: int | None = None
     if header is not None:
@@ -184,7 +126,7 @@ async def _disconnected(request: Request) -> None:
 
 
 async def repository_index(request: Request) -> Response:
-    body = await _json_body(request)
+    body = await read_json(request, required=False)
     ready = body.get("ready", False)
     if not isinstance(ready, bool):
         raise BadRequestError("'ready' must be true or false")
@@ -193,7 +135,7 @@ async def repository_index(request: Request) -> Response:
 
 
 async def repository_load(request: Request) -> Response:
-    body = await _json_body(request)
+    body = await read_json(request, required=False)
     parameters = body.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise BadRequestError("'parameters' must be a JSON object")
@@ -205,7 +147,7 @@ async def repository_load(request: Request) -> Response:
 
 
 async def repository_unload(request: Request) -> Response:
-    await _json_body(request)
+    await read_json(request, required=False)
     await _dataplane(request).unload_model(request.path_params["model"])
     return JSONBytesResponse({})
 
