@@ -31,7 +31,7 @@ from .generation import GenerationEngine, GenerationService
 from .generation_stream import GenerationEvent, GenerationResult, GenerationStream
 from .request_body import read_message
 from .routes import JSONBytesResponse
-from .sse import EventStreamResponse, sse_event, watch_disconnect
+from .sse import EventStreamResponse, StreamDeadline, sse_event, watch_disconnect
 
 __all__ = ["collect_until_disconnect", "generate_routes", "service"]
 
@@ -105,6 +105,7 @@ async def generate(request: Request) -> Response:
 
 
 async def generate_stream(request: Request) -> Response:
+    deadline = StreamDeadline(request.app.state.settings.request_timeout_s)
     body = await read_message(request, GenerateRequest)
     engine, stream = _start(request, body)
     return_ids = body.wants_token_ids
@@ -133,13 +134,17 @@ async def generate_stream(request: Request) -> Response:
         return b"".join(out)
 
     async def events() -> AsyncIterator[bytes]:
+        deadline.start(stream.cancel)
         try:
             yield encode(first)
             async for ready in chunks:
                 yield encode(ready)
+            if deadline.expired:
+                yield sse_event({"error": deadline.message}, event="error")
         except ServerError as exc:
             yield sse_event({"error": exc.message}, event="error")
         finally:
+            deadline.close()
             stream.cancel()
             await chunks.aclose()
 

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from .batching import QueueFullError, retry_headers
 from .config import GenerationConfig
 from .decoder import DecoderLayout, DecoderLayoutError
 from .errors import BadRequestError, InternalError, ModelUnavailableError, ServerError
@@ -72,7 +73,8 @@ __all__ = ["GenerationEngine", "GenerationParams", "GenerationService"]
 logger = logging.getLogger("maas_server")
 
 MAX_STOP_STRINGS = 16
-_IDLE_SECONDS = 2.0  # how long an engine thread waits for work before it ends
+_IDLE_SECONDS = 2.0
+_RETRY_AFTER_SECONDS = 1.0  # suggested when too many sequences wait
 _CUDA_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
@@ -97,6 +99,11 @@ class GenerationParams:
             return getattr(defaults, key) if value is None else value
 
         max_tokens = _integer("max_tokens", get("max_tokens"), minimum=1)
+        if max_tokens > defaults.max_tokens_limit:
+            raise BadRequestError(
+                f"parameter 'max_tokens' is {max_tokens}; this model generates at most "
+                f"{defaults.max_tokens_limit} tokens per request"
+            )
         temperature = _number("temperature", get("temperature"))
         if temperature < 0:
             raise BadRequestError(f"parameter 'temperature' must be >= 0, not {temperature}")
@@ -159,6 +166,7 @@ class _Sequence:
         "limit",
         "params",
         "prompt",
+        "queued",
         "sampler",
         "started_ns",
         "stopped",
@@ -181,6 +189,7 @@ class _Sequence:
         self.sampler = TokenSampler(params.sampling)
         self.channel = channel
         self.generated = 0
+        self.queued = True  # counted in the engine's waiting sequences (under its lock)
         self.woken = -math.inf
         self.eager = True  # every token wakes the consumer until it has sent its first text
         self.cancelled = False
@@ -315,6 +324,9 @@ class GenerationEngine:
         self._thread: threading.Thread | None = None
         self._wakes: queue.SimpleQueue[list[asyncio.Future[None]] | None] = queue.SimpleQueue()
         self._active = 0
+        self._queued = 0  # submitted, not yet in a batch (nor cancelled)
+        self.max_request_sequences = self.defaults.max_request_sequences
+        self.max_waiting = self.defaults.max_waiting_sequences
         # engine thread only
         self._waiting: deque[_Sequence] = deque()
         self._batches: list[_Batch] = []
@@ -328,6 +340,29 @@ class GenerationEngine:
     def active_sequences(self) -> int:
         """Sequences submitted and not yet ended (finished, failed or cancelled)."""
         return self._active
+
+    @property
+    def waiting_sequences(self) -> int:
+        """Sequences submitted that wait for room in the batch."""
+        return self._queued
+
+    def check_capacity(self, count: int) -> None:
+        """Whether a request of ``count`` sequences may start: 400 above the model's
+        ``max_request_sequences``; 503 with ``Retry-After`` when more than
+        ``max_waiting_sequences`` would wait for room in the batch (``max_batch_size`` rows).
+        Nothing is reserved: submit right after, on the event loop, with no ``await`` between."""
+        if count > self.max_request_sequences:
+            raise BadRequestError(
+                f"the request would start {count} sequences (prompts x n); model "
+                f"{self.model_name!r} takes at most {self.max_request_sequences} per request"
+            )
+        # what the batch has no room for waits
+        if self._active + count > self.max_active + self.max_waiting:
+            raise QueueFullError(
+                f"model {self.model_name!r} is at its limit of {self.max_waiting} sequences "
+                f"waiting for room in its batch of {self.max_active}; retry later",
+                headers=retry_headers(_RETRY_AFTER_SECONDS),
+            )
 
     def params(self, values: Mapping[str, Any]) -> GenerationParams:
         return GenerationParams.parse(values, self.defaults)
@@ -372,7 +407,10 @@ class GenerationEngine:
         with self._cond:
             if self._closed:
                 raise ModelUnavailableError(f"model {self.model_name!r} is shutting down")
+            if self._active >= self.max_active + self.max_waiting:
+                self.check_capacity(1)
             self._incoming.append(sequence)
+            self._queued += 1
             self._active += 1
             self._stats.add_pending(1)
             if self._running:
@@ -398,6 +436,7 @@ class GenerationEngine:
         stream has ended it on a stop string (a success, not a cancelled request)."""
         if completed:
             sequence.stopped = True
+        self._dequeue(sequence)
         sequence.cancelled = True
         self._cancel_pending = True
         sequence.channel.send(CLOSED)
@@ -410,6 +449,13 @@ class GenerationEngine:
             thread = self._thread
         if thread is not None:
             thread.join(timeout)
+
+    def _dequeue(self, sequence: _Sequence) -> None:
+        """The sequence no longer waits (it joins a batch, or is cancelled); any thread."""
+        with self._cond:
+            if sequence.queued:
+                sequence.queued = False
+                self._queued -= 1
 
     # --- engine thread -----------------------------------------------------------------------
 
@@ -490,7 +536,9 @@ class GenerationEngine:
         self._incoming.clear()
         self._waiting.clear()
         self._batches.clear()
+        self._queued = 0
         for sequence in sequences:
+            sequence.queued = False
             if not sequence.finished:
                 sequence.fail(error)
         unavailable = isinstance(error, ModelUnavailableError)
@@ -503,6 +551,7 @@ class GenerationEngine:
         joined: list[_Batch] = []
         while self._waiting and room > 0:
             sequence = self._waiting.popleft()
+            self._dequeue(sequence)
             if sequence.cancelled:
                 self._ended([sequence])
                 continue

@@ -36,7 +36,7 @@ from .generation import GenerationEngine, GenerationParams
 from .generation_stream import GenerationEvent, GenerationResult, GenerationStream, merge_chunks
 from .request_body import read_message
 from .routes import JSONBytesResponse
-from .sse import EventStreamResponse, sse_event
+from .sse import EventStreamResponse, StreamDeadline, sse_event
 
 __all__ = ["openai_routes"]
 
@@ -53,6 +53,11 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 def _error_body(exc: ServerError) -> dict[str, Any]:
     kind = _ERROR_TYPES.get(exc.status_code, "server_error")
     return {"error": {"message": exc.message, "type": kind, "param": None, "code": None}}
+
+
+def _deadline_error(deadline: StreamDeadline) -> dict[str, Any]:
+    message = deadline.message
+    return {"error": {"message": message, "type": "timeout", "param": None, "code": None}}
 
 
 def _openai_errors(endpoint: Endpoint) -> Endpoint:
@@ -133,6 +138,7 @@ def _submit(
     engine: GenerationEngine, prompts: list[list[int]], n: int, params: GenerationParams
 ) -> list[GenerationStream]:
     checked = [engine.check_prompt(p) for p in prompts]  # every 400 before anything starts
+    engine.check_capacity(len(checked) * n)  # all of the request's sequences, or none
     streams: list[GenerationStream] = []
     try:
         for prompt in checked:
@@ -168,6 +174,7 @@ async def _answer(
     delta: Callable[[int, GenerationEvent | None], dict[str, Any]] | None,
     stream: bool,
     include_usage: bool,
+    deadline: StreamDeadline,
 ) -> Response:
     prefix = "chatcmpl" if kind.startswith("chat") else "cmpl"
     head = {
@@ -190,7 +197,7 @@ async def _answer(
         )
     head["object"] = f"{kind}.chunk" if kind.startswith("chat") else kind
     assert delta is not None
-    return await _event_stream(streams, n, head, delta, include_usage)
+    return await _event_stream(streams, n, head, delta, include_usage, deadline)
 
 
 async def _event_stream(
@@ -199,6 +206,7 @@ async def _event_stream(
     head: dict[str, Any],
     delta: Callable[[int, GenerationEvent | None], dict[str, Any]],
     include_usage: bool,
+    deadline: StreamDeadline,
 ) -> Response:
     def cancel() -> None:
         for stream in streams:
@@ -218,6 +226,7 @@ async def _event_stream(
 
     async def events() -> AsyncIterator[bytes]:
         completion_tokens = 0
+        deadline.start(cancel)
         try:
             opening = [delta(i, None) for i in range(len(streams))]
             if any(opening):
@@ -234,12 +243,16 @@ async def _event_stream(
                     pending = [await anext(merged)]
                 except StopAsyncIteration:
                     break
+            if deadline.expired:
+                yield sse_event(_deadline_error(deadline))
+                return
             if include_usage:
                 yield chunk([], usage=_usage(streams, n, completion_tokens))
             yield _DONE
         except ServerError as exc:
             yield sse_event(_error_body(exc))
         finally:
+            deadline.close()
             cancel()
             await merged.aclose()
 
@@ -247,10 +260,12 @@ async def _event_stream(
 
 
 async def completions(request: Request) -> Response:
+    deadline = StreamDeadline(request.app.state.settings.request_timeout_s)
     body = await read_message(request, CompletionRequest)
     engine = _engine(request, body)
     _check_supported(body)
     n = body.choices
+    engine.check_capacity(body.prompt_count * n)  # before any prompt is tokenized
     params = engine.params(body.sampling(body.max_tokens))
     streams = _submit(engine, _prompts(engine, body), n, params)
     stream, include_usage = body.streaming, body.include_usage
@@ -283,14 +298,17 @@ async def completions(request: Request) -> Response:
         delta=delta,
         stream=stream,
         include_usage=include_usage,
+        deadline=deadline,
     )
 
 
 async def chat_completions(request: Request) -> Response:
+    deadline = StreamDeadline(request.app.state.settings.request_timeout_s)
     body = await read_message(request, ChatCompletionRequest)
     engine = _engine(request, body)
     _check_supported(body)
     n = body.choices
+    engine.check_capacity(n)  # before the messages are rendered and tokenized
     params = engine.params(body.sampling(body.token_limit))
     streams = _submit(engine, [_chat_prompt(engine, body)], n, params)
     stream, include_usage = body.streaming, body.include_usage
@@ -327,6 +345,7 @@ async def chat_completions(request: Request) -> Response:
         delta=delta,
         stream=stream,
         include_usage=include_usage,
+        deadline=deadline,
     )
 
 
