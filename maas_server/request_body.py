@@ -1,7 +1,9 @@
 """Reading request bodies: one reader for every route.
 
 - :func:`read_body`: the raw bytes, refused with 413 past the size limit (as soon as the
-  ``Content-Length`` or the bytes received say so), gzip/deflate inflated no further than it.
+  ``Content-Length`` or the bytes received say so), gzip/deflate inflated no further than it;
+  with a :class:`BodyHold`, counted in the server-wide :class:`BodyBudget` of body bytes held
+  at once (503 + ``Retry-After`` above it).
 - :func:`read_json`: a JSON object. Where the route needs a body (``required``: inference,
   generate, the OpenAI routes) an empty body is a 400; where every field is optional (the
   repository routes) an empty body is ``{}``. Anything but a JSON object is a 400.
@@ -14,6 +16,8 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import orjson
@@ -22,10 +26,15 @@ from starlette.requests import Request
 
 from maas_wire.protocol import format_validation_error
 
+from .batching import QueueFullError, retry_headers
 from .errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 
 __all__ = [
+    "BodyBudget",
+    "BodyHold",
+    "body_budget",
     "body_limit",
+    "holding_body",
     "is_empty",
     "parse_json_object",
     "read_body",
@@ -37,6 +46,9 @@ __all__ = [
 
 Message = TypeVar("Message", bound=BaseModel)
 
+_PREALLOCATE_ABOVE = 64 * 1024
+_RETRY_AFTER_SECONDS = 1.0
+
 
 def body_limit(request: Request) -> int:
     """The server's ``max_body_bytes``."""
@@ -44,30 +56,141 @@ def body_limit(request: Request) -> int:
     return limit
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+class BodyBudget:
+    """The bytes of request bodies held at once, server-wide (``max_inflight_body_bytes``;
+    0: no limit). Used on the event loop only, so it needs no lock.
+
+    A request takes its ``Content-Length`` before it reads a byte (its chunks as they come
+    when it has none, and its inflated size when it is compressed) and gives it back when its
+    answer is ready. One that does not fit is refused with 503 and ``Retry-After``: the bodies
+    in flight will be gone by then, and nothing of this one was read.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.refused = 0
+
+    def take(self, size: int) -> None:
+        if self.limit and self.held + size > self.limit:
+            self.refused += 1
+            raise QueueFullError(
+                f"the server holds {self.held} bytes of request bodies, its limit is "
+                f"{self.limit}; a body of {size} more bytes must wait, retry later",
+                headers=retry_headers(_RETRY_AFTER_SECONDS),
+            )
+        self.held += size
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
+class BodyHold:
+    """What one request holds of the :class:`BodyBudget`; :meth:`release` gives it all back."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.size = 0
+
+    def grow(self, size: int) -> None:
+        self.budget.take(size)
+        self.size += size
+
+    def release(self) -> None:
+        self.budget.give(self.size)
+        self.size = 0
+
+
+def body_budget(request: Request) -> BodyBudget:
+    """The app's budget of request body bytes (made on first use)."""
+    state = request.app.state
+    budget: BodyBudget | None = getattr(state, "body_budget", None)
+    if budget is None:
+        budget = BodyBudget(getattr(state.settings, "max_inflight_body_bytes", 0))
+        state.body_budget = budget
+    return budget
+
+
+@contextmanager
+def holding_body(request: Request) -> Iterator[BodyHold]:
+    """A hold on the body budget for the duration of the block."""
+    hold = BodyHold(body_budget(request))
+    try:
+        yield hold
+    finally:
+        hold.release()
+
+
+def _declared_length(request: Request, limit: int) -> int | None:
     declared = request.headers.get("content-length")
-    known = declared is not None and declared.isascii() and declared.isdigit()
-    if known and (len(declared) > 20 or int(declared) > limit):  # type: ignore[arg-type]
+    if declared is None:
+        return None
+    declared = declared.strip()
+    if not (declared.isascii() and declared.isdigit()):
+        raise BadRequestError(f"Content-Length must be a non-negative integer, not {declared!r}")
+    if len(declared) > 20 or int(declared) > limit:
         raise PayloadTooLargeError(
             f"request body of {declared} bytes exceeds the server's limit of {limit} bytes"
         )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"request body exceeds the server's limit of {limit} bytes")
-        chunks.append(chunk)
-    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    del chunks
+    return int(declared)
+
+
+async def read_body(
+    request: Request, limit: int, hold: BodyHold | None = None
+) -> bytes | bytearray:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes.
+
+    With a ``hold``, the bytes are taken from the server's body budget before they are read
+    (503 when they do not fit). A body with a ``Content-Length`` above 64 KiB is read into one
+    buffer of that size, so the body is held once, never as chunks and their join.
+    """
+    declared = _declared_length(request, limit)
+    if hold is not None and declared:
+        hold.grow(declared)
+    if declared is not None and declared > _PREALLOCATE_ABOVE:
+        body: bytes | bytearray = await _read_into(request, declared, hold)
+    else:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(
+                    f"request body exceeds the server's limit of {limit} bytes"
+                )
+            if hold is not None and size > hold.size:
+                hold.grow(size - hold.size)
+            chunks.append(chunk)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        del chunks
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding in ("", "identity"):
         return body
-    return _decompress(body, encoding, limit)
+    inflated = _decompress(body, encoding, limit)
+    if hold is not None:
+        hold.grow(len(inflated))
+    return inflated
 
 
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+async def _read_into(request: Request, declared: int, hold: BodyHold | None) -> bytearray:
+    buffer = bytearray(declared)
+    size = 0
+    async for chunk in request.stream():
+        end = size + len(chunk)
+        if end > declared:
+            raise BadRequestError(
+                f"request body is longer than its Content-Length of {declared} bytes"
+            )
+        buffer[size:end] = chunk
+        size = end
+    if size < declared:
+        raise BadRequestError(
+            f"request body ended after {size} of its Content-Length of {declared} bytes"
+        )
+    return buffer
+
+
+def _decompress(body: bytes | bytearray, encoding: str, limit: int) -> bytes:
     """A gzip or deflate request body (tritonclient's request compression), inflated no further
     than ``limit`` bytes so that a small body cannot expand without bound."""
     if encoding == "gzip":
@@ -91,12 +214,12 @@ def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return data
 
 
-def is_empty(body: bytes) -> bool:
+def is_empty(body: bytes | bytearray) -> bool:
     """No body, or only whitespace (checked without copying a large body)."""
     return not body or (len(body) <= 64 and not body.strip())
 
 
-def require_body(body: bytes) -> bytes:
+def require_body(body: bytes | bytearray) -> bytes | bytearray:
     """``body``; 400 when it is empty."""
     if is_empty(body):
         raise BadRequestError(
@@ -105,7 +228,7 @@ def require_body(body: bytes) -> bytes:
     return body
 
 
-def parse_json_object(body: bytes, *, required: bool) -> dict[str, Any]:
+def parse_json_object(body: bytes | bytearray, *, required: bool) -> dict[str, Any]:
     """``body`` as a JSON object (see the module docstring for an empty body)."""
     if is_empty(body):
         if required:
@@ -123,7 +246,9 @@ def parse_json_object(body: bytes, *, required: bool) -> dict[str, Any]:
 async def read_json(request: Request, *, required: bool) -> dict[str, Any]:
     """The request body as a JSON object; 400 when it is not one (or is empty and
     ``required``), 413 when it is over the size limit."""
-    return parse_json_object(await read_body(request, body_limit(request)), required=required)
+    with holding_body(request) as hold:
+        body = await read_body(request, body_limit(request), hold)
+        return parse_json_object(body, required=required)
 
 
 def validate_message(data: dict[str, Any], model: type[Message]) -> Message:

@@ -6,6 +6,7 @@ Content-Type (clients differ in what they send).
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 from typing import Any
 
@@ -15,7 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from maas_wire.codec import HEADER_LENGTH, CodecError
-from maas_wire.protocol import decode_request, encode_response
+from maas_wire.protocol import decode_request_header, decode_request_tensors, encode_response
 
 from .auth import model_allowed
 from .batching import ClientDisconnected
@@ -23,10 +24,13 @@ from .dataplane import DataPlane
 from .errors import BadRequestError
 from .limits import check_tensor_limits
 from .openapi import openapi_endpoint
-from .request_body import read_body, read_json, require_body
+from .request_body import holding_body, read_body, read_json, require_body
 from .stats import model_statistics
 
-__all__ = ["JSONBytesResponse", "routes"]
+__all__ = ["OFFLOAD_BYTES", "JSONBytesResponse", "routes"]
+
+OFFLOAD_BYTES = 1024 * 1024
+"""Request bodies of this size or more are decoded on a worker thread, off the event loop."""
 
 
 class JSONBytesResponse(Response):
@@ -78,32 +82,47 @@ async def model_config(request: Request) -> Response:
 
 
 async def infer(request: Request) -> Response:
+    """Inference: the body is checked as far as its JSON header allows (inputs, datatypes,
+    shapes, sizes; the server's in-flight limit) before any tensor is decoded, held within the
+    server's budget of body bytes, and decoded off the event loop when it is large."""
     plane = _dataplane(request)
     name = request.path_params["model"]
     version = _version(request)
-    body = require_body(await read_body(request, plane.settings.max_body_bytes))
-    header = request.headers.get(HEADER_LENGTH)
-    header_length: int | None = None
-    if header is not None:
-        if not header.strip().isdigit():
-            raise BadRequestError(f"{HEADER_LENGTH} must be a non-negative integer, not {header!r}")
-        header_length = int(header)
-    if header_length == 0:
-        request_msg, tensors = plane.raw_request(plane.repository.get(name, version), body)
-    else:
+    header_length = _header_length(request.headers.get(HEADER_LENGTH))
+    settings = plane.settings
+    with holding_body(request) as hold:
+        body = require_body(await read_body(request, settings.max_body_bytes, hold))
+        model = plane.repository.get(name, version)
+        plane.check_inflight(model)
+        large = len(body) >= OFFLOAD_BYTES
         try:
-            request_msg, tensors = decode_request(body, header_length)
+            if header_length == 0:
+                request_msg, tensors = plane.raw_request(model, body)
+            else:
+                if large:
+                    request_msg, binary = await asyncio.to_thread(
+                        decode_request_header, body, header_length
+                    )
+                else:
+                    request_msg, binary = decode_request_header(body, header_length)
+                plane.check_inputs(model, request_msg)
+                if large:
+                    tensors = await asyncio.to_thread(decode_request_tensors, request_msg, binary)
+                else:
+                    tensors = decode_request_tensors(request_msg, binary)
+                del binary
         except CodecError as exc:
             raise BadRequestError(str(exc)) from None
-    settings = plane.settings
-    check_tensor_limits(tensors, settings.max_tensor_elements, settings.max_bytes_element_size)
-    try:
-        result = await plane.infer(
-            name, version, request_msg, tensors, partial(_disconnected, request)
-        )
-    except ClientDisconnected:
-        # The client went away while its request waited: it left the queue; nobody reads this.
-        return Response(status_code=499)
+        del body
+        check_tensor_limits(tensors, settings.max_tensor_elements, settings.max_bytes_element_size)
+        try:
+            result = await plane.infer(
+                name, version, request_msg, tensors, partial(_disconnected, request)
+            )
+        except ClientDisconnected:
+            # The client went away while its request waited: it left the queue; nobody reads this.
+            return Response(status_code=499)
+        del tensors
     try:
         encoded = encode_response(
             result.model_name, result.model_version, result.outputs, request_id=result.request_id
@@ -117,6 +136,17 @@ async def infer(request: Request) -> Response:
         media_type="application/octet-stream",
         headers={HEADER_LENGTH: str(encoded.header_length)},
     )
+
+
+def _header_length(header: str | None) -> int | None:
+    """``Inference-Header-Content-Length``: ASCII digits only (``str.isdigit`` also takes
+    Unicode digits such as ``²``), and no more of them than a body size can need."""
+    if header is None:
+        return None
+    text = header.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 20:
+        raise BadRequestError(f"{HEADER_LENGTH} must be a non-negative integer, not {header!r}")
+    return int(text)
 
 
 async def _disconnected(request: Request) -> None:
