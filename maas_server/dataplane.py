@@ -271,6 +271,21 @@ class DataPlane:
         )
         return request, {spec.name: array}
 
+    def precheck(self, model: OnnxModel, request: InferenceRequest) -> None:
+        """:meth:`check_inputs` before decoding; a refusal counts in the model's statistics as
+        the same refusal found after decoding would (``invalid_request``). A binary tensor
+        whose size disagrees with its own shape is a malformed body, refused as decoding would
+        refuse it: before the model, not counted."""
+        max_elements = self.settings.max_tensor_elements
+        for entry in request.inputs:
+            if "binary_data_size" in (entry.parameters or {}):
+                _check_declared_size(entry, max_elements)
+        try:
+            self.check_inputs(model, request)
+        except BadRequestError:
+            model.stats.record_failure(0, "invalid_request")
+            raise
+
     def check_inputs(
         self,
         model: OnnxModel,
@@ -279,12 +294,12 @@ class DataPlane:
     ) -> None:
         """The inputs against the model: names, datatypes, shapes and batch size.
 
-        Called twice. Before decoding (``shapes`` None) it checks the names and each *binary*
-        tensor from its header alone: datatype, the element limit (413) and
-        ``binary_data_size`` against the shape, so that no BYTES tensor is parsed for a request
-        that cannot run (JSON tensors are parsed with the header anyway, and checked once
-        decoded, where the codec says first what is wrong with their data). After decoding,
-        ``shapes`` holds the arrays' shapes and every input is checked, shapes included."""
+        Called twice. Before decoding (``shapes`` None, from :meth:`precheck`, which first checks
+        each binary tensor's ``binary_data_size`` against its shape and the element limit) it
+        checks the names and each *binary* tensor's datatype, so that no BYTES tensor is parsed
+        for a request that cannot run (JSON tensors are parsed with the header anyway, and are
+        checked once decoded, where the codec says first what is wrong with their data). After
+        decoding, ``shapes`` holds the arrays' shapes and every input is checked, shapes too."""
         given = {i.name for i in request.inputs}
         if len(given) < len(request.inputs):
             names = [i.name for i in request.inputs]
@@ -304,7 +319,6 @@ class DataPlane:
                 "request does not give"
             )
         batch: int | None = None
-        max_elements = self.settings.max_tensor_elements
         for entry in request.inputs:
             if shapes is None and "binary_data_size" not in (entry.parameters or {}):
                 continue
@@ -316,7 +330,6 @@ class DataPlane:
             if shapes is None:
                 # the shape against the model waits for decoding, whose own message about a
                 # malformed tensor comes first; fixed-size tensors decode without a copy
-                _check_declared_size(entry, max_elements)
                 continue
             shape = shapes[entry.name]
             if len(shape) != len(spec.shape) or any(

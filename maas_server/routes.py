@@ -105,7 +105,7 @@ async def infer(request: Request) -> Response:
                     )
                 else:
                     request_msg, binary = decode_request_header(body, header_length)
-                plane.check_inputs(model, request_msg)
+                plane.precheck(model, request_msg)
                 if large:
                     tensors = await asyncio.to_thread(decode_request_tensors, request_msg, binary)
                 else:
