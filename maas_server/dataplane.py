@@ -48,6 +48,8 @@ EXTENSIONS = [
     "generate",
 ]
 
+_TEXT_OFFLOAD = 10_000  # BYTES elements converted to text on a worker thread from this many
+
 _CLIENT_FAULTS = (
     ort.capi.onnxruntime_pybind11_state.InvalidArgument,
     ort.capi.onnxruntime_pybind11_state.Fail,
@@ -186,7 +188,11 @@ class DataPlane:
     ) -> InferenceResult:
         model = self.repository.get(name, version)
         try:
-            feeds = self._feeds(model, request, tensors)
+            if sum(a.size for a in tensors.values() if a.dtype == object) >= _TEXT_OFFLOAD:
+                # turning many BYTES elements into text would hold the event loop
+                feeds = await asyncio.to_thread(self._feeds, model, request, tensors)
+            else:
+                feeds = self._feeds(model, request, tensors)
             wanted = self._outputs(model, request)
             priority, timeout_us = _schedule_parameters(request)
         except BadRequestError:

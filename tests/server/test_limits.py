@@ -8,6 +8,7 @@ import http.client
 import json
 import os
 import shutil
+import threading
 import tracemalloc
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -451,3 +452,26 @@ async def test_concurrent_large_bodies_stay_within_the_budget(repository: Path) 
         assert all("Retry-After" in a.headers for a in answers if a.status_code == 503)
         assert len(body) <= most <= 4 * len(body)
         assert budget.held == 0
+
+
+async def test_large_bodies_are_decoded_off_the_event_loop(
+    repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import maas_server.routes
+
+    threads: list[tuple[int, bool]] = []
+    decode = maas_server.routes.decode_request_tensors
+
+    def recording(request: Any, binary: memoryview) -> Any:
+        threads.append((len(binary), threading.current_thread() is threading.main_thread()))
+        return decode(request, binary)
+
+    monkeypatch.setattr(maas_server.routes, "decode_request_tensors", recording)
+    async with asgi_app(Settings(repository=repository), models=("identity_fp32",)) as (_, client):
+        for rows in (10, 100_000):  # 120 bytes, then 1.2 MB
+            body, headers = _identity_body(rows)
+            answer = await client.post(
+                "/v2/models/identity_fp32/infer", content=body, headers=headers
+            )
+            assert answer.status_code == 200
+    assert threads == [(120, True), (1_200_000, False)]
