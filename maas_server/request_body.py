@@ -28,6 +28,7 @@ from maas_wire.protocol import format_validation_error
 
 from .batching import QueueFullError, retry_headers
 from .errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from .stats import Rejections
 
 __all__ = [
     "BodyBudget",
@@ -63,17 +64,18 @@ class BodyBudget:
     A request takes its ``Content-Length`` before it reads a byte (its chunks as they come
     when it has none, and its inflated size when it is compressed) and gives it back when its
     answer is ready. One that does not fit is refused with 503 and ``Retry-After``: the bodies
-    in flight will be gone by then, and nothing of this one was read.
+    in flight will be gone by then, and nothing of this one was read. Refusals count in the
+    server's rejections (``maas_rejected_requests`` metric) as ``body_budget_full``.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, rejections: Rejections | None = None) -> None:
         self.limit = limit
         self.held = 0
-        self.refused = 0
+        self.rejections = rejections or Rejections()
 
     def take(self, size: int) -> None:
         if self.limit and self.held + size > self.limit:
-            self.refused += 1
+            self.rejections.add("body_budget_full")
             raise QueueFullError(
                 f"the server holds {self.held} bytes of request bodies, its limit is "
                 f"{self.limit}; a body of {size} more bytes must wait, retry later",
@@ -106,7 +108,7 @@ def body_budget(request: Request) -> BodyBudget:
     state = request.app.state
     budget: BodyBudget | None = getattr(state, "body_budget", None)
     if budget is None:
-        budget = BodyBudget(getattr(state.settings, "max_inflight_body_bytes", 0))
+        budget = BodyBudget(state.settings.max_inflight_body_bytes, state.rejections)
         state.body_budget = budget
     return budget
 

@@ -395,6 +395,7 @@ async def test_body_budget_refuses_with_retry_after_while_others_pass(repository
         assert refused.status_code == 503, refused.text
         assert int(refused.headers["Retry-After"]) >= 1
         assert "limit is 1000000" in refused.json()["error"]
+        assert app.state.rejections.snapshot() == {"body_budget_full": 1}
         small = await client.post("/v2/models/mlp/infer", **mlp_request(1))
         assert small.status_code == 200  # what fits still passes
         release.set()
