@@ -88,8 +88,8 @@ class StreamDeadline:
     """The request deadline (``request_timeout_s``) for a stream that has started.
 
     The request guard answers 504 when no answer has started within the deadline, but an event
-    stream starts with its first event. This timer, counted from the request's arrival, ends the
-    stream when the deadline passes: ``on_expire`` stops the generation, and the stream sends
+    stream starts with its first event. This timer, counted from when the route starts (the
+    request has just arrived), ends the stream when the deadline passes: ``on_expire`` stops the generation, and the stream sends
     :attr:`message` as its last (error) event. ``timeout_s`` 0: no deadline.
 
     >>> deadline = StreamDeadline(30.0)
