@@ -310,6 +310,9 @@ class GenerationConfig(_Strict):
     time between two hand-overs of one sequence's new tokens to the HTTP side (tokens that come
     faster are sent a few at a time, each still its own event); ``io_binding`` keeps the KV cache
     in the execution provider's memory between steps (default: on when a GPU provider runs).
+    Load caps: ``max_tokens_limit`` is the most tokens a request may ask for (400 above it),
+    ``max_request_sequences`` the most sequences one request may start (prompts x ``n``; 400),
+    ``max_waiting_sequences`` the most sequences waiting for room in the batch (503 above it).
     """
 
     max_tokens: int = Field(default=16, ge=1)
@@ -323,6 +326,9 @@ class GenerationConfig(_Strict):
     max_batch_size: int = Field(default=16, ge=1, le=1024)
     stream_interval_ms: float = Field(default=1.0, ge=0.0, le=1000.0)
     io_binding: bool | None = None
+    max_tokens_limit: int = Field(default=4096, ge=1)
+    max_request_sequences: int = Field(default=64, ge=1)
+    max_waiting_sequences: int = Field(default=256, ge=1)
     tokenizer: str = "tokenizer.json"
     tokenizer_config: str = "tokenizer_config.json"
 

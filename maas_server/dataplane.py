@@ -16,13 +16,19 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from maas_wire.codec import DATATYPES, CodecError, decode_binary_tensor, element_count
+from maas_wire.codec import (
+    DATATYPES,
+    CodecError,
+    decode_binary_tensor,
+    element_count,
+    wire_nbytes,
+)
 from maas_wire.protocol import TensorPayload
 from maas_wire.types import InferenceRequest, RequestInput, RequestOutput
 
 from . import __version__
 from .batching import ClientDisconnected, DrainRate, QueueFullError, retry_headers
-from .errors import BadRequestError, InternalError, ServerError
+from .errors import BadRequestError, InternalError, PayloadTooLargeError, ServerError
 from .repository import ModelRepository
 from .runtime import OnnxModel, TensorSpec
 from .settings import Settings
@@ -41,6 +47,8 @@ EXTENSIONS = [
     "statistics",
     "generate",
 ]
+
+_TEXT_OFFLOAD = 10_000  # BYTES elements converted to text on a worker thread from this many
 
 _CLIENT_FAULTS = (
     ort.capi.onnxruntime_pybind11_state.InvalidArgument,
@@ -180,20 +188,17 @@ class DataPlane:
     ) -> InferenceResult:
         model = self.repository.get(name, version)
         try:
-            feeds = self._feeds(model, request, tensors)
+            if sum(a.size for a in tensors.values() if a.dtype == object) >= _TEXT_OFFLOAD:
+                # turning many BYTES elements into text would hold the event loop
+                feeds = await asyncio.to_thread(self._feeds, model, request, tensors)
+            else:
+                feeds = self._feeds(model, request, tensors)
             wanted = self._outputs(model, request)
             priority, timeout_us = _schedule_parameters(request)
         except BadRequestError:
             model.stats.record_failure(0, "invalid_request")
             raise
-        if self.settings.max_inflight and self._inflight >= self.settings.max_inflight:
-            model.stats.record_failure(0, "inflight_limit")
-            wait = self._drain.retry_after(self._inflight)
-            raise QueueFullError(
-                f"the server is at its limit of {self.settings.max_inflight} requests in "
-                f"flight; retry in {wait:.2f} s",
-                headers=retry_headers(wait),
-            )
+        self.check_inflight(model)
         self._inflight += 1
         try:
             results = await model.scheduler.infer(
@@ -213,7 +218,21 @@ class DataPlane:
         outputs = [self._output(model, out, results[out.name], binary_default) for out in wanted]
         return InferenceResult(model, request.id, outputs)
 
-    def raw_request(self, model: OnnxModel, body: bytes) -> tuple[InferenceRequest, dict[str, Any]]:
+    def check_inflight(self, model: OnnxModel) -> None:
+        """503 with ``Retry-After`` when the server is at its limit of requests in flight
+        (checked again, before any body is decoded, by the route)."""
+        if self.settings.max_inflight and self._inflight >= self.settings.max_inflight:
+            model.stats.record_failure(0, "inflight_limit")
+            wait = self._drain.retry_after(self._inflight)
+            raise QueueFullError(
+                f"the server is at its limit of {self.settings.max_inflight} requests in "
+                f"flight; retry in {wait:.2f} s",
+                headers=retry_headers(wait),
+            )
+
+    def raw_request(
+        self, model: OnnxModel, body: bytes | bytearray
+    ) -> tuple[InferenceRequest, dict[str, Any]]:
         """A request from a raw body (``Inference-Header-Content-Length: 0``): the whole body is
         the only input's bytes, a batch-1 request whose outputs all come back binary."""
         if len(model.inputs) != 1:
@@ -249,7 +268,7 @@ class DataPlane:
                 dims[variable[0]] = len(body) // known
             shape = dims
             try:
-                array = decode_binary_tensor(body, spec.datatype, shape)
+                array = decode_binary_tensor(memoryview(body), spec.datatype, shape)
             except CodecError as exc:
                 raise BadRequestError(f"input {spec.name!r}: {exc}") from None
         request = InferenceRequest(
@@ -258,13 +277,40 @@ class DataPlane:
         )
         return request, {spec.name: array}
 
-    def _feeds(
+    def precheck(self, model: OnnxModel, request: InferenceRequest) -> None:
+        """:meth:`check_inputs` before decoding; a refusal counts in the model's statistics as
+        the same refusal found after decoding would (``invalid_request``). A binary tensor
+        whose size disagrees with its own shape is a malformed body, refused as decoding would
+        refuse it: before the model, not counted."""
+        max_elements = self.settings.max_tensor_elements
+        for entry in request.inputs:
+            if "binary_data_size" in (entry.parameters or {}):
+                _check_declared_size(entry, max_elements)
+        try:
+            self.check_inputs(model, request)
+        except BadRequestError:
+            model.stats.record_failure(0, "invalid_request")
+            raise
+
+    def check_inputs(
         self,
         model: OnnxModel,
         request: InferenceRequest,
-        tensors: dict[str, np.ndarray[Any, Any]],
-    ) -> dict[str, np.ndarray[Any, Any]]:
+        shapes: dict[str, list[int]] | None = None,
+    ) -> None:
+        """The inputs against the model: names, datatypes, shapes and batch size.
+
+        Called twice. Before decoding (``shapes`` None, from :meth:`precheck`, which first checks
+        each binary tensor's ``binary_data_size`` against its shape and the element limit) it
+        checks the names and each *binary* tensor's datatype, so that no BYTES tensor is parsed
+        for a request that cannot run (JSON tensors are parsed with the header anyway, and are
+        checked once decoded, where the codec says first what is wrong with their data). After
+        decoding, ``shapes`` holds the arrays' shapes and every input is checked, shapes too."""
         given = {i.name for i in request.inputs}
+        if len(given) < len(request.inputs):
+            names = [i.name for i in request.inputs]
+            twice = next(n for i, n in enumerate(names) if n in names[:i])
+            raise BadRequestError(f"input {twice!r} appears more than once")
         unknown = sorted(given - model.input_by_name.keys())
         if unknown:
             known = ", ".join(f"{s.name!r} ({_describe(s)})" for s in model.inputs)
@@ -278,16 +324,20 @@ class DataPlane:
                 f"model {model.name!r} needs input {spec.name!r} ({_describe(spec)}), which the "
                 "request does not give"
             )
-        feeds: dict[str, np.ndarray[Any, Any]] = {}
         batch: int | None = None
         for entry in request.inputs:
+            if shapes is None and "binary_data_size" not in (entry.parameters or {}):
+                continue
             spec = model.input_by_name[entry.name]
-            array = tensors[entry.name]
             if entry.datatype != spec.datatype:
                 raise BadRequestError(
                     f"input {entry.name!r}: expected datatype {spec.datatype}, got {entry.datatype}"
                 )
-            shape = list(array.shape)
+            if shapes is None:
+                # the shape against the model waits for decoding, whose own message about a
+                # malformed tensor comes first; fixed-size tensors decode without a copy
+                continue
+            shape = shapes[entry.name]
             if len(shape) != len(spec.shape) or any(
                 want != -1 and want != got for want, got in zip(spec.shape, shape, strict=True)
             ):
@@ -306,7 +356,19 @@ class DataPlane:
                         f"inputs' {batch}"
                     )
                 batch = shape[0]
-            if spec.datatype == "BYTES":
+
+    def _feeds(
+        self,
+        model: OnnxModel,
+        request: InferenceRequest,
+        tensors: dict[str, np.ndarray[Any, Any]],
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        shapes = {i.name: list(tensors[i.name].shape) for i in request.inputs if i.name in tensors}
+        self.check_inputs(model, request, shapes)
+        feeds: dict[str, np.ndarray[Any, Any]] = {}
+        for entry in request.inputs:
+            array = tensors[entry.name]
+            if model.input_by_name[entry.name].datatype == "BYTES":
                 array = _to_text(entry.name, array)
             feeds[entry.name] = array
         return feeds
@@ -346,6 +408,33 @@ class DataPlane:
         elif datatype == "BYTES":
             array = _to_bytes(array)
         return TensorPayload(out.name, array, datatype, binary)
+
+
+def _check_declared_size(entry: RequestInput, max_elements: int) -> None:
+    """``binary_data_size`` against the declared shape (400), then the element limit (413)."""
+    try:
+        count = element_count(entry.shape)
+    except CodecError as exc:
+        raise BadRequestError(f"input {entry.name!r}: {exc}") from None
+    size = (entry.parameters or {}).get("binary_data_size")
+    if isinstance(size, int) and not isinstance(size, bool):  # else decoding reports it
+        if entry.datatype == "BYTES":
+            if size < 4 * count:
+                raise BadRequestError(
+                    f"input {entry.name!r}: binary_data_size {size} cannot hold {count} BYTES "
+                    "elements (4 bytes of length each)"
+                )
+        else:
+            expected = wire_nbytes(entry.datatype, entry.shape)
+            if expected is not None and size != expected:
+                raise BadRequestError(
+                    f"input {entry.name!r}: {entry.datatype} tensor of shape "
+                    f"{list(entry.shape)} needs {expected} bytes, got {size} (binary_data_size)"
+                )
+    if max_elements and count > max_elements:
+        raise PayloadTooLargeError(
+            f"input {entry.name!r} has {count} elements; the server's limit is {max_elements}"
+        )
 
 
 def _schedule_parameters(request: InferenceRequest) -> tuple[int | None, int | None]:

@@ -24,32 +24,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .errors import BadRequestError, InternalError, ServerError
+from maas_wire.generate import GenerateRequest, GenerateResponse
+
+from .errors import InternalError, ServerError
 from .generation import GenerationEngine, GenerationService
 from .generation_stream import GenerationEvent, GenerationResult, GenerationStream
-from .routes import JSONBytesResponse, read_body
-from .sse import EventStreamResponse, sse_event, watch_disconnect
+from .request_body import read_message
+from .routes import JSONBytesResponse
+from .sse import EventStreamResponse, StreamDeadline, sse_event, watch_disconnect
 
-__all__ = ["collect_until_disconnect", "generate_routes", "json_object", "service"]
-
-_RESERVED = ("text_input", "parameters", "id")
+__all__ = ["collect_until_disconnect", "generate_routes", "service"]
 
 
 def service(request: Request) -> GenerationService:
     generation: GenerationService = request.app.state.generation
     return generation
-
-
-async def json_object(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object (400 otherwise)."""
-    body = await read_body(request, request.app.state.dataplane.settings.max_body_bytes)
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequestError(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadRequestError("request body must be a JSON object")
-    return data
 
 
 async def collect_until_disconnect(
@@ -77,33 +66,10 @@ async def collect_until_disconnect(
             stream.cancel()
 
 
-def _parse(body: dict[str, Any]) -> tuple[str, dict[str, Any], bool, Any]:
-    text = body.get("text_input")
-    if not isinstance(text, str):
-        raise BadRequestError("the request needs 'text_input', a string")
-    parameters = body.get("parameters")
-    if parameters is None:
-        parameters = {}
-    elif not isinstance(parameters, dict):
-        raise BadRequestError("'parameters' must be a JSON object")
-    values = {k: v for k, v in body.items() if k not in _RESERVED}
-    values.update(parameters)
-    return_ids = values.get("return_token_ids", False)
-    if not isinstance(return_ids, bool):
-        raise BadRequestError("parameter 'return_token_ids' must be true or false")
-    request_id = body.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise BadRequestError("'id' must be a string")
-    return text, values, return_ids, request_id
-
-
-def _start(
-    request: Request, body: dict[str, Any]
-) -> tuple[GenerationEngine, GenerationStream, bool, str | None]:
+def _start(request: Request, body: GenerateRequest) -> tuple[GenerationEngine, GenerationStream]:
     engine = service(request).engine(request.path_params["model"], _version(request))
-    text, values, return_ids, request_id = _parse(body)
-    params = engine.params(values)
-    return engine, engine.submit(engine.encode(text), params), return_ids, request_id
+    params = engine.params(body.sampling())
+    return engine, engine.submit(engine.encode(body.text_input), params)
 
 
 def _version(request: Request) -> str | None:
@@ -114,37 +80,35 @@ def _version(request: Request) -> str | None:
 def _answer(
     engine: GenerationEngine,
     event: GenerationEvent | GenerationResult,
-    return_ids: bool,
-    request_id: str | None,
+    body: GenerateRequest,
 ) -> dict[str, Any]:
-    answer: dict[str, Any] = {
-        "model_name": engine.model_name,
-        "model_version": engine.model_version,
-        "text_output": event.text,
-    }
-    if request_id is not None:
-        answer["id"] = request_id
-    if return_ids:
-        answer["token_ids"] = event.token_ids
-    if event.finish_reason is not None:
-        answer["finish_reason"] = event.finish_reason
-        answer["prompt_tokens"] = event.prompt_tokens
-        answer["completion_tokens"] = event.completion_tokens
-    return answer
+    last = event.finish_reason is not None
+    return GenerateResponse(
+        model_name=engine.model_name,
+        model_version=engine.model_version,
+        id=body.id,
+        text_output=event.text,
+        token_ids=event.token_ids if body.wants_token_ids else None,
+        finish_reason=event.finish_reason,
+        prompt_tokens=event.prompt_tokens if last else None,
+        completion_tokens=event.completion_tokens if last else None,
+    ).wire()
 
 
 async def generate(request: Request) -> Response:
-    body = await json_object(request)
-    engine, stream, return_ids, request_id = _start(request, body)
+    body = await read_message(request, GenerateRequest)
+    engine, stream = _start(request, body)
     results = await collect_until_disconnect(request, [stream])
     if results is None:
         return Response(status_code=499)
-    return JSONBytesResponse(_answer(engine, results[0], return_ids, request_id))
+    return JSONBytesResponse(_answer(engine, results[0], body))
 
 
 async def generate_stream(request: Request) -> Response:
-    body = await json_object(request)
-    engine, stream, return_ids, request_id = _start(request, body)
+    deadline = StreamDeadline(request.app.state.settings.request_timeout_s)
+    body = await read_message(request, GenerateRequest)
+    engine, stream = _start(request, body)
+    return_ids = body.wants_token_ids
     chunks = stream.chunks()
     try:
         first = await anext(chunks)
@@ -155,7 +119,8 @@ async def generate_stream(request: Request) -> Response:
         raise
 
     # a piece of text is the same JSON every time but for the text: build that part once
-    head = _answer(engine, GenerationEvent("", []), False, request_id)
+    head = _answer(engine, GenerationEvent("", []), body)
+    head.pop("token_ids", None)
     del head["text_output"]
     piece_prefix = b"data: " + orjson.dumps(head)[:-1] + b',"text_output":'
 
@@ -165,17 +130,21 @@ async def generate_stream(request: Request) -> Response:
             if event.finish_reason is None and not return_ids:
                 out.append(piece_prefix + orjson.dumps(event.text) + b"}\n\n")
             else:
-                out.append(sse_event(_answer(engine, event, return_ids, request_id)))
+                out.append(sse_event(_answer(engine, event, body)))
         return b"".join(out)
 
     async def events() -> AsyncIterator[bytes]:
+        deadline.start(stream.cancel)
         try:
             yield encode(first)
             async for ready in chunks:
                 yield encode(ready)
+            if deadline.expired:
+                yield sse_event({"error": deadline.message}, event="error")
         except ServerError as exc:
             yield sse_event({"error": exc.message}, event="error")
         finally:
+            deadline.close()
             stream.cancel()
             await chunks.aclose()
 

@@ -17,6 +17,9 @@ every sequence of that model:
   length, or at once when its client goes away (:meth:`GenerationStream.cancel`): it leaves the
   batch before the next step.
 
+The batch bookkeeping (which rows are live, padding, masks, positions, joining and leaving) is
+:class:`~maas_server.kv_batch.KVBatch`, plain numpy; this module is the loop that runs the model.
+
 Models whose graph fixes the batch size at 1 (or has no ``attention_mask``) are stepped one
 sequence after the other instead, still round-robin.
 
@@ -48,6 +51,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from .batching import QueueFullError, retry_headers
 from .config import GenerationConfig
 from .decoder import DecoderLayout, DecoderLayoutError
 from .errors import BadRequestError, InternalError, ModelUnavailableError, ServerError
@@ -58,6 +62,7 @@ from .generation_stream import (
     TokenChannel,
     notify,
 )
+from .kv_batch import KVBatch
 from .repository import ModelRepository
 from .runtime import OnnxModel
 from .sampling import SamplingParams, TokenSampler
@@ -68,7 +73,8 @@ __all__ = ["GenerationEngine", "GenerationParams", "GenerationService"]
 logger = logging.getLogger("maas_server")
 
 MAX_STOP_STRINGS = 16
-_IDLE_SECONDS = 2.0  # how long an engine thread waits for work before it ends
+_IDLE_SECONDS = 2.0
+_RETRY_AFTER_SECONDS = 1.0  # suggested when too many sequences wait
 _CUDA_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
@@ -93,6 +99,11 @@ class GenerationParams:
             return getattr(defaults, key) if value is None else value
 
         max_tokens = _integer("max_tokens", get("max_tokens"), minimum=1)
+        if max_tokens > defaults.max_tokens_limit:
+            raise BadRequestError(
+                f"parameter 'max_tokens' is {max_tokens}; this model generates at most "
+                f"{defaults.max_tokens_limit} tokens per request"
+            )
         temperature = _number("temperature", get("temperature"))
         if temperature < 0:
             raise BadRequestError(f"parameter 'temperature' must be >= 0, not {temperature}")
@@ -155,6 +166,7 @@ class _Sequence:
         "limit",
         "params",
         "prompt",
+        "queued",
         "sampler",
         "started_ns",
         "stopped",
@@ -177,6 +189,7 @@ class _Sequence:
         self.sampler = TokenSampler(params.sampling)
         self.channel = channel
         self.generated = 0
+        self.queued = True  # counted in the engine's waiting sequences (under its lock)
         self.woken = -math.inf
         self.eager = True  # every token wakes the consumer until it has sent its first text
         self.cancelled = False
@@ -229,31 +242,13 @@ class _Sequence:
 # --- the engine -----------------------------------------------------------------------------
 
 
-class _Batch:
-    """Sequences stepped together: row ``i`` of every array belongs to ``sequences[i]``."""
+class _Batch(KVBatch[_Sequence]):
+    """The engine's batch: a :class:`KVBatch` of sequences that knows whether all are greedy."""
 
-    def __init__(
-        self,
-        sequences: list[_Sequence],
-        past: list[Any],
-        mask: np.ndarray[Any, Any],
-        positions: np.ndarray[Any, Any],
-        last: np.ndarray[Any, Any],
-    ) -> None:
-        self.sequences = sequences
-        self.past = past  # numpy arrays, or OrtValues in the provider's memory
-        self.mask = mask
-        self.padded = not mask.all()  # else the next mask is all ones
-        self.positions = positions  # [rows, 1]: where each row's next token goes
-        self.last = last  # [rows, 1]: each row's last token, the next input
-        self.greedy = all(s.sampler.greedy for s in sequences)
+    greedy = True
 
-
-def _host(value: Any) -> np.ndarray[Any, Any]:
-    if isinstance(value, np.ndarray):
-        return value
-    array: np.ndarray[Any, Any] = value.numpy()
-    return array
+    def changed(self) -> None:
+        self.greedy = all(s.sampler.greedy for s in self.rows)
 
 
 def _notifier(waiters: queue.SimpleQueue[list[asyncio.Future[None]] | None]) -> None:
@@ -329,6 +324,9 @@ class GenerationEngine:
         self._thread: threading.Thread | None = None
         self._wakes: queue.SimpleQueue[list[asyncio.Future[None]] | None] = queue.SimpleQueue()
         self._active = 0
+        self._queued = 0  # submitted, not yet in a batch (nor cancelled)
+        self.max_request_sequences = self.defaults.max_request_sequences
+        self.max_waiting = self.defaults.max_waiting_sequences
         # engine thread only
         self._waiting: deque[_Sequence] = deque()
         self._batches: list[_Batch] = []
@@ -342,6 +340,29 @@ class GenerationEngine:
     def active_sequences(self) -> int:
         """Sequences submitted and not yet ended (finished, failed or cancelled)."""
         return self._active
+
+    @property
+    def waiting_sequences(self) -> int:
+        """Sequences submitted that wait for room in the batch."""
+        return self._queued
+
+    def check_capacity(self, count: int) -> None:
+        """Whether a request of ``count`` sequences may start: 400 above the model's
+        ``max_request_sequences``; 503 with ``Retry-After`` when more than
+        ``max_waiting_sequences`` would wait for room in the batch (``max_batch_size`` rows).
+        Nothing is reserved: submit right after, on the event loop, with no ``await`` between."""
+        if count > self.max_request_sequences:
+            raise BadRequestError(
+                f"the request would start {count} sequences (prompts x n); model "
+                f"{self.model_name!r} takes at most {self.max_request_sequences} per request"
+            )
+        # what the batch has no room for waits
+        if self._active + count > self.max_active + self.max_waiting:
+            raise QueueFullError(
+                f"model {self.model_name!r} is at its limit of {self.max_waiting} sequences "
+                f"waiting for room in its batch of {self.max_active}; retry later",
+                headers=retry_headers(_RETRY_AFTER_SECONDS),
+            )
 
     def params(self, values: Mapping[str, Any]) -> GenerationParams:
         return GenerationParams.parse(values, self.defaults)
@@ -386,7 +407,10 @@ class GenerationEngine:
         with self._cond:
             if self._closed:
                 raise ModelUnavailableError(f"model {self.model_name!r} is shutting down")
+            if self._active >= self.max_active + self.max_waiting:
+                self.check_capacity(1)
             self._incoming.append(sequence)
+            self._queued += 1
             self._active += 1
             self._stats.add_pending(1)
             if self._running:
@@ -412,6 +436,7 @@ class GenerationEngine:
         stream has ended it on a stop string (a success, not a cancelled request)."""
         if completed:
             sequence.stopped = True
+        self._dequeue(sequence)
         sequence.cancelled = True
         self._cancel_pending = True
         sequence.channel.send(CLOSED)
@@ -424,6 +449,13 @@ class GenerationEngine:
             thread = self._thread
         if thread is not None:
             thread.join(timeout)
+
+    def _dequeue(self, sequence: _Sequence) -> None:
+        """The sequence no longer waits (it joins a batch, or is cancelled); any thread."""
+        with self._cond:
+            if sequence.queued:
+                sequence.queued = False
+                self._queued -= 1
 
     # --- engine thread -----------------------------------------------------------------------
 
@@ -482,7 +514,7 @@ class GenerationEngine:
                 if self._cancel_pending:
                     self._cancel_pending = False
                     for batch in list(self._batches):
-                        if any(s.cancelled for s in batch.sequences):
+                        if any(s.cancelled for s in batch.rows):
                             self._compact(batch)
                 # one instance for the whole round: /infer calls to the model take turns with it
                 with model.session() as session:
@@ -500,11 +532,13 @@ class GenerationEngine:
     def _fail_all(self, error: ServerError) -> None:
         """Fail every sequence (with ``self._cond`` held)."""
         sequences = [*self._incoming, *self._waiting]
-        sequences += [s for batch in self._batches for s in batch.sequences]
+        sequences += [s for batch in self._batches for s in batch.rows]
         self._incoming.clear()
         self._waiting.clear()
         self._batches.clear()
+        self._queued = 0
         for sequence in sequences:
+            sequence.queued = False
             if not sequence.finished:
                 sequence.fail(error)
         unavailable = isinstance(error, ModelUnavailableError)
@@ -513,10 +547,11 @@ class GenerationEngine:
 
     def _admit(self, session: ort.InferenceSession) -> None:
         """Prefill waiting sequences while there is room, and merge them into the batch."""
-        room = self.max_active - sum(len(b.sequences) for b in self._batches)
+        room = self.max_active - sum(len(b.rows) for b in self._batches)
         joined: list[_Batch] = []
         while self._waiting and room > 0:
             sequence = self._waiting.popleft()
+            self._dequeue(sequence)
             if sequence.cancelled:
                 self._ended([sequence])
                 continue
@@ -539,8 +574,7 @@ class GenerationEngine:
                 self._batches.append(single)
         if joined:
             current = self._batches[0] if self._batches else None
-            merged = self._merge([current, *joined] if current else joined)
-            self._batches[:] = [merged]
+            self._batches[:] = [_Batch.merge([current, *joined] if current else joined)]
 
     def _execute(
         self,
@@ -609,24 +643,15 @@ class GenerationEngine:
             notify(wake)  # the first token: no detour through the notifier thread
         if ended:
             return None
-        return _Batch(
-            [sequence],
-            present,
-            mask,
-            np.array([[length]], dtype=np.int64),
-            np.array([[token]], dtype=dtype),
-        )
+        return _Batch.single(sequence, present, length, token, dtype)
 
     def _step(self, session: ort.InferenceSession, batch: _Batch) -> None:
         """One token for every sequence of the batch."""
-        sequences = batch.sequences
+        sequences = batch.rows
         rows = len(sequences)
         if rows > self.largest_batch:
             self.largest_batch = rows
-        if batch.padded:
-            mask = np.concatenate((batch.mask, np.ones((rows, 1), dtype=np.int64)), axis=1)
-        else:
-            mask = np.ones((rows, batch.mask.shape[1] + 1), dtype=np.int64)
+        mask = batch.next_mask()
         try:
             logits, present, elapsed = self._execute(
                 session, batch.last, mask, batch.positions, batch.past
@@ -645,9 +670,7 @@ class GenerationEngine:
             self._ended(sequences)
             self._batches.remove(batch)
             return
-        batch.mask = mask
-        batch.past = present
-        batch.positions += 1
+        batch.advance(mask, present, tokens, self.layout.ids_dtype)
         self.tokens += rows
         wake: list[asyncio.Future[None]] = []
         ended = False
@@ -664,54 +687,16 @@ class GenerationEngine:
                 notify(wake)
             else:
                 self._wakes.put(wake)
-        batch.last = tokens.astype(self.layout.ids_dtype, copy=False)[:, None]
         if ended:
             self._compact(batch)
 
     def _compact(self, batch: _Batch) -> None:
-        """Drop ended and cancelled rows, and the padding columns no row needs any more."""
-        keep = [i for i, s in enumerate(batch.sequences) if not (s.finished or s.cancelled)]
-        self._ended([s for s in batch.sequences if s.finished or s.cancelled])
-        if not keep:
-            batch.sequences = []
+        """Drop ended and cancelled rows (and the padding no row needs any more)."""
+        gone = [s for s in batch.rows if s.finished or s.cancelled]
+        self._ended(gone)
+        batch.keep([i for i, s in enumerate(batch.rows) if not (s.finished or s.cancelled)])
+        if not batch.rows:
             self._batches.remove(batch)
-            return
-        index = np.array(keep)
-        mask = batch.mask[index]
-        first = int(mask.any(axis=0).argmax())
-        batch.mask = np.ascontiguousarray(mask[:, first:])
-        batch.padded = not batch.mask.all()
-        batch.past = [np.ascontiguousarray(_host(p)[index][:, :, first:]) for p in batch.past]
-        batch.positions = batch.positions[index]
-        batch.last = batch.last[index]
-        batch.sequences = [batch.sequences[i] for i in keep]
-        batch.greedy = all(s.sampler.greedy for s in batch.sequences)
-
-    def _merge(self, batches: list[_Batch]) -> _Batch:
-        """One batch of all rows, each KV cache right-aligned to the longest (left padding)."""
-        width = max(b.mask.shape[1] for b in batches)
-        rows = sum(len(b.sequences) for b in batches)
-        mask = np.zeros((rows, width), dtype=np.int64)
-        past: list[np.ndarray[Any, Any]] = []
-        hosts = [[_host(p) for p in b.past] for b in batches]
-        for k in range(len(self.layout.past_names)):
-            first = hosts[0][k]
-            shape = (rows, first.shape[1], width, first.shape[3])
-            past.append(np.zeros(shape, dtype=first.dtype))
-        row = 0
-        for batch, host in zip(batches, hosts, strict=True):
-            count, length = batch.mask.shape
-            mask[row : row + count, width - length :] = batch.mask
-            for k, array in enumerate(host):
-                past[k][row : row + count, :, width - length :, :] = array
-            row += count
-        return _Batch(
-            [s for b in batches for s in b.sequences],
-            list(past),
-            mask,
-            np.concatenate([b.positions for b in batches]),
-            np.concatenate([b.last for b in batches]),
-        )
 
 
 # --- the engines of a repository ------------------------------------------------------------

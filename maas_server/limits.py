@@ -1,12 +1,13 @@
 """Limits on what one request may ask of the server, beyond the body size (``read_body``, 413).
 
 - :func:`header_refusal`: request headers larger than ``max_header_bytes`` get 431. The request
-  deadline (504 when the answer has not started ``request_timeout_s`` after the request arrived;
-  a stream that has started is not cut) is kept by :class:`~maas_server.guard.RequestGuard`.
+  deadline (504 when the answer has not started ``request_timeout_s`` after the request arrived)
+  is kept by :class:`~maas_server.guard.RequestGuard`; a started stream is ended at the deadline
+  by :class:`~maas_server.sse.StreamDeadline`.
 - :func:`check_tensor_limits`: input tensors with more than ``max_elements`` elements, or BYTES
-  elements longer than ``max_element_bytes``, get 413 before anything is queued or run. Decoding
-  itself cannot allocate more than the body holds (fixed-size binary tensors are views of the
-  body), so checking the decoded arrays bounds what reaches a model.
+  elements longer than ``max_element_bytes``, get 413 before anything is queued or run (binary
+  tensors are also checked from the request's header before they are decoded, see
+  :meth:`~maas_server.dataplane.DataPlane.check_inputs`; fixed-size ones are views of the body).
 """
 
 from __future__ import annotations

@@ -17,26 +17,29 @@ Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from maas_wire.openai import ChatCompletionRequest, CompletionRequest, OpenAIRequest
+
 from .auth import model_allowed, require_model_access
 from .errors import BadRequestError, InternalError, ModelNotFoundError, ServerError
-from .generate_routes import collect_until_disconnect, json_object, service
+from .generate_routes import collect_until_disconnect, service
 from .generation import GenerationEngine, GenerationParams
 from .generation_stream import GenerationEvent, GenerationResult, GenerationStream, merge_chunks
+from .request_body import read_message
 from .routes import JSONBytesResponse
-from .sse import EventStreamResponse, sse_event
+from .sse import EventStreamResponse, StreamDeadline, sse_event
 
 __all__ = ["openai_routes"]
 
-MAX_CHOICES = 16
 _DONE = b"data: [DONE]\n\n"
 _ERROR_TYPES = {
     400: "invalid_request_error",
@@ -44,18 +47,6 @@ _ERROR_TYPES = {
     413: "invalid_request_error",
     503: "service_unavailable",
 }
-_UNSUPPORTED = (
-    "echo",
-    "suffix",
-    "logprobs",
-    "top_logprobs",
-    "presence_penalty",
-    "frequency_penalty",
-    "logit_bias",
-    "tools",
-    "functions",
-)
-
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -64,7 +55,13 @@ def _error_body(exc: ServerError) -> dict[str, Any]:
     return {"error": {"message": exc.message, "type": kind, "param": None, "code": None}}
 
 
+def _deadline_error(deadline: StreamDeadline) -> dict[str, Any]:
+    message = deadline.message
+    return {"error": {"message": message, "type": "timeout", "param": None, "code": None}}
+
+
 def _openai_errors(endpoint: Endpoint) -> Endpoint:
+    @functools.wraps(endpoint)
     async def wrapped(request: Request) -> Response:
         try:
             return await endpoint(request)
@@ -98,48 +95,19 @@ async def retrieve_model(request: Request) -> Response:
 # --- request parsing ------------------------------------------------------------------------
 
 
-def _engine(request: Request, body: Mapping[str, Any]) -> GenerationEngine:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequestError("the request needs 'model', the name of a model")
-    require_model_access(request, model)  # the model is in the body, out of the middleware's view
-    return service(request).engine(model, None)
+def _engine(request: Request, body: OpenAIRequest) -> GenerationEngine:
+    require_model_access(
+        request, body.model
+    )  # the model is in the body, out of the middleware's view
+    return service(request).engine(body.model, None)
 
 
-def _check_supported(body: Mapping[str, Any]) -> None:
-    # null, false, 0, "" and empty collections all mean "not asked for"
-    asked = [key for key in _UNSUPPORTED if body.get(key)]
-    if body.get("best_of") not in (None, 1):
-        asked.append("best_of")
+def _check_supported(body: OpenAIRequest) -> None:
+    asked = body.unsupported()
+    if asked == ["response_format"]:
+        raise BadRequestError("only 'response_format' {'type': 'text'} is supported")
     if asked:
         raise BadRequestError(f"{asked[0]!r} is not supported by this server")
-    response_format = body.get("response_format")
-    if response_format is not None and (
-        not isinstance(response_format, dict) or response_format.get("type") != "text"
-    ):
-        raise BadRequestError("only 'response_format' {'type': 'text'} is supported")
-
-
-def _choices(body: Mapping[str, Any]) -> int:
-    n = body.get("n")
-    if n is None:
-        return 1
-    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_CHOICES:
-        raise BadRequestError(f"'n' must be an integer in 1..{MAX_CHOICES}")
-    return n
-
-
-def _params(engine: GenerationEngine, body: Mapping[str, Any], max_tokens: Any) -> GenerationParams:
-    values = {
-        "max_tokens": max_tokens,
-        "temperature": body.get("temperature"),
-        "top_p": body.get("top_p"),
-        "top_k": body.get("top_k"),
-        "seed": body.get("seed"),
-        "stop": body.get("stop"),
-        "ignore_eos": body.get("ignore_eos", False),
-    }
-    return engine.params(values)
 
 
 def _seeded(params: GenerationParams, offset: int) -> GenerationParams:
@@ -155,60 +123,22 @@ def _seeded(params: GenerationParams, offset: int) -> GenerationParams:
     return GenerationParams(params.max_tokens, sampling, params.stop, params.ignore_eos)
 
 
-def _prompts(engine: GenerationEngine, prompt: Any) -> list[list[int]]:
+def _prompts(engine: GenerationEngine, body: CompletionRequest) -> list[list[int]]:
     """The token ids of each prompt of a completions request."""
-    if isinstance(prompt, str):
-        return [engine.encode(prompt)]
-    if isinstance(prompt, list) and prompt:
-        if all(isinstance(p, str) for p in prompt):
-            return [engine.encode(p) for p in prompt]
-        if all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
-            return [list(prompt)]
-        if all(
-            isinstance(p, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in p)
-            for p in prompt
-        ):
-            return [list(p) for p in prompt]
-    raise BadRequestError(
-        "'prompt' must be a string, a list of strings, a list of token ids or a list of such lists"
-    )
+    return [engine.encode(p) if isinstance(p, str) else list(p) for p in body.prompts()]
 
 
-def _chat_prompt(engine: GenerationEngine, messages: Any) -> list[int]:
-    if not isinstance(messages, list) or not messages:
-        raise BadRequestError("'messages' must be a non-empty list")
-    for message in messages:
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise BadRequestError("each message needs a 'role' string and a 'content'")
+def _chat_prompt(engine: GenerationEngine, body: ChatCompletionRequest) -> list[int]:
+    messages = [m.model_dump() for m in body.messages]
     text = engine.tokenizer.apply_chat_template(messages)
     return engine.encode(text, add_special_tokens=False)
-
-
-def _stream_options(body: Mapping[str, Any]) -> bool:
-    options = body.get("stream_options")
-    if options is None:
-        return False
-    if not isinstance(options, dict):
-        raise BadRequestError("'stream_options' must be an object")
-    include = options.get("include_usage", False)
-    if not isinstance(include, bool):
-        raise BadRequestError("'stream_options.include_usage' must be true or false")
-    return include
-
-
-def _streaming(body: Mapping[str, Any]) -> bool:
-    stream = body.get("stream", False)
-    if stream is None:
-        return False
-    if not isinstance(stream, bool):
-        raise BadRequestError("'stream' must be true or false")
-    return stream
 
 
 def _submit(
     engine: GenerationEngine, prompts: list[list[int]], n: int, params: GenerationParams
 ) -> list[GenerationStream]:
     checked = [engine.check_prompt(p) for p in prompts]  # every 400 before anything starts
+    engine.check_capacity(len(checked) * n)  # all of the request's sequences, or none
     streams: list[GenerationStream] = []
     try:
         for prompt in checked:
@@ -244,6 +174,7 @@ async def _answer(
     delta: Callable[[int, GenerationEvent | None], dict[str, Any]] | None,
     stream: bool,
     include_usage: bool,
+    deadline: StreamDeadline,
 ) -> Response:
     prefix = "chatcmpl" if kind.startswith("chat") else "cmpl"
     head = {
@@ -266,7 +197,7 @@ async def _answer(
         )
     head["object"] = f"{kind}.chunk" if kind.startswith("chat") else kind
     assert delta is not None
-    return await _event_stream(streams, n, head, delta, include_usage)
+    return await _event_stream(streams, n, head, delta, include_usage, deadline)
 
 
 async def _event_stream(
@@ -275,6 +206,7 @@ async def _event_stream(
     head: dict[str, Any],
     delta: Callable[[int, GenerationEvent | None], dict[str, Any]],
     include_usage: bool,
+    deadline: StreamDeadline,
 ) -> Response:
     def cancel() -> None:
         for stream in streams:
@@ -294,6 +226,7 @@ async def _event_stream(
 
     async def events() -> AsyncIterator[bytes]:
         completion_tokens = 0
+        deadline.start(cancel)
         try:
             opening = [delta(i, None) for i in range(len(streams))]
             if any(opening):
@@ -310,12 +243,16 @@ async def _event_stream(
                     pending = [await anext(merged)]
                 except StopAsyncIteration:
                     break
+            if deadline.expired:
+                yield sse_event(_deadline_error(deadline))
+                return
             if include_usage:
                 yield chunk([], usage=_usage(streams, n, completion_tokens))
             yield _DONE
         except ServerError as exc:
             yield sse_event(_error_body(exc))
         finally:
+            deadline.close()
             cancel()
             await merged.aclose()
 
@@ -323,14 +260,15 @@ async def _event_stream(
 
 
 async def completions(request: Request) -> Response:
-    body = await json_object(request)
+    deadline = StreamDeadline(request.app.state.settings.request_timeout_s)
+    body = await read_message(request, CompletionRequest)
     engine = _engine(request, body)
     _check_supported(body)
-    n = _choices(body)
-    params = _params(engine, body, body.get("max_tokens"))
-    prompts = _prompts(engine, body.get("prompt"))
-    stream, include_usage = _streaming(body), _stream_options(body)
-    streams = _submit(engine, prompts, n, params)
+    n = body.choices
+    engine.check_capacity(body.prompt_count * n)  # before any prompt is tokenized
+    params = engine.params(body.sampling(body.max_tokens))
+    streams = _submit(engine, _prompts(engine, body), n, params)
+    stream, include_usage = body.streaming, body.include_usage
 
     def choice(index: int, result: GenerationResult) -> dict[str, Any]:
         return {
@@ -360,21 +298,20 @@ async def completions(request: Request) -> Response:
         delta=delta,
         stream=stream,
         include_usage=include_usage,
+        deadline=deadline,
     )
 
 
 async def chat_completions(request: Request) -> Response:
-    body = await json_object(request)
+    deadline = StreamDeadline(request.app.state.settings.request_timeout_s)
+    body = await read_message(request, ChatCompletionRequest)
     engine = _engine(request, body)
     _check_supported(body)
-    n = _choices(body)
-    max_tokens = body.get("max_completion_tokens")
-    if max_tokens is None:
-        max_tokens = body.get("max_tokens")
-    params = _params(engine, body, max_tokens)
-    prompt = _chat_prompt(engine, body.get("messages"))
-    stream, include_usage = _streaming(body), _stream_options(body)
-    streams = _submit(engine, [prompt], n, params)
+    n = body.choices
+    engine.check_capacity(n)  # before the messages are rendered and tokenized
+    params = engine.params(body.sampling(body.token_limit))
+    streams = _submit(engine, [_chat_prompt(engine, body)], n, params)
+    stream, include_usage = body.streaming, body.include_usage
 
     def choice(index: int, result: GenerationResult) -> dict[str, Any]:
         return {
@@ -408,6 +345,7 @@ async def chat_completions(request: Request) -> Response:
         delta=delta,
         stream=stream,
         include_usage=include_usage,
+        deadline=deadline,
     )
 
 

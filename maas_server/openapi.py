@@ -18,6 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from maas_wire.generate import GenerateRequest, GenerateResponse
+from maas_wire.openai import ChatCompletionRequest, CompletionRequest
 from maas_wire.types import (
     ErrorResponse,
     InferenceRequest,
@@ -46,6 +48,8 @@ class _Operation:
     request: type[BaseModel] | None = None
     answer: type[BaseModel] | dict[str, Any] | None = None
     binary: bool = False
+    body_required: bool = False  # an empty body is a 400 (else it reads as {})
+    events: bool = False  # the answer may be server-sent events (text/event-stream)
 
 
 _DURATION = {
@@ -88,7 +92,22 @@ _OPERATIONS: dict[str, _Operation] = {
                                None, ModelConfiguration),
     "infer": _Operation("Inference (JSON, or binary tensor data with "
                         "Inference-Header-Content-Length)", "inference", InferenceRequest,
-                        InferenceResponse, binary=True),
+                        InferenceResponse, binary=True, body_required=True),
+    "generate": _Operation("Generate text (Triton's generate extension), one JSON answer",
+                           "generation", GenerateRequest, GenerateResponse, body_required=True),
+    "generate_stream": _Operation("Generate text as server-sent events, one GenerateResponse "
+                                  "per piece of text", "generation", GenerateRequest,
+                                  GenerateResponse, body_required=True, events=True),
+    "list_models": _Operation("OpenAI: the text-generation models", "openai", None,
+                              {"type": "object"}),
+    "retrieve_model": _Operation("OpenAI: one text-generation model", "openai", None,
+                                 {"type": "object"}),
+    "completions": _Operation("OpenAI completions (server-sent events with stream: true)",
+                              "openai", CompletionRequest, {"type": "object"},
+                              body_required=True, events=True),
+    "chat_completions": _Operation("OpenAI chat completions (server-sent events with "
+                                   "stream: true)", "openai", ChatCompletionRequest,
+                                   {"type": "object"}, body_required=True, events=True),
     "model_statistics_endpoint": _Operation("Triton statistics of loaded models", "statistics",
                                             None, _STATS),
     "repository_index": _Operation("The models of the repository and their state", "repository",
@@ -130,7 +149,11 @@ def route_operations(routes: Iterable[BaseRoute], prefix: str = "") -> list[tupl
 def _schemas() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
     models: list[type[BaseModel]] = [
+        ChatCompletionRequest,
+        CompletionRequest,
         ErrorResponse,
+        GenerateRequest,
+        GenerateResponse,
         InferenceRequest,
         InferenceResponse,
         ModelConfiguration,
@@ -179,7 +202,7 @@ def _operation(path: str, method: str, endpoint: Any, open_path: bool) -> dict[s
                 "description": "JSON header then binary tensors; the header's length is in "
                 "Inference-Header-Content-Length",
             }
-        operation["requestBody"] = {"required": name == "infer", "content": content}
+        operation["requestBody"] = {"required": known.body_required, "content": content}
     elif method == "POST":
         operation["requestBody"] = {
             "required": False,
@@ -191,6 +214,12 @@ def _operation(path: str, method: str, endpoint: Any, open_path: bool) -> dict[s
         ok = {"application/json": {"schema": _schema(known.answer or {"type": "object"})}}
         if known.binary:
             ok["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
+        if known.events:
+            ok["text/event-stream"] = {
+                "schema": {"type": "string"},
+                "description": "data: <JSON> events; an error after the first is a last "
+                "event that carries {'error': ...}",
+            }
     error = {"application/json": {"schema": _schema(ErrorResponse)}}
     operation["responses"] = {
         "200": {"description": "OK", "content": ok},

@@ -6,7 +6,7 @@ Content-Type (clients differ in what they send).
 
 from __future__ import annotations
 
-import zlib
+import asyncio
 from functools import partial
 from typing import Any
 
@@ -16,17 +16,21 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from maas_wire.codec import HEADER_LENGTH, CodecError
-from maas_wire.protocol import decode_request, encode_response
+from maas_wire.protocol import decode_request_header, decode_request_tensors, encode_response
 
 from .auth import model_allowed
 from .batching import ClientDisconnected
 from .dataplane import DataPlane
-from .errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from .errors import BadRequestError
 from .limits import check_tensor_limits
 from .openapi import openapi_endpoint
+from .request_body import holding_body, read_body, read_json, require_body
 from .stats import model_statistics
 
-__all__ = ["JSONBytesResponse", "routes"]
+__all__ = ["OFFLOAD_BYTES", "JSONBytesResponse", "routes"]
+
+OFFLOAD_BYTES = 1024 * 1024
+"""Request bodies of this size or more are decoded on a worker thread, off the event loop."""
 
 
 class JSONBytesResponse(Response):
@@ -46,91 +50,6 @@ def _dataplane(request: Request) -> DataPlane:
 def _version(request: Request) -> str | None:
     version: str | None = request.path_params.get("version")
     return version
-
-
-def _header_int(value: str) -> int | None:
-    """A header's non-negative decimal integer (ASCII digits only: ``str.isdigit`` also takes
-    ``²``), or None; one of more than 18 digits counts as 10**18."""
-    text = value.strip()
-    if not text or not text.isascii() or not text.isdigit():
-        return None
-    return int(text) if len(text) <= 18 else 10**18
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    size = _header_int(declared) if declared is not None else None
-    if size is not None and size > limit:
-        raise PayloadTooLargeError(
-            f"request body of {declared} bytes exceeds the server's limit of {limit} bytes"
-        )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"request body exceeds the server's limit of {limit} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("", "identity"):
-        return body
-    return _decompress(body, encoding, limit)
-
-
-_MAX_GZIP_MEMBERS = 1024
-
-
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    """A gzip or deflate request body (tritonclient's request compression), inflated no further
-    than ``limit`` bytes so that a small body cannot expand without bound. Every member of a
-    gzip body is decoded, as ``gzip.decompress`` does (up to 1024 of them); data after a deflate
-    stream is refused, never dropped."""
-    if encoding == "gzip":
-        wbits = 16 + zlib.MAX_WBITS
-    elif encoding == "deflate":
-        wbits = zlib.MAX_WBITS
-    else:
-        raise UnsupportedMediaTypeError(
-            f"Content-Encoding {encoding!r} is not supported; use gzip, deflate or identity"
-        )
-    parts: list[bytes] = []
-    size = 0
-    rest = body
-    for _ in range(_MAX_GZIP_MEMBERS):
-        inflater = zlib.decompressobj(wbits=wbits)
-        try:
-            data = inflater.decompress(rest, limit + 1 - size)
-        except zlib.error as exc:
-            raise BadRequestError(f"request body is not valid {encoding} data: {exc}") from None
-        size += len(data)
-        if size > limit:
-            raise PayloadTooLargeError(
-                f"decompressed request body exceeds the server's limit of {limit} bytes"
-            )
-        if not inflater.eof:
-            raise BadRequestError(f"request body is truncated {encoding} data")
-        parts.append(data)
-        rest = inflater.unused_data
-        if not rest:
-            return b"".join(parts)
-        if encoding != "gzip":
-            raise BadRequestError("request body has data after the end of its deflate stream")
-    raise BadRequestError(f"request body has more than {_MAX_GZIP_MEMBERS} gzip members")
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    body = await read_body(request, _dataplane(request).settings.max_body_bytes)
-    if not body.strip():
-        return {}
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequestError(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise BadRequestError("request body must be a JSON object")
-    return data
 
 
 async def server_metadata(request: Request) -> Response:
@@ -163,36 +82,52 @@ async def model_config(request: Request) -> Response:
 
 
 async def infer(request: Request) -> Response:
+    """Inference: the body is checked as far as its JSON header allows (inputs, datatypes,
+    shapes, sizes; the server's in-flight limit) before any tensor is decoded, held within the
+    server's budget of body bytes, and decoded off the event loop when it is large."""
     plane = _dataplane(request)
     name = request.path_params["model"]
     version = _version(request)
-    body = await read_body(request, plane.settings.max_body_bytes)
-    header = request.headers.get(HEADER_LENGTH)
-    header_length: int | None = None
-    if header is not None:
-        header_length = _header_int(header)
-        if header_length is None or header_length > len(body):
-            shown = repr(header) if len(header) <= 40 else repr(header[:40]) + "..."
+    header_length = _header_length(request.headers.get(HEADER_LENGTH))
+    settings = plane.settings
+    with holding_body(request) as hold:
+        body = require_body(await read_body(request, settings.max_body_bytes, hold))
+        if header_length is not None and header_length > len(body):
             raise BadRequestError(
                 f"{HEADER_LENGTH} must be a non-negative integer no larger than the body "
-                f"({len(body)} bytes), not {shown}"
+                f"({len(body)} bytes), not {header_length}"
             )
-    if header_length == 0:
-        request_msg, tensors = plane.raw_request(plane.repository.get(name, version), body)
-    else:
+        model = plane.repository.get(name, version)
+        plane.check_inflight(model)
+        large = len(body) >= OFFLOAD_BYTES
         try:
-            request_msg, tensors = decode_request(body, header_length)
+            if header_length == 0:
+                request_msg, tensors = plane.raw_request(model, body)
+            else:
+                if large:
+                    request_msg, binary = await asyncio.to_thread(
+                        decode_request_header, body, header_length
+                    )
+                else:
+                    request_msg, binary = decode_request_header(body, header_length)
+                plane.precheck(model, request_msg)
+                if large:
+                    tensors = await asyncio.to_thread(decode_request_tensors, request_msg, binary)
+                else:
+                    tensors = decode_request_tensors(request_msg, binary)
+                del binary
         except CodecError as exc:
             raise BadRequestError(str(exc)) from None
-    settings = plane.settings
-    check_tensor_limits(tensors, settings.max_tensor_elements, settings.max_bytes_element_size)
-    try:
-        result = await plane.infer(
-            name, version, request_msg, tensors, partial(_disconnected, request)
-        )
-    except ClientDisconnected:
-        # The client went away while its request waited: it left the queue; nobody reads this.
-        return Response(status_code=499)
+        del body
+        check_tensor_limits(tensors, settings.max_tensor_elements, settings.max_bytes_element_size)
+        try:
+            result = await plane.infer(
+                name, version, request_msg, tensors, partial(_disconnected, request)
+            )
+        except ClientDisconnected:
+            # The client went away while its request waited: it left the queue; nobody reads this.
+            return Response(status_code=499)
+        del tensors
     try:
         encoded = encode_response(
             result.model_name, result.model_version, result.outputs, request_id=result.request_id
@@ -208,6 +143,18 @@ async def infer(request: Request) -> Response:
     )
 
 
+def _header_length(header: str | None) -> int | None:
+    """``Inference-Header-Content-Length``: ASCII digits only (``str.isdigit`` also takes
+    Unicode digits such as ``²``), and no more of them than a body size can need."""
+    if header is None:
+        return None
+    text = header.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 20:
+        shown = repr(header) if len(header) <= 40 else repr(header[:40]) + "..."
+        raise BadRequestError(f"{HEADER_LENGTH} must be a non-negative integer, not {shown}")
+    return int(text)
+
+
 async def _disconnected(request: Request) -> None:
     """Return once the client has disconnected (the request body is already read)."""
     while (await request.receive())["type"] != "http.disconnect":
@@ -215,7 +162,7 @@ async def _disconnected(request: Request) -> None:
 
 
 async def repository_index(request: Request) -> Response:
-    body = await _json_body(request)
+    body = await read_json(request, required=False)
     ready = body.get("ready", False)
     if not isinstance(ready, bool):
         raise BadRequestError("'ready' must be true or false")
@@ -224,7 +171,7 @@ async def repository_index(request: Request) -> Response:
 
 
 async def repository_load(request: Request) -> Response:
-    body = await _json_body(request)
+    body = await read_json(request, required=False)
     parameters = body.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise BadRequestError("'parameters' must be a JSON object")
@@ -236,7 +183,7 @@ async def repository_load(request: Request) -> Response:
 
 
 async def repository_unload(request: Request) -> Response:
-    await _json_body(request)
+    await read_json(request, required=False)
     await _dataplane(request).unload_model(request.path_params["model"])
     return JSONBytesResponse({})
 

@@ -41,6 +41,8 @@ class Settings:
     ``inline_threshold_us``: requests whose estimated run time is below this many microseconds
     run on the event loop instead of a worker thread (0 turns it off). ``max_inflight``: requests
     accepted at once across all models; more get 503 with ``Retry-After`` (0: no limit).
+    ``max_inflight_body_bytes``: request body bytes held at once across all requests; a body
+    that does not fit gets 503 with ``Retry-After`` before it is read (0: no limit).
 
     Access control (off unless ``api_keys_file`` or ``admin_api_key`` is set, see
     ``docs/security.md``): ``open_paths`` need no key; the keys file is re-read when it changes,
@@ -54,6 +56,7 @@ class Settings:
     repository: Path
     model_control: ModelControl = "none"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_inflight_body_bytes: int = 4 * DEFAULT_MAX_BODY_BYTES
     strict_readiness: bool = True
     inline_threshold_us: float = 50.0
     max_inflight: int = 1024

@@ -11,6 +11,7 @@ client goes away, whether or not a send is pending, so this response listens for
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -18,7 +19,7 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["EventStreamResponse", "sse_event", "watch_disconnect"]
+__all__ = ["EventStreamResponse", "StreamDeadline", "sse_event", "watch_disconnect"]
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -81,3 +82,46 @@ class EventStreamResponse(Response):
             aclose = getattr(self.chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+
+class StreamDeadline:
+    """The request deadline (``request_timeout_s``) for a stream that has started.
+
+    The request guard answers 504 when no answer has started within the deadline, but an event
+    stream starts with its first event. This timer, counted from when the route starts (the
+    request has just arrived), ends the stream when the deadline passes: ``on_expire`` stops the
+    generation, and the stream sends :attr:`message` as its last (error) event. ``timeout_s``
+    0: no deadline.
+
+    >>> deadline = StreamDeadline(30.0)
+    >>> deadline.start(stream.cancel)  # once the first event is out
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.arrival = time.monotonic()
+        self.expired = False
+        self._handle: asyncio.TimerHandle | None = None
+
+    @property
+    def message(self) -> str:
+        return (
+            f"the request deadline of {self.timeout_s:g} s passed; the stream was cut "
+            "(the server's request_timeout_s)"
+        )
+
+    def start(self, on_expire: Callable[[], None]) -> None:
+        if not self.timeout_s:
+            return
+
+        def expire() -> None:
+            self.expired = True
+            on_expire()
+
+        remaining = self.arrival + self.timeout_s - time.monotonic()
+        self._handle = asyncio.get_running_loop().call_later(max(0.0, remaining), expire)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

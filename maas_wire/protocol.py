@@ -33,6 +33,8 @@ __all__ = [
     "Body",
     "TensorPayload",
     "decode_request",
+    "decode_request_header",
+    "decode_request_tensors",
     "decode_response",
     "encode_request",
     "encode_request_parts",
@@ -221,16 +223,34 @@ def _decode_tensors(
     return tensors
 
 
-def decode_request(
+def decode_request_header(
     body: bytes | bytearray | memoryview, header_length: int | None = None
-) -> tuple[InferenceRequest, dict[str, np.ndarray[Any, Any]]]:
-    """Parse an inference request body into its message and its input wire arrays."""
+) -> tuple[InferenceRequest, memoryview]:
+    """The message of an inference request body, and its binary part (a view, not a copy)
+    for :func:`decode_request_tensors`: whatever can be checked from the message can be,
+    before any tensor is decoded."""
     obj, binary = _load_header(body, header_length)
     try:
         request = InferenceRequest.model_validate(obj)
     except ValidationError as exc:
         raise CodecError(f"malformed inference request: {format_validation_error(exc)}") from None
-    return request, _decode_tensors("input", request.inputs, binary)
+    return request, binary
+
+
+def decode_request_tensors(
+    request: InferenceRequest, binary: memoryview
+) -> dict[str, np.ndarray[Any, Any]]:
+    """The input wire arrays of a request from :func:`decode_request_header` (fixed-size binary
+    tensors are views of the body: nothing is copied)."""
+    return _decode_tensors("input", request.inputs, binary)
+
+
+def decode_request(
+    body: bytes | bytearray | memoryview, header_length: int | None = None
+) -> tuple[InferenceRequest, dict[str, np.ndarray[Any, Any]]]:
+    """Parse an inference request body into its message and its input wire arrays."""
+    request, binary = decode_request_header(body, header_length)
+    return request, decode_request_tensors(request, binary)
 
 
 def decode_response(

@@ -313,3 +313,48 @@ def test_repository_index(http: httpx.Client) -> None:
     ready = http.post("/v2/repository/index", json={"ready": True}).json()
     assert ready and all(r["state"] == "READY" for r in ready)
     assert not any(r["name"] == "corrupt" for r in ready)
+
+
+# --- one JSON body reader -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        # every field optional: an empty body is {}
+        ("/v2/repository/index", 200),
+        ("/v2/repository/models/mlp/load", 200),  # a reload, as with {}
+        # a body is required: an empty body is a 400 that says so
+        ("/v2/models/mlp/infer", 400),
+    ],
+)
+def test_empty_body_is_an_empty_object_only_where_every_field_is_optional(
+    http: httpx.Client, path: str, status: int
+) -> None:
+    for empty in (b"", b"  "):
+        answer = http.post(path, content=empty)
+        assert answer.status_code == status, answer.text
+        if status == 400:
+            assert "request body is empty" in answer.json()["error"]
+
+
+def test_empty_body_where_one_is_required_is_a_clear_400(generation_url: str) -> None:
+    for path in (
+        "/v2/models/tiny_gpt/generate",
+        "/v2/models/tiny_gpt/generate_stream",
+        "/v1/completions",
+        "/v1/chat/completions",
+    ):
+        answer = httpx.post(f"{generation_url}{path}", content=b"")
+        assert answer.status_code == 400, (path, answer.text)
+        error = answer.json()["error"]
+        message = error["message"] if isinstance(error, dict) else error
+        assert "request body is empty" in message, (path, message)
+    # the same routes with a body still work
+    good = httpx.post(
+        f"{generation_url}/v2/models/tiny_gpt/generate",
+        json={"text_input": "Copyright", "max_tokens": 2},
+        timeout=30,
+    )
+    assert good.status_code == 200, good.text
+    assert good.json()["completion_tokens"] == 2
