@@ -23,16 +23,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .config import DynamicBatching
 from .errors import BadRequestError, ModelUnavailableError
+from .runtime import OnnxModel
 from .stats import ModelStats
-
-if TYPE_CHECKING:
-    from .runtime import OnnxModel
 
 __all__ = [
     "ClientDisconnected",
@@ -134,11 +132,16 @@ class _Order:
 
 
 class Scheduler:
-    """Queues and batches the requests of one :class:`OnnxModel`."""
+    """Queues and batches the requests of one :class:`OnnxModel`, counting them in ``stats``.
+
+    It refers to its model and statistics and nothing refers back: the
+    :class:`~maas_server.model_version.ModelVersion` that owns all three closes them.
+    """
 
     def __init__(self, model: OnnxModel, stats: ModelStats) -> None:
         self.model = model
         self.stats = stats
+        self._closed = False
         config = model.config.dynamic_batching
         self.batching = config is not None and model.max_batch_size > 0
         self.config = config or DynamicBatching()
@@ -168,6 +171,15 @@ class Scheduler:
     @property
     def queued(self) -> int:
         return self._size
+
+    @property
+    def busy(self) -> int:
+        """Instances running a request now (until their session call really returns)."""
+        return self._busy
+
+    def close(self) -> None:
+        """Refuse new requests (503): the version is closing."""
+        self._closed = True
 
     # --- entry --------------------------------------------------------------------------
 
@@ -200,6 +212,11 @@ class Scheduler:
         waits in its priority queue; ``disconnected``, when given, is awaited meanwhile, and the
         request leaves the queue as soon as it returns (:class:`ClientDisconnected`).
         """
+        if self._closed:
+            raise ModelUnavailableError(
+                f"model {self.model.name!r} version {self.model.version} was unloaded or "
+                "replaced; retry"
+            )
         level = self.level_of(priority)
         now = time.monotonic_ns()
         first = next(iter(feeds.values()), None)

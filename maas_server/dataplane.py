@@ -23,8 +23,9 @@ from maas_wire.types import InferenceRequest, RequestInput, RequestOutput
 from . import __version__
 from .batching import ClientDisconnected, DrainRate, QueueFullError, retry_headers
 from .errors import BadRequestError, InternalError, ServerError
+from .model_version import ModelVersion
 from .repository import ModelRepository
-from .runtime import OnnxModel, TensorSpec
+from .runtime import TensorSpec
 from .settings import Settings
 
 __all__ = ["EXTENSIONS", "DataPlane", "InferenceResult"]
@@ -52,7 +53,7 @@ class InferenceResult:
     """The outputs of one request, ready to be encoded."""
 
     def __init__(
-        self, model: OnnxModel, request_id: str | None, outputs: list[TensorPayload]
+        self, model: ModelVersion, request_id: str | None, outputs: list[TensorPayload]
     ) -> None:
         self.model_name = model.name
         self.model_version = str(model.version)
@@ -213,7 +214,9 @@ class DataPlane:
         outputs = [self._output(model, out, results[out.name], binary_default) for out in wanted]
         return InferenceResult(model, request.id, outputs)
 
-    def raw_request(self, model: OnnxModel, body: bytes) -> tuple[InferenceRequest, dict[str, Any]]:
+    def raw_request(
+        self, model: ModelVersion, body: bytes
+    ) -> tuple[InferenceRequest, dict[str, Any]]:
         """A request from a raw body (``Inference-Header-Content-Length: 0``): the whole body is
         the only input's bytes, a batch-1 request whose outputs all come back binary."""
         if len(model.inputs) != 1:
@@ -260,7 +263,7 @@ class DataPlane:
 
     def _feeds(
         self,
-        model: OnnxModel,
+        model: ModelVersion,
         request: InferenceRequest,
         tensors: dict[str, np.ndarray[Any, Any]],
     ) -> dict[str, np.ndarray[Any, Any]]:
@@ -311,7 +314,7 @@ class DataPlane:
             feeds[entry.name] = array
         return feeds
 
-    def _outputs(self, model: OnnxModel, request: InferenceRequest) -> list[RequestOutput]:
+    def _outputs(self, model: ModelVersion, request: InferenceRequest) -> list[RequestOutput]:
         if not request.outputs:
             return [RequestOutput(name=s.name) for s in model.outputs]
         seen: set[str] = set()
@@ -333,7 +336,7 @@ class DataPlane:
 
     def _output(
         self,
-        model: OnnxModel,
+        model: ModelVersion,
         out: RequestOutput,
         array: np.ndarray[Any, Any],
         binary_default: bool,
@@ -391,7 +394,7 @@ def _to_bytes(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 
 
 def _classify(
-    model: OnnxModel, name: str, array: np.ndarray[Any, Any], k: int
+    model: ModelVersion, name: str, array: np.ndarray[Any, Any], k: int
 ) -> tuple[np.ndarray[Any, Any], str]:
     """Triton's classification extension: the top ``k`` of each row as ``value:index[:label]``."""
     if array.dtype.kind not in "fiu":

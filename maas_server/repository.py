@@ -2,8 +2,10 @@
 
 Loading builds a whole new record (every version the policy selects) before it replaces the old
 one in a single assignment, so requests already running finish on the sessions they started on and
-new requests see either the old model or the new one, never a mix. A model that fails to load keeps
-its reason for the index and does not affect the others.
+new requests see either the old model or the new one, never a mix. The versions of the old record
+are then retired: each closes (sessions released, threads joined, engine stopped) once its
+requests in flight are done. A model that fails to load keeps its reason for the index and does
+not affect the others.
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ import json
 import logging
 import re
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, ModelConfig, load_config, parse_config
 from .errors import BadRequestError, ModelNotFoundError, ModelUnavailableError
+from .model_version import ModelVersion
 from .runtime import ModelLoadError, OnnxModel, read_labels
+from .stats import ModelStats
 
 __all__ = ["MODEL_FILENAME", "ModelRecord", "ModelRepository", "VersionStatus"]
 
@@ -27,6 +32,8 @@ logger = logging.getLogger("maas_server")
 MODEL_FILENAME = "model.onnx"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _VERSION = re.compile(r"^[0-9]{1,18}$")
+DRAIN_TIMEOUT_S = 300.0
+"""How long a replaced or unloaded version waits for its requests in flight before it closes."""
 
 
 @dataclass
@@ -36,7 +43,7 @@ class VersionStatus:
     version: int
     state: str
     reason: str = ""
-    model: OnnxModel | None = None
+    model: ModelVersion | None = None
 
 
 @dataclass
@@ -56,14 +63,22 @@ class ModelRecord:
 class ModelRepository:
     """Models on disk and in memory. Blocking methods (:meth:`load`) belong in worker threads."""
 
-    def __init__(self, root: Path, *, inline_threshold_us: float = 0.0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        inline_threshold_us: float = 0.0,
+        drain_timeout_s: float = DRAIN_TIMEOUT_S,
+    ) -> None:
         self.root = root.resolve()
         self.inline_threshold_us = inline_threshold_us
+        self.drain_timeout_s = drain_timeout_s
         if not self.root.is_dir():
             raise FileNotFoundError(f"model repository {root} is not a folder")
         self._records: dict[str, ModelRecord] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._retiring: weakref.WeakSet[ModelVersion] = weakref.WeakSet()
 
     def model_names(self) -> list[str]:
         """Every model folder in the repository, loaded or not."""
@@ -103,8 +118,16 @@ class ModelRepository:
             logger.info("model %s ready (versions %s)", name, record.ready_versions())
         else:
             logger.error("model %s unavailable: %s", name, record.reason)
-        del previous  # its sessions go once the requests still using them finish
+        if previous is not None:
+            self._retire(previous)
         return record
+
+    def _retire(self, record: ModelRecord) -> None:
+        """Close the versions of a record nobody is handed any more, once their requests end."""
+        for status in record.versions.values():
+            if status.model is not None:
+                self._retiring.add(status.model)
+                status.model.retire(self.drain_timeout_s)
 
     def _build(self, name: str, model_dir: Path, config_override: str | None) -> ModelRecord:
         try:
@@ -138,10 +161,8 @@ class ModelRepository:
             try:
                 if not self._inside(path):
                     raise ModelLoadError(f"{path.name} links outside the model repository")
-                model = OnnxModel.load(
-                    name, version, path, config, labels, self.inline_threshold_us
-                )
-                versions[version] = VersionStatus(version, "READY", "", model)
+                onnx = OnnxModel.load(name, version, path, config, labels, self.inline_threshold_us)
+                versions[version] = VersionStatus(version, "READY", "", ModelVersion(onnx))
             except ModelLoadError as exc:
                 versions[version] = VersionStatus(version, "UNAVAILABLE", str(exc))
         failed = [s for s in versions.values() if s.model is None]
@@ -154,8 +175,11 @@ class ModelRepository:
         """Stop serving a model; requests already running finish on it."""
         self.model_dir(name)
         with self._lock(name):
+            previous = self._records.get(name)
             self._records[name] = ModelRecord(name, "UNAVAILABLE", "unloaded")
         logger.info("model %s unloaded", name)
+        if previous is not None:
+            self._retire(previous)
 
     def record(self, name: str) -> ModelRecord:
         """The record of a model: 404 when there is no such model, a not-loaded record otherwise."""
@@ -165,7 +189,7 @@ class ModelRepository:
         self.model_dir(name)
         return ModelRecord(name, "UNAVAILABLE", "not loaded")
 
-    def get(self, name: str, version: str | None = None) -> OnnxModel:
+    def get(self, name: str, version: str | None = None) -> ModelVersion:
         """The model to serve a request with: the newest ready version unless one is named."""
         record = self.record(name)
         if version is None or version == "":
@@ -214,7 +238,7 @@ class ModelRepository:
             rows = [r for r in rows if r["state"] == "READY"]
         return rows
 
-    def loaded_models(self) -> list[OnnxModel]:
+    def loaded_models(self) -> list[ModelVersion]:
         return [
             s.model
             for record in self._records.values()
@@ -228,7 +252,27 @@ class ModelRepository:
             r.state == "READY" for r in self._records.values() if r.reason not in ("unloaded",)
         )
 
+    def version_stats(
+        self, name: str | None = None, version: str | None = None
+    ) -> list[tuple[str, int, ModelStats]]:
+        """The statistics of every loaded version, of ``name``'s (404 for an unknown model), or
+        of one version (none when it is not loaded)."""
+        models: list[ModelVersion]
+        if name is None:
+            models = self.loaded_models()
+        elif version is None or version == "":
+            record = self.record(name)
+            models = [s.model for s in record.versions.values() if s.model is not None]
+        else:
+            try:
+                models = [self.get(name, version)]
+            except ModelUnavailableError:
+                models = []
+        return [(m.name, m.version, m.stats) for m in models]
+
     def close(self) -> None:
-        for model in self.loaded_models():
-            model.close()
+        """Close every loaded version (at shutdown, once requests have drained)."""
+        models = [*self.loaded_models(), *self._retiring]
         self._records.clear()
+        for model in models:
+            model.close()

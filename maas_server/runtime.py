@@ -1,4 +1,4 @@
-"""One loaded version of a model: its ONNX Runtime sessions and the threads that run them.
+"""The ONNX Runtime sessions of one model version and the threads that run them.
 
 Sessions run in a thread pool with one worker per instance, so inference never stalls the event
 loop. What the model's tensors look like is read from the graph (and the configuration's
@@ -27,9 +27,8 @@ import onnxruntime as ort
 
 from maas_wire.codec import DATATYPES
 
-from .batching import Scheduler
 from .config import ConfigError, ExecutionProvider, ModelConfig
-from .stats import ModelStats
+from .errors import ModelUnavailableError
 
 __all__ = [
     "GPU_PROVIDERS",
@@ -118,10 +117,12 @@ def _spec(node: Any, override: list[int] | None) -> TensorSpec:
 
 
 class OnnxModel:
-    """One version of one model, ready to run.
+    """The sessions of one version of one model, ready to run.
 
     Build it with :meth:`load` (blocking: call it from a worker thread when the server is up),
-    then ``await model.run(feeds, output_names)``.
+    then ``await model.run(feeds, output_names)``; :meth:`close` joins its threads and lets go
+    of its sessions. It knows nothing of queues or statistics (see
+    :class:`~maas_server.model_version.ModelVersion`, which owns it).
     """
 
     def __init__(
@@ -148,6 +149,7 @@ class OnnxModel:
         self._check_overrides(overrides_in, overrides_out)
         self._check_batching()
         self._uses_bf16 = any(s.datatype == "BF16" for s in (*self.inputs, *self.outputs))
+        self._sessions = list(sessions)
         self._idle: queue.SimpleQueue[ort.InferenceSession] = queue.SimpleQueue()
         for session in sessions:
             self._idle.put(session)
@@ -156,8 +158,7 @@ class OnnxModel:
         )
         self.run_time_us: float | None = None
         self.inline_max_elements = 0
-        self.stats = ModelStats()
-        self.scheduler = Scheduler(self, self.stats)
+        self._closed = False
 
     @property
     def max_batch_size(self) -> int:
@@ -323,6 +324,8 @@ class OnnxModel:
     def session(self) -> Iterator[ort.InferenceSession]:
         """Borrow an idle instance's session for a caller that drives it itself (the generation
         loop, which binds its own inputs and outputs); it goes back to the pool on exit."""
+        if self._closed:
+            raise self._unavailable()
         session = self._idle.get()
         try:
             yield session
@@ -333,11 +336,18 @@ class OnnxModel:
         self, feeds: dict[str, np.ndarray[Any, Any]], output_names: list[str]
     ) -> dict[str, np.ndarray[Any, Any]]:
         """Run one request on an idle instance (BYTES as ``str`` objects, BF16 as bits)."""
+        if self._closed:
+            raise self._unavailable()
         session = self._idle.get()
         try:
             return self._run_on(session, feeds, output_names)
         finally:
             self._idle.put(session)
+
+    def _unavailable(self) -> ModelUnavailableError:
+        return ModelUnavailableError(
+            f"model {self.name!r} version {self.version} was unloaded or replaced; retry"
+        )
 
     def _run_on(
         self,
@@ -393,12 +403,36 @@ class OnnxModel:
                     return self._run_on(session, feeds, output_names)
                 finally:
                     self._idle.put(session)
+        if self._closed:
+            raise self._unavailable()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.run_sync, feeds, output_names)
+        try:
+            return await loop.run_in_executor(self._executor, self.run_sync, feeds, output_names)
+        except RuntimeError:
+            if self._closed:  # closed between the check and the hand-over to the pool
+                raise self._unavailable() from None
+            raise
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def sessions(self) -> list[ort.InferenceSession]:
+        """The instances' sessions (none once closed)."""
+        return list(self._sessions)
 
     def close(self) -> None:
-        """Stop the worker threads once the requests already given to them are done."""
+        """Join the worker threads once the runs already given to them are done, then let go of
+        the sessions (their memory, on a GPU device memory, is freed at once). Idempotent."""
+        self._closed = True
         self._executor.shutdown(wait=True)
+        self._sessions.clear()
+        while True:
+            try:
+                self._idle.get_nowait()
+            except queue.Empty:
+                break
 
 
 def instance_providers(

@@ -20,15 +20,15 @@ from onnx import TensorProto, helper
 from maas_server import Settings
 from maas_server.batching import QueueFullError, QueueTimeoutError
 from maas_server.errors import BadRequestError
+from maas_server.model_version import ModelVersion
 from maas_server.repository import ModelRepository
-from maas_server.runtime import OnnxModel
 from tests import models
 from tests.conftest import start_server
 
 SLOW_ROWS_PER_SECOND = models.SLOW_MODEL_BATCH / 0.5  # slow_model(0.5) takes ~0.5 s for 256 rows
 
 
-def load(tmp_path: Path, name: str, model: onnx.ModelProto, config: dict[str, Any]) -> OnnxModel:
+def load(tmp_path: Path, name: str, model: onnx.ModelProto, config: dict[str, Any]) -> ModelVersion:
     models.save(model, tmp_path / name / "1" / "model.onnx")
     (tmp_path / name / "config.json").write_text(json.dumps(config))
     record = ModelRepository(tmp_path).load(name)
@@ -48,7 +48,7 @@ def two_dim_identity() -> onnx.ModelProto:
 
 
 @pytest.fixture(scope="module")
-def identity_batched(tmp_path_factory: pytest.TempPathFactory) -> OnnxModel:
+def identity_batched(tmp_path_factory: pytest.TempPathFactory) -> ModelVersion:
     config = {
         "max_batch_size": 16,
         "dynamic_batching": {"max_queue_delay_microseconds": 20_000},
@@ -65,7 +65,7 @@ def identity_batched(tmp_path_factory: pytest.TempPathFactory) -> OnnxModel:
     )
 )
 def test_rows_are_routed_exactly(
-    identity_batched: OnnxModel, requests: list[tuple[int, int]]
+    identity_batched: ModelVersion, requests: list[tuple[int, int]]
 ) -> None:
     """Random mixes of batch sizes and widths: each request gets exactly its own rows back, and
     requests of different widths are never merged (they could not be concatenated)."""
@@ -91,7 +91,7 @@ def test_rows_are_routed_exactly(
     asyncio.run(scenario())
 
 
-async def test_concurrent_requests_are_merged(identity_batched: OnnxModel) -> None:
+async def test_concurrent_requests_are_merged(identity_batched: ModelVersion) -> None:
     before_exec = identity_batched.stats.execution_count
     xs = [np.full((1, 3), i, dtype=np.float32) for i in range(16)]
     results = await asyncio.gather(*[identity_batched.scheduler.infer({"x": x}, ["y"]) for x in xs])
@@ -127,7 +127,7 @@ async def test_queue_delay_holds_a_lone_request(tmp_path: Path) -> None:
 
 
 async def completion_order(
-    model: OnnxModel, feeds: list[dict[str, Any]], **kwargs: Any
+    model: ModelVersion, feeds: list[dict[str, Any]], **kwargs: Any
 ) -> list[int]:
     order: list[int] = []
 
@@ -275,7 +275,7 @@ async def test_cancelled_requests_leave_the_queue(tmp_path: Path) -> None:
     assert model.stats.rejected["cancelled"] == 3
 
 
-async def test_every_request_answered_exactly_once(identity_batched: OnnxModel) -> None:
+async def test_every_request_answered_exactly_once(identity_batched: ModelVersion) -> None:
     rng = np.random.default_rng(7)
     answered: list[int] = []
     cancelled: set[int] = set()

@@ -146,7 +146,8 @@ def test_cpu_fallback_is_reported(tmp_path: Path) -> None:
 def test_warmup_measures_run_time(tmp_path: Path) -> None:
     put(tmp_path, "m", models.mlp_model(), {"warmup": 3})
     model = ModelRepository(tmp_path).load("m").versions[1].model
-    assert model is not None and model.run_time_us is not None and model.run_time_us > 0
+    assert model is not None
+    assert model.onnx.run_time_us is not None and model.onnx.run_time_us > 0
 
 
 async def test_explicit_mode_load_and_unload(repository: Path) -> None:
@@ -287,8 +288,9 @@ async def test_small_models_run_inline_only_below_threshold(
 ) -> None:
     put(tmp_path, "m", models.mlp_model())
     record = ModelRepository(tmp_path, inline_threshold_us=threshold_us).load("m")
-    model = record.versions[1].model
-    assert model is not None
+    version = record.versions[1].model
+    assert version is not None
+    model = version.onnx
     assert (model.inline_max_elements > 0) is inline
     x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
     results = await asyncio.gather(*[model.run({"input": x}, ["output"]) for _ in range(4)])
