@@ -5,7 +5,8 @@ one in a single assignment, so requests already running finish on the sessions t
 new requests see either the old model or the new one, never a mix. The versions of the old record
 are then retired: each closes (sessions released, threads joined, engine stopped) once its
 requests in flight are done. A model that fails to load keeps its reason for the index and does
-not affect the others.
+not affect the others; a reload that fails leaves the versions already serving in place (as Triton
+does) and the index reports the failed attempt next to them.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class ModelRecord:
     reason: str = ""
     config: ModelConfig | None = None
     versions: dict[int, VersionStatus] = field(default_factory=dict)
+    reload_failure: str = ""
+    """Why the last reload failed, while this record kept serving (shown in the index)."""
 
     def ready_versions(self) -> list[int]:
         return sorted(v for v, s in self.versions.items() if s.model is not None)
@@ -113,6 +116,24 @@ class ModelRepository:
         with self._lock(name):
             record = self._build(name, model_dir, config_override)
             previous = self._records.get(name)
+            if record.state != "READY" and previous is not None and previous.ready_versions():
+                # As Triton does: a failed reload leaves the serving version in place.
+                previous.reload_failure = record.reason
+                logger.error(
+                    "model %s: reload failed, versions %s keep serving: %s",
+                    name,
+                    previous.ready_versions(),
+                    record.reason,
+                )
+                self._retire(record)
+                kept = ", ".join(str(v) for v in previous.ready_versions())
+                return ModelRecord(
+                    name,
+                    record.state,
+                    f"{record.reason} (version(s) {kept} loaded before keep serving)",
+                    record.config,
+                    record.versions,
+                )
             self._records[name] = record
         if record.state == "READY":
             logger.info("model %s ready (versions %s)", name, record.ready_versions())
@@ -229,7 +250,7 @@ class ModelRepository:
                             "name": name,
                             "version": str(status.version),
                             "state": status.state,
-                            "reason": status.reason,
+                            "reason": status.reason or _failed_reload(record),
                         }
                     )
             else:
@@ -276,3 +297,9 @@ class ModelRepository:
         self._records.clear()
         for model in models:
             model.close()
+
+
+def _failed_reload(record: ModelRecord) -> str:
+    if not record.reload_failure:
+        return ""
+    return f"serving the previous load; the last reload failed: {record.reload_failure}"
