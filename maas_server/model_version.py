@@ -27,6 +27,7 @@ from .batching import Scheduler
 from .config import ModelConfig
 from .errors import ModelUnavailableError
 from .runtime import OnnxModel, TensorSpec
+from .settings import DEFAULT_MAX_QUEUE_SIZE
 from .stats import ModelStats
 
 __all__ = ["Engine", "ModelVersion"]
@@ -47,10 +48,10 @@ class ModelVersion:
     sessions (:attr:`onnx`).
     """
 
-    def __init__(self, onnx: OnnxModel) -> None:
+    def __init__(self, onnx: OnnxModel, *, max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE) -> None:
         self.onnx = onnx
         self.stats = ModelStats()
-        self.scheduler = Scheduler(onnx, self.stats)
+        self.scheduler = Scheduler(onnx, self.stats, max_queue_size)
         self.engine: Engine | None = None
         self._lock = threading.Lock()
         self._retired = False

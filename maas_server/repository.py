@@ -24,6 +24,7 @@ from .config import ConfigError, ModelConfig, load_config, parse_config
 from .errors import BadRequestError, ModelNotFoundError, ModelUnavailableError
 from .model_version import ModelVersion
 from .runtime import ModelLoadError, OnnxModel, read_labels
+from .settings import DEFAULT_MAX_QUEUE_SIZE
 from .stats import ModelStats
 
 __all__ = ["MODEL_FILENAME", "ModelRecord", "ModelRepository", "VersionStatus"]
@@ -72,8 +73,10 @@ class ModelRepository:
         *,
         inline_threshold_us: float = 0.0,
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
+        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
     ) -> None:
         self.root = root.resolve()
+        self.max_queue_size = max_queue_size
         self.inline_threshold_us = inline_threshold_us
         self.drain_timeout_s = drain_timeout_s
         if not self.root.is_dir():
@@ -183,7 +186,9 @@ class ModelRepository:
                 if not self._inside(path):
                     raise ModelLoadError(f"{path.name} links outside the model repository")
                 onnx = OnnxModel.load(name, version, path, config, labels, self.inline_threshold_us)
-                versions[version] = VersionStatus(version, "READY", "", ModelVersion(onnx))
+                versions[version] = VersionStatus(
+                    version, "READY", "", ModelVersion(onnx, max_queue_size=self.max_queue_size)
+                )
             except ModelLoadError as exc:
                 versions[version] = VersionStatus(version, "UNAVAILABLE", str(exc))
         failed = [s for s in versions.values() if s.model is None]

@@ -15,9 +15,9 @@ import os
 import queue
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -387,10 +387,19 @@ class OnnxModel:
         return out
 
     async def run(
-        self, feeds: dict[str, np.ndarray[Any, Any]], output_names: list[str]
+        self,
+        feeds: dict[str, np.ndarray[Any, Any]],
+        output_names: list[str],
+        on_late_return: Callable[[], None] | None = None,
     ) -> dict[str, np.ndarray[Any, Any]]:
         """Run one request: inline when it is small enough and an instance is idle, else in the
-        model's thread pool."""
+        model's thread pool.
+
+        Cancelling the caller does not stop a session call already running in its thread. With
+        ``on_late_return``, a cancelled ``run`` promises to call it on the event loop exactly
+        once, when the session is free again (at once when the call had not started), so that
+        the caller can count the instance busy until then.
+        """
         if self.inline_max_elements and (
             sum(int(a.size) for a in feeds.values()) <= self.inline_max_elements
         ):
@@ -407,10 +416,19 @@ class OnnxModel:
             raise self._unavailable()
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, self.run_sync, feeds, output_names)
+            future = self._executor.submit(self.run_sync, feeds, output_names)
         except RuntimeError:
             if self._closed:  # closed between the check and the hand-over to the pool
                 raise self._unavailable() from None
+            raise
+        try:
+            return await asyncio.wrap_future(future, loop=loop)
+        except asyncio.CancelledError:
+            if on_late_return is not None:
+                if future.cancelled() or future.cancel():
+                    on_late_return()
+                else:
+                    future.add_done_callback(lambda _: _call_soon(loop, on_late_return))
             raise
 
     @property
@@ -433,6 +451,12 @@ class OnnxModel:
                 self._idle.get_nowait()
             except queue.Empty:
                 break
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """Call ``callback`` on ``loop`` from another thread, unless the loop has closed since."""
+    with suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback)
 
 
 def instance_providers(

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +15,12 @@ import httpx
 import numpy as np
 import onnx
 import pytest
+from asgi_lifespan import LifespanManager
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from maas_server import Settings
+from maas_server import Settings, create_app
 from maas_server.batching import QueueFullError, QueueTimeoutError
 from maas_server.errors import BadRequestError
 from maas_server.model_version import ModelVersion
@@ -489,3 +492,141 @@ async def test_statistics_count_rows_of_batched_models_without_dynamic_batching(
     assert model.stats.inference_count == 8
     assert model.stats.execution_count == 2
     assert sorted(model.stats.batches) == [3, 5]
+
+
+class Gate:
+    """Holds every session call of a model until :meth:`open`, and records how many runs the
+    scheduler had handed to the model at once (from the hand-over until the call returns)."""
+
+    def __init__(self, model: ModelVersion) -> None:
+        self.entered = threading.Event()
+        self._open = threading.Event()
+        self._lock = threading.Lock()
+        self.active = 0
+        self.peak = 0
+        self.runs = 0
+        onnx = model.onnx
+        run, run_sync = onnx.run, onnx.run_sync
+
+        async def counted_run(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            with self._lock:
+                self.runs += 1
+                self.active += 1
+                self.peak = max(self.peak, self.active)
+            return await run(*args, **kwargs)
+
+        def held_run_sync(*args: Any) -> dict[str, Any]:
+            try:
+                self.entered.set()
+                self._open.wait(30)
+                return run_sync(*args)
+            finally:
+                with self._lock:
+                    self.active -= 1
+
+        onnx.run = counted_run  # type: ignore[method-assign]
+        onnx.run_sync = held_run_sync  # type: ignore[method-assign]
+
+    def open(self) -> None:
+        self._open.set()
+
+    async def wait_entered(self) -> None:
+        assert await asyncio.to_thread(self.entered.wait, 30), "the first run never started"
+
+
+async def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    """Wait, yielding to the event loop, until the scheduler's state satisfies ``condition``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.001)
+
+
+def mlp_input() -> dict[str, np.ndarray[Any, Any]]:
+    return {"input": np.full((1, 64), 0.5, dtype=np.float32)}
+
+
+async def test_a_request_cut_by_its_deadline_keeps_the_instance_busy(tmp_path: Path) -> None:
+    """The deadline cancels the waiting coroutine, not ONNX Runtime's call: the scheduler must
+    not hand a second run to the model until that call returns (instance_count 1)."""
+    model = load(tmp_path, "m", models.mlp_model(), {"instance_count": 1})
+    gate = Gate(model)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(model.scheduler.infer(mlp_input(), ["output"]), 0.05)
+    await gate.wait_entered()
+    assert model.scheduler.busy == 1
+    second = asyncio.create_task(model.scheduler.infer(mlp_input(), ["output"]))
+    await until(lambda: model.scheduler.queued == 1 or gate.runs == 2)
+    assert gate.runs == 1, "a second run was handed over while the first still ran"
+    gate.open()
+    result = await second
+    assert result["output"].shape == (1, 10)
+    assert gate.peak == 1
+    assert model.scheduler.busy == 0 and model.stats.pending == 0
+
+
+async def test_delayed_requests_count_in_max_queue_size(tmp_path: Path) -> None:
+    policy = {
+        "timeout_action": "DELAY",
+        "default_timeout_microseconds": 60_000_000,
+        "allow_timeout_override": True,
+        "max_queue_size": 2,
+    }
+    config = {"dynamic_batching": {"default_queue_policy": policy}}
+    model = load(tmp_path, "m", models.mlp_model(), config)
+    gate = Gate(model)
+    blocker = asyncio.create_task(model.scheduler.infer(mlp_input(), ["output"]))
+    await gate.wait_entered()
+    delayed = [
+        asyncio.create_task(model.scheduler.infer(mlp_input(), ["output"], timeout_us=1_000))
+        for _ in range(2)
+    ]
+    await until(lambda: model.scheduler.delayed == 2)
+    with pytest.raises(QueueFullError, match=r"queue is full \(2 requests") as info:
+        await model.scheduler.infer(mlp_input(), ["output"])
+    assert int(info.value.headers["Retry-After"]) >= 1
+    gate.open()
+    for result in await asyncio.gather(blocker, *delayed):
+        assert result["output"].shape == (1, 10)
+    assert (await model.scheduler.infer(mlp_input(), ["output"]))["output"].shape == (1, 10)
+
+
+async def test_queues_are_bounded_by_default(tmp_path: Path) -> None:
+    """No ``max_queue_size`` in the configuration: the server's default bound applies."""
+    models.save(models.mlp_model(), tmp_path / "m" / "1" / "model.onnx")
+    repository = ModelRepository(tmp_path, max_queue_size=3)
+    model = repository.get("m") if repository.load("m").state == "READY" else None
+    assert model is not None
+    gate = Gate(model)
+    running = asyncio.create_task(model.scheduler.infer(mlp_input(), ["output"]))
+    await gate.wait_entered()
+    queued = [asyncio.create_task(model.scheduler.infer(mlp_input(), ["output"])) for _ in range(3)]
+    await until(lambda: model.scheduler.queued == 3)
+    with pytest.raises(QueueFullError, match=r"queue is full \(3 requests"):
+        await model.scheduler.infer(mlp_input(), ["output"])
+    gate.open()
+    await asyncio.gather(running, *queued)
+    assert Settings(repository=tmp_path).max_queue_size == 512
+
+
+async def test_full_default_queue_answers_503_with_retry_after(tmp_path: Path) -> None:
+    models.save(models.mlp_model(), tmp_path / "m" / "1" / "model.onnx")
+    app = create_app(Settings(repository=tmp_path, max_queue_size=1, inline_threshold_us=0))
+    body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.5] * 64}]}
+    async with (
+        LifespanManager(app) as manager,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://t") as c,
+    ):
+        gate = Gate(app.state.dataplane.repository.get("m"))
+        running = asyncio.create_task(c.post("/v2/models/m/infer", json=body))
+        await gate.wait_entered()
+        waiting = asyncio.create_task(c.post("/v2/models/m/infer", json=body))
+        await until(lambda: app.state.dataplane.repository.get("m").scheduler.queued == 1)
+        full = await c.post("/v2/models/m/infer", json=body)
+        assert full.status_code == 503
+        assert "queue is full" in full.json()["error"]
+        assert int(full.headers["Retry-After"]) >= 1
+        gate.open()
+        assert (await running).status_code == 200
+        assert (await waiting).status_code == 200
+        assert (await c.post("/v2/models/m/infer", json=body)).status_code == 200
