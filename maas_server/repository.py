@@ -26,6 +26,7 @@ from .model_version import ModelVersion
 from .runtime import ModelLoadError, OnnxModel, read_labels
 from .settings import DEFAULT_MAX_QUEUE_SIZE
 from .stats import ModelStats
+from .threads import SMALL_MODEL_US, ThreadBudget
 
 __all__ = ["MODEL_FILENAME", "ModelRecord", "ModelRepository", "VersionStatus"]
 
@@ -74,9 +75,13 @@ class ModelRepository:
         inline_threshold_us: float = 0.0,
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
         max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+        threads: ThreadBudget | None = None,
+        small_model_us: float = SMALL_MODEL_US,
     ) -> None:
         self.root = root.resolve()
         self.max_queue_size = max_queue_size
+        self.threads = threads if threads is not None else ThreadBudget()
+        self.small_model_us = small_model_us
         self.inline_threshold_us = inline_threshold_us
         self.drain_timeout_s = drain_timeout_s
         if not self.root.is_dir():
@@ -138,6 +143,7 @@ class ModelRepository:
                     record.versions,
                 )
             self._records[name] = record
+            self.threads.claim(name, _threads_used(record))
         if record.state == "READY":
             logger.info("model %s ready (versions %s)", name, record.ready_versions())
         else:
@@ -185,7 +191,16 @@ class ModelRepository:
             try:
                 if not self._inside(path):
                     raise ModelLoadError(f"{path.name} links outside the model repository")
-                onnx = OnnxModel.load(name, version, path, config, labels, self.inline_threshold_us)
+                onnx = OnnxModel.load(
+                    name,
+                    version,
+                    path,
+                    config,
+                    labels,
+                    self.inline_threshold_us,
+                    intra_op_threads=self.threads.share(name, config.instance_count),
+                    small_model_us=self.small_model_us,
+                )
                 versions[version] = VersionStatus(
                     version, "READY", "", ModelVersion(onnx, max_queue_size=self.max_queue_size)
                 )
@@ -203,6 +218,7 @@ class ModelRepository:
         with self._lock(name):
             previous = self._records.get(name)
             self._records[name] = ModelRecord(name, "UNAVAILABLE", "unloaded")
+            self.threads.release(name)
         logger.info("model %s unloaded", name)
         if previous is not None:
             self._retire(previous)
@@ -308,3 +324,12 @@ def _failed_reload(record: ModelRecord) -> str:
     if not record.reload_failure:
         return ""
     return f"serving the previous load; the last reload failed: {record.reload_failure}"
+
+
+def _threads_used(record: ModelRecord) -> int:
+    """The intra-op threads a record's sessions take from the budget (single-threaded: none)."""
+    total = 0
+    for status in record.versions.values():
+        if status.model is not None and status.model.onnx.intra_op_threads > 1:
+            total += status.model.onnx.intra_op_threads * status.model.config.instance_count
+    return total

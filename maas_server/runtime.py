@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-import os
 import queue
 import statistics
 import time
@@ -29,6 +28,7 @@ from maas_wire.codec import DATATYPES
 
 from .config import ConfigError, ExecutionProvider, ModelConfig
 from .errors import ModelUnavailableError
+from .threads import SMALL_MODEL_US, available_cpus
 
 __all__ = [
     "GPU_PROVIDERS",
@@ -158,6 +158,7 @@ class OnnxModel:
         )
         self.run_time_us: float | None = None
         self.inline_max_elements = 0
+        self.intra_op_threads = 1  # set by load
         self._closed = False
 
     @property
@@ -199,8 +200,16 @@ class OnnxModel:
         config: ModelConfig,
         labels: list[str] | None = None,
         inline_threshold_us: float = 0.0,
+        intra_op_threads: int | None = None,
+        small_model_us: float = SMALL_MODEL_US,
     ) -> OnnxModel:
-        """Create the sessions of a model file; raise :class:`ModelLoadError` with the reason."""
+        """Create the sessions of a model file; raise :class:`ModelLoadError` with the reason.
+
+        Each session gets ``intra_op_threads`` intra-op threads (default: the CPUs this process
+        may use, split between the instances) and one inter-op thread, unless the configuration
+        sets ``intra_op_num_threads`` in its CPU provider options. A model whose warm dummy run
+        takes less than ``small_model_us`` runs single-threaded: its sessions are made again
+        with one thread."""
         requested = config.providers() or default_providers()
         available = set(ort.get_available_providers())
         usable = [p for p in requested if p.name in available]
@@ -215,10 +224,25 @@ class OnnxModel:
         if not usable:
             usable = [ExecutionProvider(name="CPUExecutionProvider")]
         requested_names = [p.name for p in requested]
-        sessions = [
-            cls._session(path, config, usable, index) for index in range(config.instance_count)
-        ]
-        model = cls(name, version, config, sessions, requested_names, labels)
+        explicit = _explicit_threads(usable)
+        threads = explicit or intra_op_threads or available_cpus() // config.instance_count
+        threads = max(1, threads)
+
+        def build(threads: int) -> OnnxModel:
+            sessions = [
+                cls._session(path, config, usable, index, threads)
+                for index in range(config.instance_count)
+            ]
+            model = cls(name, version, config, sessions, requested_names, labels)
+            model.intra_op_threads = threads
+            return model
+
+        model = build(threads)
+        if threads > 1 and not explicit and config.task != "text-generation":
+            warm_us = model.warm_run_us()
+            if warm_us is not None and warm_us < small_model_us:
+                model.close()
+                model = build(1)
         if model.fell_back_to_cpu:
             message = (
                 f"model {name} version {version} asked for {', '.join(requested_names)} but "
@@ -232,11 +256,12 @@ class OnnxModel:
                 f"require_gpu is set but ONNX Runtime runs it on {', '.join(model.providers)}"
             )
         logger.info(
-            "model %s version %s loaded on %s (%d instance(s))",
+            "model %s version %s loaded on %s (%d instance(s), %d intra-op thread(s) each)",
             name,
             version,
             ", ".join(model.providers),
             config.instance_count,
+            model.intra_op_threads,
         )
         if config.warmup:
             model.warmup(config.warmup)
@@ -246,13 +271,16 @@ class OnnxModel:
 
     @staticmethod
     def _session(
-        path: Path, config: ModelConfig, providers: list[ExecutionProvider], index: int
+        path: Path,
+        config: ModelConfig,
+        providers: list[ExecutionProvider],
+        index: int,
+        intra_op_threads: int,
     ) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.graph_optimization_level = _OPTIMIZATION_LEVELS[config.graph_optimization_level]
         options.log_severity_level = 3
-        cores = os.cpu_count() or 1
-        options.intra_op_num_threads = max(1, cores // config.instance_count)
+        options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
         provider_list = instance_providers(config, providers, index)
         for name, opts in provider_list:
@@ -288,6 +316,14 @@ class OnnxModel:
             self.run_sync(feeds, names)
             times.append((time.perf_counter() - start) * 1e6)
         return statistics.median(times), sum(int(a.size) for a in feeds.values())
+
+    def warm_run_us(self) -> float | None:
+        """Median microseconds of a dummy request after a first one (None when it fails)."""
+        try:
+            self._time_dummy_runs(1)
+            return self._time_dummy_runs(3)[0]
+        except Exception:
+            return None
 
     def warmup(self, runs: int) -> None:
         """Run ``runs`` dummy requests and remember the median run time."""
@@ -451,6 +487,17 @@ class OnnxModel:
                 self._idle.get_nowait()
             except queue.Empty:
                 break
+
+
+def _explicit_threads(providers: list[ExecutionProvider]) -> int:
+    """``intra_op_num_threads`` when the CPU provider's options set it, else 0."""
+    for provider in providers:
+        if provider.name == "CPUExecutionProvider" and "intra_op_num_threads" in provider.options:
+            try:
+                return max(0, int(provider.options["intra_op_num_threads"]))
+            except (TypeError, ValueError):
+                return 0  # refused when the session is made
+    return 0
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
