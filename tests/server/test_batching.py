@@ -141,7 +141,7 @@ async def completion_order(
     tasks = []
     for index, feed in enumerate(feeds):
         tasks.append(asyncio.create_task(one(index, feed)))
-        await asyncio.sleep(0.02)
+        await until(lambda: model.stats.pending == len(tasks))
     await asyncio.gather(*tasks)
     return order
 
@@ -168,12 +168,15 @@ async def test_priorities_jump_the_queue(tmp_path: Path) -> None:
         await model.scheduler.infer(slow_input(seconds), ["y"], priority=priority)
         order.append(tag)
 
+    gate = Gate(model)
     blocker = asyncio.create_task(one("blocker", 0.2, None))
-    await asyncio.sleep(0.05)
+    await gate.wait_entered()
     low = [asyncio.create_task(one(f"low{i}", 0.01, 2)) for i in range(3)]
     unspecified = asyncio.create_task(one("default", 0.01, None))
-    await asyncio.sleep(0.01)
+    await until(lambda: model.scheduler.queued == 4)
     high = asyncio.create_task(one("high", 0.01, 1))
+    await until(lambda: model.scheduler.queued == 5)
+    gate.open()
     await asyncio.gather(blocker, *low, unspecified, high)
     assert order[0] == "blocker"
     assert order[1] == "high"
@@ -191,12 +194,14 @@ async def test_timeout_reject(tmp_path: Path) -> None:
         "dynamic_batching": {"default_queue_policy": {"default_timeout_microseconds": 50_000}}
     }
     model = load(tmp_path, "slow", models.slow_model(0.5), config)
+    gate = Gate(model)
     blocker = asyncio.create_task(model.scheduler.infer(slow_input(0.3), ["y"]))
-    await asyncio.sleep(0.02)
+    await gate.wait_entered()
     started = time.monotonic()
     with pytest.raises(QueueTimeoutError, match="timed out after waiting"):
         await model.scheduler.infer(slow_input(0.01), ["y"])
     assert time.monotonic() - started < 0.25  # answered when the timeout ran out, not later
+    gate.open()
     await blocker
     assert model.stats.rejected["timeout"] == 1
 
@@ -211,10 +216,12 @@ async def test_timeout_override_only_shortens(tmp_path: Path) -> None:
         }
     }
     model = load(tmp_path, "slow", models.slow_model(0.5), config)
+    gate = Gate(model)
     blocker = asyncio.create_task(model.scheduler.infer(slow_input(0.3), ["y"]))
-    await asyncio.sleep(0.02)
+    await gate.wait_entered()
     with pytest.raises(QueueTimeoutError):
         await model.scheduler.infer(slow_input(0.01), ["y"], timeout_us=30_000)
+    gate.open()
     # A longer timeout than the default is not granted; a generous one is simply served.
     result = await model.scheduler.infer(slow_input(0.01), ["y"], timeout_us=60_000_000)
     assert "y" in result
@@ -238,11 +245,14 @@ async def test_timeout_delay_moves_request_behind_the_others(tmp_path: Path) -> 
         await model.scheduler.infer(slow_input(seconds), ["y"], timeout_us=timeout)
         order.append(tag)
 
+    gate = Gate(model)
     blocker = asyncio.create_task(one("blocker", 0.3))
-    await asyncio.sleep(0.02)
+    await gate.wait_entered()
     delayed = asyncio.create_task(one("delayed", 0.01, 20_000))
-    await asyncio.sleep(0.05)  # its timeout runs out while the blocker runs
+    await until(lambda: model.scheduler.delayed == 1)  # its timeout ran out behind the blocker
     others = [asyncio.create_task(one(f"other{i}", 0.01)) for i in range(2)]
+    await until(lambda: model.scheduler.queued == 3)
+    gate.open()
     await asyncio.gather(blocker, delayed, *others)
     assert order == ["blocker", "other0", "other1", "delayed"]
 
@@ -250,29 +260,31 @@ async def test_timeout_delay_moves_request_behind_the_others(tmp_path: Path) -> 
 async def test_full_queue_rejects_at_once_with_retry_after(tmp_path: Path) -> None:
     config = {"dynamic_batching": {"default_queue_policy": {"max_queue_size": 2}}}
     model = load(tmp_path, "slow", models.slow_model(0.5), config)
+    gate = Gate(model)
     blocker = asyncio.create_task(model.scheduler.infer(slow_input(0.3), ["y"]))
-    await asyncio.sleep(0.02)
+    await gate.wait_entered()
     queued = [asyncio.create_task(model.scheduler.infer(slow_input(0.01), ["y"])) for _ in range(2)]
-    await asyncio.sleep(0.01)
+    await until(lambda: model.scheduler.queued == 2)
     with pytest.raises(QueueFullError, match="queue is full") as info:
         await model.scheduler.infer(slow_input(0.01), ["y"])
     assert int(info.value.headers["Retry-After"]) >= 1
     assert int(info.value.headers["retry-after-ms"]) > 0
+    gate.open()
     await asyncio.gather(blocker, *queued)
 
 
 async def test_cancelled_requests_leave_the_queue(tmp_path: Path) -> None:
     model = load(tmp_path, "slow", models.slow_model(0.5), {"dynamic_batching": {}})
+    gate = Gate(model)
     blocker = asyncio.create_task(model.scheduler.infer(slow_input(0.2), ["y"]))
-    await asyncio.sleep(0.02)
+    await gate.wait_entered()
     doomed = [asyncio.create_task(model.scheduler.infer(slow_input(0.2), ["y"])) for _ in range(3)]
     survivor = asyncio.create_task(model.scheduler.infer(slow_input(0.01), ["y"]))
-    await asyncio.sleep(0.01)
-    assert model.scheduler.queued == 4
+    await until(lambda: model.scheduler.queued == 4)
     for task in doomed:
         task.cancel()
-    await asyncio.sleep(0)
-    assert model.scheduler.queued == 1
+    await until(lambda: model.scheduler.queued == 1)
+    gate.open()
     await asyncio.gather(blocker, survivor)
     assert model.stats.execution_count == 2  # the cancelled ones never ran
     assert model.stats.rejected["cancelled"] == 3
@@ -398,8 +410,9 @@ def test_http_disconnect_removes_request_from_queue(tmp_path: Path) -> None:
 
 def test_inflight_limit_rejects_with_retry_after(tmp_path: Path) -> None:
     models.save(models.slow_model(0.5), tmp_path / "slow" / "1" / "model.onnx")
-    running = start_server(Settings(repository=tmp_path, max_inflight=1))
+    running = start_server(Settings(repository=tmp_path, max_inflight=1, inline_threshold_us=0))
     try:
+        gate = Gate(running.server.config.app.state.dataplane.repository.get("slow"))
         rows = int(0.3 * SLOW_ROWS_PER_SECOND)
         body = {
             "inputs": [
@@ -415,11 +428,12 @@ def test_inflight_limit_rejects_with_retry_after(tmp_path: Path) -> None:
         async def scenario() -> None:
             async with httpx.AsyncClient(base_url=running.url, timeout=30) as client:
                 first = asyncio.create_task(client.post("/v2/models/slow/infer", json=body))
-                await asyncio.sleep(0.15)
+                await gate.wait_entered()  # the first request is in flight until the gate opens
                 second = await client.post("/v2/models/slow/infer", json=body)
                 assert second.status_code == 503
                 assert "limit of 1 requests in flight" in second.json()["error"]
                 assert int(second.headers["retry-after"]) >= 1
+                gate.open()
                 assert (await first).status_code == 200
 
         asyncio.run(scenario())
@@ -442,11 +456,14 @@ def test_priority_and_timeout_parameters_are_checked(server_url: str) -> None:
 async def test_batches_do_not_mix_priority_levels(tmp_path: Path) -> None:
     config = {"max_batch_size": 512, "dynamic_batching": {"priority_levels": 2}}
     model = load(tmp_path, "slow", models.slow_model(0.5), config)
+    gate = Gate(model)
     blocker = asyncio.create_task(model.scheduler.infer(slow_input(0.3), ["y"]))
-    await asyncio.sleep(0.02)
+    await gate.wait_entered()
     one_row = {"x": np.full((1, models.SLOW_MODEL_WIDTH), 1e-3, dtype=np.float32)}
     low = [asyncio.create_task(model.scheduler.infer(one_row, ["y"], priority=2)) for _ in range(3)]
     high = asyncio.create_task(model.scheduler.infer(one_row, ["y"], priority=1))
+    await until(lambda: model.scheduler.queued == 4)
+    gate.open()
     await asyncio.gather(blocker, *low, high)
     blocker_rows = slow_input(0.3)["x"].shape[0]
     assert sorted(model.stats.batches) == sorted({blocker_rows, 1, 3})
@@ -464,12 +481,15 @@ async def test_reserved_instance_serves_top_priority_at_once(tmp_path: Path) -> 
         await model.scheduler.infer(slow_input(seconds), ["y"], priority=priority)
         order.append(tag)
 
+    gate = Gate(model)
     blocker = asyncio.create_task(one("low-running", 0.4, 2))
-    await asyncio.sleep(0.05)
+    await gate.wait_entered()
     waiting = asyncio.create_task(one("low-waiting", 0.01, 2))
-    await asyncio.sleep(0.05)
+    await until(lambda: model.stats.pending == 2)
     assert model.scheduler.queued == 1  # the second instance is kept for priority 1
     high = asyncio.create_task(one("high", 0.01, 1))
+    await high
+    gate.open()
     await asyncio.gather(blocker, waiting, high)
     assert order == ["high", "low-running", "low-waiting"]
 
@@ -495,8 +515,9 @@ async def test_statistics_count_rows_of_batched_models_without_dynamic_batching(
 
 
 class Gate:
-    """Holds every session call of a model until :meth:`open`, and records how many runs the
-    scheduler had handed to the model at once (from the hand-over until the call returns)."""
+    """Holds the first session call of a model until :meth:`open` (later ones run as usual), and
+    records how many runs the scheduler had handed to the model at once (from the hand-over
+    until the call returns)."""
 
     def __init__(self, model: ModelVersion) -> None:
         self.entered = threading.Event()
@@ -517,8 +538,9 @@ class Gate:
 
         def held_run_sync(*args: Any) -> dict[str, Any]:
             try:
-                self.entered.set()
-                self._open.wait(30)
+                if not self.entered.is_set():
+                    self.entered.set()
+                    self._open.wait(30)
                 return run_sync(*args)
             finally:
                 with self._lock:
