@@ -7,6 +7,12 @@ What runs, in this order, one thing at a time so that nothing competes for the c
    then a 1x3x224x224 FP32 tensor through an identity model, over binary and over JSON;
 3. ``benchmarks/bare_starlette.py`` in a subprocess (parse the binary request, ``session.run``,
    answer): the MLP at batch 1 over binary at each concurrency.
+4. pinned (``--pinned``, on by default where the process may use two CPUs or more and
+   ``taskset`` exists): ``maas serve`` started under ``taskset`` on one core and the load
+   generator moved to another, the MLP at batch 1 over binary at each concurrency (rows
+   ``maas-mlp-pinned``), reported next to the unpinned rows. It shows what a server in a
+   container or under ``taskset`` does with the CPUs it really has (ONNX Runtime threads sized
+   from the machine's cores instead oversubscribe the one core).
 
 The load generator (``benchmarks/loadgen.py``) runs in this process, the server in its own. The
 table gives requests/s, latency percentiles and errors per (target, encoding, concurrency), the CPU
@@ -30,6 +36,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -394,6 +401,65 @@ def parse_levels(text: str) -> list[int]:
     return levels
 
 
+def pinning_cores() -> tuple[int, int] | None:
+    """A core for the server and another for the load generator, or None when this process
+    may use only one or ``taskset`` is missing."""
+    if not hasattr(os, "sched_getaffinity") or shutil.which("taskset") is None:
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return None
+    return cores[0], cores[1]
+
+
+def pinned_rows(
+    args: argparse.Namespace,
+    repo: Path,
+    workdir: Path,
+    spec: RequestSpec,
+    expected: np.ndarray[Any, Any],
+    budget: Budget,
+    cores: tuple[int, int],
+) -> list[Row]:
+    """The MLP over binary with ``maas serve`` on one core and the load generator on another."""
+    server_core, client_core = cores
+    port = free_port()
+    command = ["taskset", "-c", str(server_core), *maas_command(repo, port)]
+    print(f"maas serve pinned to core {server_core}, load generator on core {client_core}:")
+    rows: list[Row] = []
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {client_core})
+    try:
+        with serve("maas serve (pinned)", command, port, workdir / "pinned.log") as server:
+            url = f"{server.base_url}/v2/models/mlp/infer"
+            check_answer(url, spec, "output", expected)
+            for engine in args.engines:
+                for level in args.concurrency:
+                    rows.append(
+                        load_row(
+                            server, "maas-mlp-pinned", "binary", url, spec, level, budget, engine
+                        )
+                    )
+    finally:
+        os.sched_setaffinity(0, before)
+    return rows
+
+
+def pinned_comparison(rows: Sequence[Row], levels: Sequence[int], engine: str) -> list[str]:
+    """Lines comparing the pinned and unpinned maas rows (MLP batch 1, binary)."""
+    lines = []
+    for level in levels:
+        free = find(rows, f"maas-mlp/binary/c{level}/{engine}")
+        pinned = find(rows, f"maas-mlp-pinned/binary/c{level}/{engine}")
+        if free and pinned:
+            lines.append(
+                f"MLP batch 1 binary c{level}: unpinned {free.requests_per_s:.0f} req/s "
+                f"p99 {free.p99_ms:.1f} ms | server on one core {pinned.requests_per_s:.0f} req/s "
+                f"p99 {pinned.p99_ms:.1f} ms"
+            )
+    return lines
+
+
 def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Row], str]:
     levels: list[int] = args.concurrency
     engines: list[Engine] = args.engines
@@ -438,6 +504,12 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Row], str]:
             )
         for binary in (True, False):
             rows.append(client_round_trip(image_url, image, binary, round_trips))
+
+    cores = pinning_cores() if args.pinned != "off" else None
+    if cores is not None:
+        rows.extend(pinned_rows(args, repo, workdir, mlp_binary, expected, budget, cores))
+    elif args.pinned == "on":
+        raise SystemExit("--pinned on needs two CPUs for this process and taskset")
 
     port = free_port()
     command = bare_command(mlp_path, port)
@@ -497,6 +569,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "the limit; the default), httpx (an httpx.AsyncClient per worker: what a Python client "
         "costs, often the limit itself), or both (the first, raw, is the one checked)",
     )
+    parser.add_argument(
+        "--pinned",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="also run maas pinned to one core with the load generator on another (auto: "
+        "where two CPUs and taskset are available)",
+    )
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     parser.add_argument("--json", dest="json_out", type=Path, help="save the results here")
     parser.add_argument("--baseline", type=Path, help="compare with results saved by --json")
@@ -514,6 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows, note = run(args, Path(tmp))
     found = ratios(rows, args.concurrency, args.engines)
     print_report(rows, found, note)
+    for line in pinned_comparison(rows, args.concurrency, args.engines[0]):
+        print(line)
     if args.baseline is not None:
         print_baseline(rows, args.baseline)
     if args.json_out is not None:

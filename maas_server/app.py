@@ -96,7 +96,9 @@ def create_app(settings: Settings) -> Starlette:
     A keys file that cannot be read stops it here, before it serves anything.
     """
     repository = ModelRepository(
-        settings.repository, inline_threshold_us=settings.inline_threshold_us
+        settings.repository,
+        inline_threshold_us=settings.inline_threshold_us,
+        max_queue_size=settings.max_queue_size,
     )
     dataplane = DataPlane(repository, settings)
     rejections = Rejections()

@@ -10,8 +10,14 @@ request gets exactly its own rows and requested outputs back.
 
 Queue policies follow Triton: a full queue rejects at once (503 with ``Retry-After`` computed from
 the observed drain rate); a request whose timeout expires in the queue is rejected (``REJECT``)
-or moved behind everything else (``DELAY``). A request whose client went away is removed from
+or moved behind everything else (``DELAY``), where it still counts in its level's
+``max_queue_size``. A level whose policy sets no ``max_queue_size`` holds at most the server's
+default (``Settings.max_queue_size``, 512). A request whose client went away is removed from
 its queue and never takes a batch slot.
+
+An instance counts as busy until its session call really returns: a request whose caller is
+cancelled (its deadline ran out) while ONNX Runtime runs it keeps the instance busy, so the
+scheduler never hands more runs to the pool than there are instances.
 """
 
 from __future__ import annotations
@@ -23,16 +29,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .config import DynamicBatching
 from .errors import BadRequestError, ModelUnavailableError
+from .runtime import OnnxModel
+from .settings import DEFAULT_MAX_QUEUE_SIZE
 from .stats import ModelStats
-
-if TYPE_CHECKING:
-    from .runtime import OnnxModel
 
 __all__ = [
     "ClientDisconnected",
@@ -134,11 +139,21 @@ class _Order:
 
 
 class Scheduler:
-    """Queues and batches the requests of one :class:`OnnxModel`."""
+    """Queues and batches the requests of one :class:`OnnxModel`, counting them in ``stats``.
 
-    def __init__(self, model: OnnxModel, stats: ModelStats) -> None:
+    It refers to its model and statistics and nothing refers back: the
+    :class:`~maas_server.model_version.ModelVersion` that owns all three closes them.
+    """
+
+    def __init__(
+        self,
+        model: OnnxModel,
+        stats: ModelStats,
+        default_max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+    ) -> None:
         self.model = model
         self.stats = stats
+        self._closed = False
         config = model.config.dynamic_batching
         self.batching = config is not None and model.max_batch_size > 0
         self.config = config or DynamicBatching()
@@ -149,6 +164,12 @@ class Scheduler:
         self._delayed: deque[_Pending] = deque()
         self._deadlines: list[_Pending] = []
         self._size = 0
+        # per priority level: requests waiting in its queue or, after a DELAY, in the delayed one
+        self._level_sizes = [0] * len(self._queues)
+        self._max_queue_sizes = [
+            self.config.policy(level + 1).max_queue_size or default_max_queue_size
+            for level in range(len(self._queues))
+        ]
         self._busy = 0
         self._instances = model.config.instance_count
         # Instances lower priority levels may use; the rest wait for priority level 1.
@@ -168,6 +189,20 @@ class Scheduler:
     @property
     def queued(self) -> int:
         return self._size
+
+    @property
+    def delayed(self) -> int:
+        """Queued requests whose timeout ran out under ``timeout_action: DELAY``."""
+        return len(self._delayed)
+
+    @property
+    def busy(self) -> int:
+        """Instances running a request now (until their session call really returns)."""
+        return self._busy
+
+    def close(self) -> None:
+        """Refuse new requests (503): the version is closing."""
+        self._closed = True
 
     # --- entry --------------------------------------------------------------------------
 
@@ -200,6 +235,11 @@ class Scheduler:
         waits in its priority queue; ``disconnected``, when given, is awaited meanwhile, and the
         request leaves the queue as soon as it returns (:class:`ClientDisconnected`).
         """
+        if self._closed:
+            raise ModelUnavailableError(
+                f"model {self.model.name!r} version {self.model.version} was unloaded or "
+                "replaced; retry"
+            )
         level = self.level_of(priority)
         now = time.monotonic_ns()
         first = next(iter(feeds.values()), None)
@@ -211,11 +251,12 @@ class Scheduler:
             return await self._run_now(feeds, outputs, rows, now)
         policy = self.config.policy(level + 1)
         queue = self._queues[level]
-        if policy.max_queue_size and len(queue) >= policy.max_queue_size:
+        bound = self._max_queue_sizes[level]
+        if bound and self._level_sizes[level] >= bound:
             self.stats.record_failure(0, "queue_full")
             wait = self.drain.retry_after(self._size + self._busy)
             raise QueueFullError(
-                f"model {self.model.name!r}: the queue is full ({policy.max_queue_size} requests "
+                f"model {self.model.name!r}: the queue is full ({bound} requests "
                 f"waiting); retry in {wait:.2f} s",
                 headers=retry_headers(wait),
             )
@@ -239,6 +280,7 @@ class Scheduler:
         )
         queue.append(pending)
         self._size += 1
+        self._level_sizes[level] += 1
         self.stats.add_pending(1)
         if pending.deadline_ns:
             heapq.heappush(self._deadlines, pending)
@@ -272,16 +314,24 @@ class Scheduler:
         self.stats.add_pending(1)
         try:
             pending = _Pending(feeds, outputs, rows, (), 0, now, 0, False, _NO_FUTURE)
-            (result,) = await self._run_batch([pending])
-        finally:
-            self._busy -= 1
-            self.stats.add_pending(-1)
-            self.drain.add(1)
-            if self._size:
-                self._wake()
+            (result,) = await self._run_batch([pending], self._release)
+        except asyncio.CancelledError:
+            raise  # the session call may still run: the model calls _release when it returns
+        except BaseException:
+            self._release()
+            raise
+        self._release()
         if isinstance(result, BaseException):
             raise result
         return result
+
+    def _release(self) -> None:
+        """A request run without queueing is done with its instance."""
+        self._busy -= 1
+        self.stats.add_pending(-1)
+        self.drain.add(1)
+        if self._size:
+            self._wake()
 
     def _forget(self, pending: _Pending) -> None:
         """Take a request whose caller has gone out of its queue."""
@@ -290,6 +340,7 @@ class Scheduler:
             queue = self._delayed if pending.delayed else self._queues[pending.level]
             queue.remove(pending)
             self._size -= 1
+            self._level_sizes[pending.level] -= 1
             self.stats.record_failure(time.monotonic_ns() - pending.arrival_ns, "cancelled")
 
     # --- the dispatch loop --------------------------------------------------------------------
@@ -344,6 +395,7 @@ class Scheduler:
                 continue
             pending.queued = False
             self._size -= 1
+            self._level_sizes[pending.level] -= 1
             waited_us = (now - pending.arrival_ns) // 1000
             self.stats.record_failure(now - pending.arrival_ns, "timeout")
             if not pending.future.done():
@@ -410,6 +462,7 @@ class Scheduler:
             pending.queued = False
             queue = self._delayed if pending.delayed else self._queues[pending.level]
             queue.remove(pending)
+            self._level_sizes[pending.level] -= 1
         self._size -= len(batch)
         return batch, None
 
@@ -436,7 +489,7 @@ class Scheduler:
         self._deliver(list(zip(batch, results, strict=True)), order)
 
     async def _run_batch(
-        self, batch: list[_Pending]
+        self, batch: list[_Pending], on_late_return: Callable[[], None] | None = None
     ) -> list[dict[str, np.ndarray[Any, Any]] | BaseException]:
         start = time.monotonic_ns()
         try:
@@ -449,7 +502,7 @@ class Scheduler:
             wanted = {name for p in batch for name in p.outputs}
             names = [s.name for s in self.model.outputs if s.name in wanted]
             computed = time.monotonic_ns()
-            results = await self.model.run(feeds, names)
+            results = await self.model.run(feeds, names, on_late_return)
             ran = time.monotonic_ns()
         except Exception as exc:
             now = time.monotonic_ns()

@@ -29,8 +29,9 @@ from maas_wire.types import InferenceRequest, RequestInput, RequestOutput
 from . import __version__
 from .batching import ClientDisconnected, DrainRate, QueueFullError, retry_headers
 from .errors import BadRequestError, InternalError, PayloadTooLargeError, ServerError
+from .model_version import ModelVersion
 from .repository import ModelRepository
-from .runtime import OnnxModel, TensorSpec
+from .runtime import TensorSpec
 from .settings import Settings
 
 __all__ = ["EXTENSIONS", "DataPlane", "InferenceResult"]
@@ -60,7 +61,7 @@ class InferenceResult:
     """The outputs of one request, ready to be encoded."""
 
     def __init__(
-        self, model: OnnxModel, request_id: str | None, outputs: list[TensorPayload]
+        self, model: ModelVersion, request_id: str | None, outputs: list[TensorPayload]
     ) -> None:
         self.model_name = model.name
         self.model_version = str(model.version)
@@ -218,7 +219,7 @@ class DataPlane:
         outputs = [self._output(model, out, results[out.name], binary_default) for out in wanted]
         return InferenceResult(model, request.id, outputs)
 
-    def check_inflight(self, model: OnnxModel) -> None:
+    def check_inflight(self, model: ModelVersion) -> None:
         """503 with ``Retry-After`` when the server is at its limit of requests in flight
         (checked again, before any body is decoded, by the route)."""
         if self.settings.max_inflight and self._inflight >= self.settings.max_inflight:
@@ -231,7 +232,7 @@ class DataPlane:
             )
 
     def raw_request(
-        self, model: OnnxModel, body: bytes | bytearray
+        self, model: ModelVersion, body: bytes | bytearray
     ) -> tuple[InferenceRequest, dict[str, Any]]:
         """A request from a raw body (``Inference-Header-Content-Length: 0``): the whole body is
         the only input's bytes, a batch-1 request whose outputs all come back binary."""
@@ -277,7 +278,7 @@ class DataPlane:
         )
         return request, {spec.name: array}
 
-    def precheck(self, model: OnnxModel, request: InferenceRequest) -> None:
+    def precheck(self, model: ModelVersion, request: InferenceRequest) -> None:
         """:meth:`check_inputs` before decoding; a refusal counts in the model's statistics as
         the same refusal found after decoding would (``invalid_request``). A binary tensor
         whose size disagrees with its own shape is a malformed body, refused as decoding would
@@ -294,7 +295,7 @@ class DataPlane:
 
     def check_inputs(
         self,
-        model: OnnxModel,
+        model: ModelVersion,
         request: InferenceRequest,
         shapes: dict[str, list[int]] | None = None,
     ) -> None:
@@ -359,7 +360,7 @@ class DataPlane:
 
     def _feeds(
         self,
-        model: OnnxModel,
+        model: ModelVersion,
         request: InferenceRequest,
         tensors: dict[str, np.ndarray[Any, Any]],
     ) -> dict[str, np.ndarray[Any, Any]]:
@@ -373,7 +374,7 @@ class DataPlane:
             feeds[entry.name] = array
         return feeds
 
-    def _outputs(self, model: OnnxModel, request: InferenceRequest) -> list[RequestOutput]:
+    def _outputs(self, model: ModelVersion, request: InferenceRequest) -> list[RequestOutput]:
         if not request.outputs:
             return [RequestOutput(name=s.name) for s in model.outputs]
         seen: set[str] = set()
@@ -395,7 +396,7 @@ class DataPlane:
 
     def _output(
         self,
-        model: OnnxModel,
+        model: ModelVersion,
         out: RequestOutput,
         array: np.ndarray[Any, Any],
         binary_default: bool,
@@ -480,7 +481,7 @@ def _to_bytes(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 
 
 def _classify(
-    model: OnnxModel, name: str, array: np.ndarray[Any, Any], k: int
+    model: ModelVersion, name: str, array: np.ndarray[Any, Any], k: int
 ) -> tuple[np.ndarray[Any, Any], str]:
     """Triton's classification extension: the top ``k`` of each row as ``value:index[:label]``."""
     if array.dtype.kind not in "fiu":

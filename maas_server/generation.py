@@ -66,6 +66,7 @@ from .kv_batch import KVBatch
 from .repository import ModelRepository
 from .runtime import OnnxModel
 from .sampling import SamplingParams, TokenSampler
+from .stats import ModelStats
 from .tokenizer import TextTokenizer, TokenizerError
 
 __all__ = ["GenerationEngine", "GenerationParams", "GenerationService"]
@@ -291,7 +292,9 @@ class GenerationEngine:
     lock once per session run and once per group of sequences it lets go of.
     """
 
-    def __init__(self, model: OnnxModel, tokenizer: TextTokenizer) -> None:
+    def __init__(
+        self, model: OnnxModel, tokenizer: TextTokenizer, stats: ModelStats | None = None
+    ) -> None:
         self.model_name = model.name
         self.model_version = str(model.version)
         self.tokenizer = tokenizer
@@ -315,7 +318,7 @@ class GenerationEngine:
         self._device = "cuda" if cuda else "cpu"
         self._device_id = (model.config.device_ids or [0])[0] if cuda else 0
         self._model_ref = weakref.ref(model)
-        self._stats = model.stats
+        self._stats = stats if stats is not None else ModelStats()
         self._cond = threading.Condition()
         self._incoming: deque[_Sequence] = deque()
         self._running = False
@@ -712,17 +715,13 @@ class GenerationService:
 
     def __init__(self, repository: ModelRepository) -> None:
         self.repository = repository
-        self._engines: weakref.WeakKeyDictionary[OnnxModel, GenerationEngine] = (
-            weakref.WeakKeyDictionary()
-        )
 
     def engine(self, name: str, version: str | None) -> GenerationEngine:
         """The engine of a text-generation model; 404/503 as for inference, 400 for a model
         that does not generate text."""
         model = self.repository.get(name, version)
-        engine = self._engines.get(model)
-        if engine is not None:
-            return engine
+        if isinstance(model.engine, GenerationEngine):
+            return model.engine
         if model.config.task != "text-generation":
             raise BadRequestError(
                 f'model {name!r} is not a text-generation model; set "task": '
@@ -733,14 +732,19 @@ class GenerationService:
             tokenizer = TextTokenizer.load(
                 self.repository.model_dir(name), settings.tokenizer, settings.tokenizer_config
             )
-            engine = GenerationEngine(model, tokenizer)
+            engine = GenerationEngine(model.onnx, tokenizer, model.stats)
         except (TokenizerError, DecoderLayoutError) as exc:
             raise ModelUnavailableError(f"model {name!r} cannot generate text: {exc}") from None
-        self._engines[model] = engine
-        return engine
+        attached = model.attach_engine(engine)  # the version owns and closes it
+        assert isinstance(attached, GenerationEngine)
+        return attached
 
     def engines(self) -> list[GenerationEngine]:
-        return list(self._engines.values())
+        return [
+            m.engine
+            for m in self.repository.loaded_models()
+            if isinstance(m.engine, GenerationEngine)
+        ]
 
     def model_names(self) -> list[str]:
         """Names of the loaded text-generation models."""

@@ -2,8 +2,11 @@
 
 Loading builds a whole new record (every version the policy selects) before it replaces the old
 one in a single assignment, so requests already running finish on the sessions they started on and
-new requests see either the old model or the new one, never a mix. A model that fails to load keeps
-its reason for the index and does not affect the others.
+new requests see either the old model or the new one, never a mix. The versions of the old record
+are then retired: each closes (sessions released, threads joined, engine stopped) once its
+requests in flight are done. A model that fails to load keeps its reason for the index and does
+not affect the others; a reload that fails leaves the versions already serving in place (as Triton
+does) and the index reports the failed attempt next to them.
 """
 
 from __future__ import annotations
@@ -12,13 +15,18 @@ import json
 import logging
 import re
 import threading
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, ModelConfig, load_config, parse_config
 from .errors import BadRequestError, ModelNotFoundError, ModelUnavailableError
+from .model_version import ModelVersion
 from .runtime import ModelLoadError, OnnxModel, read_labels
+from .settings import DEFAULT_MAX_QUEUE_SIZE
+from .stats import ModelStats
+from .threads import SMALL_MODEL_US, ThreadBudget
 
 __all__ = ["MODEL_FILENAME", "ModelRecord", "ModelRepository", "VersionStatus"]
 
@@ -27,6 +35,8 @@ logger = logging.getLogger("maas_server")
 MODEL_FILENAME = "model.onnx"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _VERSION = re.compile(r"^[0-9]{1,18}$")
+DRAIN_TIMEOUT_S = 300.0
+"""How long a replaced or unloaded version waits for its requests in flight before it closes."""
 
 
 @dataclass
@@ -36,7 +46,7 @@ class VersionStatus:
     version: int
     state: str
     reason: str = ""
-    model: OnnxModel | None = None
+    model: ModelVersion | None = None
 
 
 @dataclass
@@ -48,6 +58,8 @@ class ModelRecord:
     reason: str = ""
     config: ModelConfig | None = None
     versions: dict[int, VersionStatus] = field(default_factory=dict)
+    reload_failure: str = ""
+    """Why the last reload failed, while this record kept serving (shown in the index)."""
 
     def ready_versions(self) -> list[int]:
         return sorted(v for v, s in self.versions.items() if s.model is not None)
@@ -56,14 +68,28 @@ class ModelRecord:
 class ModelRepository:
     """Models on disk and in memory. Blocking methods (:meth:`load`) belong in worker threads."""
 
-    def __init__(self, root: Path, *, inline_threshold_us: float = 0.0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        inline_threshold_us: float = 0.0,
+        drain_timeout_s: float = DRAIN_TIMEOUT_S,
+        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+        threads: ThreadBudget | None = None,
+        small_model_us: float = SMALL_MODEL_US,
+    ) -> None:
         self.root = root.resolve()
+        self.max_queue_size = max_queue_size
+        self.threads = threads if threads is not None else ThreadBudget()
+        self.small_model_us = small_model_us
         self.inline_threshold_us = inline_threshold_us
+        self.drain_timeout_s = drain_timeout_s
         if not self.root.is_dir():
             raise FileNotFoundError(f"model repository {root} is not a folder")
         self._records: dict[str, ModelRecord] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._retiring: weakref.WeakSet[ModelVersion] = weakref.WeakSet()
 
     def model_names(self) -> list[str]:
         """Every model folder in the repository, loaded or not."""
@@ -98,13 +124,40 @@ class ModelRepository:
         with self._lock(name):
             record = self._build(name, model_dir, config_override)
             previous = self._records.get(name)
+            if record.state != "READY" and previous is not None and previous.ready_versions():
+                # As Triton does: a failed reload leaves the serving version in place.
+                previous.reload_failure = record.reason
+                logger.error(
+                    "model %s: reload failed, versions %s keep serving: %s",
+                    name,
+                    previous.ready_versions(),
+                    record.reason,
+                )
+                self._retire(record)
+                kept = ", ".join(str(v) for v in previous.ready_versions())
+                return ModelRecord(
+                    name,
+                    record.state,
+                    f"{record.reason} (version(s) {kept} loaded before keep serving)",
+                    record.config,
+                    record.versions,
+                )
             self._records[name] = record
+            self.threads.claim(name, _threads_used(record))
         if record.state == "READY":
             logger.info("model %s ready (versions %s)", name, record.ready_versions())
         else:
             logger.error("model %s unavailable: %s", name, record.reason)
-        del previous  # its sessions go once the requests still using them finish
+        if previous is not None:
+            self._retire(previous)
         return record
+
+    def _retire(self, record: ModelRecord) -> None:
+        """Close the versions of a record nobody is handed any more, once their requests end."""
+        for status in record.versions.values():
+            if status.model is not None:
+                self._retiring.add(status.model)
+                status.model.retire(self.drain_timeout_s)
 
     def _build(self, name: str, model_dir: Path, config_override: str | None) -> ModelRecord:
         try:
@@ -138,10 +191,19 @@ class ModelRepository:
             try:
                 if not self._inside(path):
                     raise ModelLoadError(f"{path.name} links outside the model repository")
-                model = OnnxModel.load(
-                    name, version, path, config, labels, self.inline_threshold_us
+                onnx = OnnxModel.load(
+                    name,
+                    version,
+                    path,
+                    config,
+                    labels,
+                    self.inline_threshold_us,
+                    intra_op_threads=self.threads.share(name, config.instance_count),
+                    small_model_us=self.small_model_us,
                 )
-                versions[version] = VersionStatus(version, "READY", "", model)
+                versions[version] = VersionStatus(
+                    version, "READY", "", ModelVersion(onnx, max_queue_size=self.max_queue_size)
+                )
             except ModelLoadError as exc:
                 versions[version] = VersionStatus(version, "UNAVAILABLE", str(exc))
         failed = [s for s in versions.values() if s.model is None]
@@ -154,8 +216,12 @@ class ModelRepository:
         """Stop serving a model; requests already running finish on it."""
         self.model_dir(name)
         with self._lock(name):
+            previous = self._records.get(name)
             self._records[name] = ModelRecord(name, "UNAVAILABLE", "unloaded")
+            self.threads.release(name)
         logger.info("model %s unloaded", name)
+        if previous is not None:
+            self._retire(previous)
 
     def record(self, name: str) -> ModelRecord:
         """The record of a model: 404 when there is no such model, a not-loaded record otherwise."""
@@ -165,7 +231,7 @@ class ModelRepository:
         self.model_dir(name)
         return ModelRecord(name, "UNAVAILABLE", "not loaded")
 
-    def get(self, name: str, version: str | None = None) -> OnnxModel:
+    def get(self, name: str, version: str | None = None) -> ModelVersion:
         """The model to serve a request with: the newest ready version unless one is named."""
         record = self.record(name)
         if version is None or version == "":
@@ -205,7 +271,7 @@ class ModelRepository:
                             "name": name,
                             "version": str(status.version),
                             "state": status.state,
-                            "reason": status.reason,
+                            "reason": status.reason or _failed_reload(record),
                         }
                     )
             else:
@@ -214,7 +280,7 @@ class ModelRepository:
             rows = [r for r in rows if r["state"] == "READY"]
         return rows
 
-    def loaded_models(self) -> list[OnnxModel]:
+    def loaded_models(self) -> list[ModelVersion]:
         return [
             s.model
             for record in self._records.values()
@@ -228,7 +294,42 @@ class ModelRepository:
             r.state == "READY" for r in self._records.values() if r.reason not in ("unloaded",)
         )
 
+    def version_stats(
+        self, name: str | None = None, version: str | None = None
+    ) -> list[tuple[str, int, ModelStats]]:
+        """The statistics of every loaded version, of ``name``'s (404 for an unknown model), or
+        of one version (none when it is not loaded)."""
+        models: list[ModelVersion]
+        if name is None:
+            models = self.loaded_models()
+        elif version is None or version == "":
+            record = self.record(name)
+            models = [s.model for s in record.versions.values() if s.model is not None]
+        else:
+            try:
+                models = [self.get(name, version)]
+            except ModelUnavailableError:
+                models = []
+        return [(m.name, m.version, m.stats) for m in models]
+
     def close(self) -> None:
-        for model in self.loaded_models():
-            model.close()
+        """Close every loaded version (at shutdown, once requests have drained)."""
+        models = [*self.loaded_models(), *self._retiring]
         self._records.clear()
+        for model in models:
+            model.close()
+
+
+def _failed_reload(record: ModelRecord) -> str:
+    if not record.reload_failure:
+        return ""
+    return f"serving the previous load; the last reload failed: {record.reload_failure}"
+
+
+def _threads_used(record: ModelRecord) -> int:
+    """The intra-op threads a record's sessions take from the budget (single-threaded: none)."""
+    total = 0
+    for status in record.versions.values():
+        if status.model is not None and status.model.onnx.intra_op_threads > 1:
+            total += status.model.onnx.intra_op_threads * status.model.config.instance_count
+    return total

@@ -1,4 +1,4 @@
-"""One loaded version of a model: its ONNX Runtime sessions and the threads that run them.
+"""The ONNX Runtime sessions of one model version and the threads that run them.
 
 Sessions run in a thread pool with one worker per instance, so inference never stalls the event
 loop. What the model's tensors look like is read from the graph (and the configuration's
@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-import os
 import queue
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,9 @@ import onnxruntime as ort
 
 from maas_wire.codec import DATATYPES
 
-from .batching import Scheduler
 from .config import ConfigError, ExecutionProvider, ModelConfig
-from .stats import ModelStats
+from .errors import ModelUnavailableError
+from .threads import SMALL_MODEL_US, available_cpus
 
 __all__ = [
     "GPU_PROVIDERS",
@@ -118,10 +117,12 @@ def _spec(node: Any, override: list[int] | None) -> TensorSpec:
 
 
 class OnnxModel:
-    """One version of one model, ready to run.
+    """The sessions of one version of one model, ready to run.
 
     Build it with :meth:`load` (blocking: call it from a worker thread when the server is up),
-    then ``await model.run(feeds, output_names)``.
+    then ``await model.run(feeds, output_names)``; :meth:`close` joins its threads and lets go
+    of its sessions. It knows nothing of queues or statistics (see
+    :class:`~maas_server.model_version.ModelVersion`, which owns it).
     """
 
     def __init__(
@@ -148,6 +149,7 @@ class OnnxModel:
         self._check_overrides(overrides_in, overrides_out)
         self._check_batching()
         self._uses_bf16 = any(s.datatype == "BF16" for s in (*self.inputs, *self.outputs))
+        self._sessions = list(sessions)
         self._idle: queue.SimpleQueue[ort.InferenceSession] = queue.SimpleQueue()
         for session in sessions:
             self._idle.put(session)
@@ -156,8 +158,8 @@ class OnnxModel:
         )
         self.run_time_us: float | None = None
         self.inline_max_elements = 0
-        self.stats = ModelStats()
-        self.scheduler = Scheduler(self, self.stats)
+        self.intra_op_threads = 1  # set by load
+        self._closed = False
 
     @property
     def max_batch_size(self) -> int:
@@ -198,8 +200,16 @@ class OnnxModel:
         config: ModelConfig,
         labels: list[str] | None = None,
         inline_threshold_us: float = 0.0,
+        intra_op_threads: int | None = None,
+        small_model_us: float = SMALL_MODEL_US,
     ) -> OnnxModel:
-        """Create the sessions of a model file; raise :class:`ModelLoadError` with the reason."""
+        """Create the sessions of a model file; raise :class:`ModelLoadError` with the reason.
+
+        Each session gets ``intra_op_threads`` intra-op threads (default: the CPUs this process
+        may use, split between the instances) and one inter-op thread, unless the configuration
+        sets ``intra_op_num_threads`` in its CPU provider options. A model whose warm dummy run
+        takes less than ``small_model_us`` runs single-threaded: its sessions are made again
+        with one thread."""
         requested = config.providers() or default_providers()
         available = set(ort.get_available_providers())
         usable = [p for p in requested if p.name in available]
@@ -214,10 +224,25 @@ class OnnxModel:
         if not usable:
             usable = [ExecutionProvider(name="CPUExecutionProvider")]
         requested_names = [p.name for p in requested]
-        sessions = [
-            cls._session(path, config, usable, index) for index in range(config.instance_count)
-        ]
-        model = cls(name, version, config, sessions, requested_names, labels)
+        explicit = _explicit_threads(usable)
+        threads = explicit or intra_op_threads or available_cpus() // config.instance_count
+        threads = max(1, threads)
+
+        def build(threads: int) -> OnnxModel:
+            sessions = [
+                cls._session(path, config, usable, index, threads)
+                for index in range(config.instance_count)
+            ]
+            model = cls(name, version, config, sessions, requested_names, labels)
+            model.intra_op_threads = threads
+            return model
+
+        model = build(threads)
+        if threads > 1 and not explicit and config.task != "text-generation":
+            warm_us = model.warm_run_us()
+            if warm_us is not None and warm_us < small_model_us:
+                model.close()
+                model = build(1)
         if model.fell_back_to_cpu:
             message = (
                 f"model {name} version {version} asked for {', '.join(requested_names)} but "
@@ -231,11 +256,12 @@ class OnnxModel:
                 f"require_gpu is set but ONNX Runtime runs it on {', '.join(model.providers)}"
             )
         logger.info(
-            "model %s version %s loaded on %s (%d instance(s))",
+            "model %s version %s loaded on %s (%d instance(s), %d intra-op thread(s) each)",
             name,
             version,
             ", ".join(model.providers),
             config.instance_count,
+            model.intra_op_threads,
         )
         if config.warmup:
             model.warmup(config.warmup)
@@ -245,13 +271,16 @@ class OnnxModel:
 
     @staticmethod
     def _session(
-        path: Path, config: ModelConfig, providers: list[ExecutionProvider], index: int
+        path: Path,
+        config: ModelConfig,
+        providers: list[ExecutionProvider],
+        index: int,
+        intra_op_threads: int,
     ) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.graph_optimization_level = _OPTIMIZATION_LEVELS[config.graph_optimization_level]
         options.log_severity_level = 3
-        cores = os.cpu_count() or 1
-        options.intra_op_num_threads = max(1, cores // config.instance_count)
+        options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
         provider_list = instance_providers(config, providers, index)
         for name, opts in provider_list:
@@ -288,6 +317,14 @@ class OnnxModel:
             times.append((time.perf_counter() - start) * 1e6)
         return statistics.median(times), sum(int(a.size) for a in feeds.values())
 
+    def warm_run_us(self) -> float | None:
+        """Median microseconds of a dummy request after a first one (None when it fails)."""
+        try:
+            self._time_dummy_runs(1)
+            return self._time_dummy_runs(3)[0]
+        except Exception:
+            return None
+
     def warmup(self, runs: int) -> None:
         """Run ``runs`` dummy requests and remember the median run time."""
         try:
@@ -323,6 +360,8 @@ class OnnxModel:
     def session(self) -> Iterator[ort.InferenceSession]:
         """Borrow an idle instance's session for a caller that drives it itself (the generation
         loop, which binds its own inputs and outputs); it goes back to the pool on exit."""
+        if self._closed:
+            raise self._unavailable()
         session = self._idle.get()
         try:
             yield session
@@ -333,11 +372,18 @@ class OnnxModel:
         self, feeds: dict[str, np.ndarray[Any, Any]], output_names: list[str]
     ) -> dict[str, np.ndarray[Any, Any]]:
         """Run one request on an idle instance (BYTES as ``str`` objects, BF16 as bits)."""
+        if self._closed:
+            raise self._unavailable()
         session = self._idle.get()
         try:
             return self._run_on(session, feeds, output_names)
         finally:
             self._idle.put(session)
+
+    def _unavailable(self) -> ModelUnavailableError:
+        return ModelUnavailableError(
+            f"model {self.name!r} version {self.version} was unloaded or replaced; retry"
+        )
 
     def _run_on(
         self,
@@ -377,10 +423,19 @@ class OnnxModel:
         return out
 
     async def run(
-        self, feeds: dict[str, np.ndarray[Any, Any]], output_names: list[str]
+        self,
+        feeds: dict[str, np.ndarray[Any, Any]],
+        output_names: list[str],
+        on_late_return: Callable[[], None] | None = None,
     ) -> dict[str, np.ndarray[Any, Any]]:
         """Run one request: inline when it is small enough and an instance is idle, else in the
-        model's thread pool."""
+        model's thread pool.
+
+        Cancelling the caller does not stop a session call already running in its thread. With
+        ``on_late_return``, a cancelled ``run`` promises to call it on the event loop exactly
+        once, when the session is free again (at once when the call had not started), so that
+        the caller can count the instance busy until then.
+        """
         if self.inline_max_elements and (
             sum(int(a.size) for a in feeds.values()) <= self.inline_max_elements
         ):
@@ -393,12 +448,62 @@ class OnnxModel:
                     return self._run_on(session, feeds, output_names)
                 finally:
                     self._idle.put(session)
+        if self._closed:
+            raise self._unavailable()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.run_sync, feeds, output_names)
+        try:
+            future = self._executor.submit(self.run_sync, feeds, output_names)
+        except RuntimeError:
+            if self._closed:  # closed between the check and the hand-over to the pool
+                raise self._unavailable() from None
+            raise
+        try:
+            return await asyncio.wrap_future(future, loop=loop)
+        except asyncio.CancelledError:
+            if on_late_return is not None:
+                if future.cancelled() or future.cancel():
+                    on_late_return()
+                else:
+                    future.add_done_callback(lambda _: _call_soon(loop, on_late_return))
+            raise
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def sessions(self) -> list[ort.InferenceSession]:
+        """The instances' sessions (none once closed)."""
+        return list(self._sessions)
 
     def close(self) -> None:
-        """Stop the worker threads once the requests already given to them are done."""
+        """Join the worker threads once the runs already given to them are done, then let go of
+        the sessions (their memory, on a GPU device memory, is freed at once). Idempotent."""
+        self._closed = True
         self._executor.shutdown(wait=True)
+        self._sessions.clear()
+        while True:
+            try:
+                self._idle.get_nowait()
+            except queue.Empty:
+                break
+
+
+def _explicit_threads(providers: list[ExecutionProvider]) -> int:
+    """``intra_op_num_threads`` when the CPU provider's options set it, else 0."""
+    for provider in providers:
+        if provider.name == "CPUExecutionProvider" and "intra_op_num_threads" in provider.options:
+            try:
+                return max(0, int(provider.options["intra_op_num_threads"]))
+            except (TypeError, ValueError):
+                return 0  # refused when the session is made
+    return 0
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """Call ``callback`` on ``loop`` from another thread, unless the loop has closed since."""
+    with suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback)
 
 
 def instance_providers(

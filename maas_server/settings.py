@@ -8,6 +8,7 @@ from typing import Literal
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_QUEUE_SIZE",
     "OPEN_PATHS",
     "AccessLogFormat",
     "ModelControl",
@@ -18,6 +19,9 @@ __all__ = [
 ModelControl = Literal["none", "explicit"]
 AccessLogFormat = Literal["text", "json", "off"]
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_QUEUE_SIZE = 512
+"""Requests that may wait in each priority queue of a model whose configuration sets no
+``max_queue_size``; one more gets 503 with ``Retry-After``."""
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
 """Paths answered without an API key when keys are configured (load balancers probe them)."""
 
@@ -43,6 +47,9 @@ class Settings:
     accepted at once across all models; more get 503 with ``Retry-After`` (0: no limit).
     ``max_inflight_body_bytes``: request body bytes held at once across all requests; a body
     that does not fit gets 503 with ``Retry-After`` before it is read (0: no limit).
+    ``max_queue_size``: requests that may wait in each priority queue of a model whose
+    configuration sets none (its queue policy's ``max_queue_size`` 0); more get 503 with
+    ``Retry-After`` (0: no limit).
 
     Access control (off unless ``api_keys_file`` or ``admin_api_key`` is set, see
     ``docs/security.md``): ``open_paths`` need no key; the keys file is re-read when it changes,
@@ -60,6 +67,7 @@ class Settings:
     strict_readiness: bool = True
     inline_threshold_us: float = 50.0
     max_inflight: int = 1024
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
     api_keys_file: Path | None = None
     admin_api_key: str | None = field(default=None, repr=False)
     open_paths: tuple[str, ...] = OPEN_PATHS

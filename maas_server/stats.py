@@ -10,15 +10,16 @@ import threading
 import time
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from .errors import ModelUnavailableError
-
-if TYPE_CHECKING:
-    from .repository import ModelRepository
-    from .runtime import OnnxModel
-
-__all__ = ["LATENCY_BUCKETS_S", "Duration", "ModelStats", "Rejections", "model_statistics"]
+__all__ = [
+    "LATENCY_BUCKETS_S",
+    "Duration",
+    "ModelStats",
+    "Rejections",
+    "StatsSource",
+    "model_statistics",
+]
 
 LATENCY_BUCKETS_S = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -51,10 +52,15 @@ class _BatchStats:
 
 
 class ModelStats:
-    """Counters of one model version. Updated from the event loop and read from anywhere."""
+    """Counters of one model version. Updated from the event loop and read from anywhere.
+
+    ``pending`` also tells when the version has nothing left to do: :meth:`wait_idle` blocks
+    until it drops to 0 (what closing a replaced or unloaded version waits for).
+    """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition(threading.Lock())
+        self._idle_watched = False
         self.last_inference_ms = 0
         self.inference_count = 0
         self.execution_count = 0
@@ -111,6 +117,14 @@ class ModelStats:
         """Requests that start (``delta`` > 0) or end waiting or running, from any thread."""
         with self._lock:
             self.pending += delta
+            if self._idle_watched and self.pending <= 0:
+                self._lock.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing is pending (any thread but the event loop); False on timeout."""
+        with self._lock:
+            self._idle_watched = True
+            return self._lock.wait_for(lambda: self.pending <= 0, timeout)
 
     def record_requests(
         self, successes: list[tuple[int, int, int]], failures: list[tuple[int, str]]
@@ -121,6 +135,8 @@ class ModelStats:
         lets go of sequences; their session runs are counted by :meth:`record_batch`."""
         with self._lock:
             self.pending -= len(successes) + len(failures)
+            if self._idle_watched and self.pending <= 0:
+                self._lock.notify_all()
             if successes:
                 self.last_inference_ms = int(time.time() * 1000)
             for total_ns, queue_ns, infer_ns in successes:
@@ -204,21 +220,20 @@ class Rejections:
         return dict(self._counts)  # one C-level copy: safe against the loop's updates
 
 
+class StatsSource(Protocol):
+    """What :func:`model_statistics` reads: the statistics of loaded model versions."""
+
+    def version_stats(
+        self, name: str | None, version: str | None
+    ) -> list[tuple[str, int, ModelStats]]:
+        """``(name, version, stats)`` of every loaded version, of ``name``'s, or of one."""
+        ...
+
+
 def model_statistics(
-    repository: ModelRepository, name: str | None = None, version: str | None = None
+    source: StatsSource, name: str | None = None, version: str | None = None
 ) -> list[dict[str, Any]]:
     """The ``model_stats`` list of Triton's statistics extension: every loaded version of every
     model, every loaded version of ``name``, or one version (404 for an unknown model)."""
-    models: list[OnnxModel]
-    if name is None:
-        models = repository.loaded_models()
-    elif version is None or version == "":
-        record = repository.record(name)
-        models = [s.model for s in record.versions.values() if s.model is not None]
-    else:
-        try:
-            models = [repository.get(name, version)]
-        except ModelUnavailableError:
-            models = []
-    models.sort(key=lambda m: (m.name, m.version))
-    return [m.stats.as_triton(m.name, str(m.version)) for m in models]
+    found = sorted(source.version_stats(name, version), key=lambda entry: entry[:2])
+    return [stats.as_triton(n, str(v)) for n, v, stats in found]

@@ -146,7 +146,8 @@ def test_cpu_fallback_is_reported(tmp_path: Path) -> None:
 def test_warmup_measures_run_time(tmp_path: Path) -> None:
     put(tmp_path, "m", models.mlp_model(), {"warmup": 3})
     model = ModelRepository(tmp_path).load("m").versions[1].model
-    assert model is not None and model.run_time_us is not None and model.run_time_us > 0
+    assert model is not None
+    assert model.onnx.run_time_us is not None and model.onnx.run_time_us > 0
 
 
 async def test_explicit_mode_load_and_unload(repository: Path) -> None:
@@ -205,7 +206,9 @@ async def test_load_swaps_atomically_while_serving(tmp_path: Path) -> None:
         assert config["max_batch_size"] == 512
 
 
-async def test_failed_reload_leaves_model_unavailable_but_server_up(tmp_path: Path) -> None:
+async def test_failed_reload_keeps_the_old_version_serving_and_the_server_up(
+    tmp_path: Path,
+) -> None:
     put(tmp_path, "m", models.mlp_model())
     put(tmp_path, "other", models.mlp_model(seed=5))
     async for client in client_for(Settings(repository=tmp_path)):
@@ -214,6 +217,40 @@ async def test_failed_reload_leaves_model_unavailable_but_server_up(tmp_path: Pa
         assert failed.status_code == 400
         assert "cannot load" in failed.json()["error"]
         assert (await client.post("/v2/models/other/infer", json=mlp_body())).status_code == 200
+        assert (await client.post("/v2/models/m/infer", json=mlp_body())).status_code == 200
+
+
+async def test_reload_with_a_bad_config_override_keeps_the_old_version(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Triton's behaviour: the failed attempt is reported (answer, index, log) and the version
+    loaded before goes on serving; a good reload afterwards replaces it."""
+    put(tmp_path, "m", models.mlp_model())
+    async for client in client_for(Settings(repository=tmp_path, model_control="explicit")):
+        assert (await client.post("/v2/repository/models/m/load")).status_code == 200
+        bad = json.dumps({"instance_count": "many"})
+        with caplog.at_level("ERROR", logger="maas_server"):
+            failed = await client.post(
+                "/v2/repository/models/m/load", json={"parameters": {"config": bad}}
+            )
+        assert failed.status_code == 400
+        error = failed.json()["error"]
+        assert "instance_count" in error and "keep serving" in error
+        assert any("reload failed" in r.getMessage() for r in caplog.records)
+        served = await client.post("/v2/models/m/infer", json=mlp_body())
+        assert served.status_code == 200, served.text
+        assert (await client.get("/v2/health/ready")).status_code == 200
+        (row,) = (await client.post("/v2/repository/index", json={})).json()
+        assert row["state"] == "READY"
+        assert "last reload failed" in row["reason"] and "instance_count" in row["reason"]
+        good = json.dumps({"max_batch_size": 4})
+        reloaded = await client.post(
+            "/v2/repository/models/m/load", json={"parameters": {"config": good}}
+        )
+        assert reloaded.status_code == 200
+        (row,) = (await client.post("/v2/repository/index", json={})).json()
+        assert row == {"name": "m", "version": "1", "state": "READY", "reason": ""}
+        assert (await client.get("/v2/models/m/config")).json()["max_batch_size"] == 4
 
 
 def test_sigterm_finishes_in_flight_requests(tmp_path: Path) -> None:
@@ -287,8 +324,9 @@ async def test_small_models_run_inline_only_below_threshold(
 ) -> None:
     put(tmp_path, "m", models.mlp_model())
     record = ModelRepository(tmp_path, inline_threshold_us=threshold_us).load("m")
-    model = record.versions[1].model
-    assert model is not None
+    version = record.versions[1].model
+    assert version is not None
+    model = version.onnx
     assert (model.inline_max_elements > 0) is inline
     x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
     results = await asyncio.gather(*[model.run({"input": x}, ["output"]) for _ in range(4)])
