@@ -235,9 +235,14 @@ def _parse_checked(data: bytes, what: str) -> Any:
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{what}: not a valid ONNX model ({first})") from None
+        raise InputError(f"{what}: not a valid ONNX model ({_first_line(exc)})") from None
     return model
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error's message (converters explain at length below it)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _graph_inputs(model: Any) -> tuple[str, ...]:
@@ -339,7 +344,8 @@ def _from_sklearn(
         )
     except Exception as exc:  # skl2onnx raises RuntimeError, NameError, ... for what it lacks
         raise InputError(
-            f"skl2onnx cannot convert this {type(estimator).__name__}: {type(exc).__name__}: {exc}"
+            f"skl2onnx cannot convert this {type(estimator).__name__}: "
+            f"{type(exc).__name__}: {_first_line(exc)}"
         ) from None
     produced = [value.name for value in model.graph.output]
     meaningful = _sklearn_output_names(produced, is_classifier, bool(base.is_regressor(estimator)))
@@ -447,7 +453,7 @@ def _from_torch(
         except Exception as exc:
             raise InputError(
                 f"torch.onnx.export cannot export this {type(module).__name__}: "
-                f"{type(exc).__name__}: {exc}"
+                f"{type(exc).__name__}: {_first_line(exc)}"
             ) from None
     data = buffer.getvalue()
     checked = _parse_checked(data, f"the ONNX graph of the {type(module).__name__}")

@@ -24,6 +24,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.semi_supervised import LabelSpreading
 
 from maas_client import Client, InputError, Output
 from maas_client._convert import ConvertedModel, to_onnx
@@ -193,6 +194,13 @@ def test_external_data_is_refused_with_a_pointer_to_the_folder(tmp_path: Path) -
         to_onnx(tmp_path / "m.onnx")
 
 
+def test_an_estimator_skl2onnx_lacks_is_an_input_error() -> None:
+    x = np.random.default_rng(4).random((20, 3))
+    spreading = LabelSpreading().fit(x, np.array([0, 1] * 10))
+    with pytest.raises(InputError, match=r"skl2onnx cannot convert this LabelSpreading: [^\n]+$"):
+        to_onnx(spreading)
+
+
 def test_a_missing_converter_names_the_extra(
     monkeypatch: pytest.MonkeyPatch, digits_pipeline: Pipeline
 ) -> None:
@@ -268,3 +276,12 @@ def test_torch_module_with_two_inputs_and_outputs_is_numbered() -> None:
     assert converted.outputs == ("output_0", "output_1")
     with pytest.raises(InputError, match="needs example_inputs="):
         to_onnx(Both())
+
+
+def test_torch_without_onnx_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip(
+        "torch", reason="torch is not installed (pip install 'maas[torch]')"
+    )
+    monkeypatch.setitem(sys.modules, "onnx", None)  # what Python does when it is absent
+    with pytest.raises(ImportError, match=r"pip install 'maas\[torch\]'"):
+        to_onnx(torch.nn.Linear(2, 2), example_inputs=torch.ones(1, 2))
