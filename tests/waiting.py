@@ -1,0 +1,106 @@
+"""Sequencing tests on events and on the server's own state instead of on sleeps.
+
+- :func:`until` polls a condition from a coroutine, with a deadline (the async twin of
+  ``tests.conftest.wait_for``);
+- :class:`Gate` holds the runs of a real :class:`~maas_server.runtime.OnnxModel` until the test
+  opens it, so that "the first request is still running" is a fact the test controls, not a guess
+  about how fast the machine is;
+- :class:`StepGate` does the same for the steps of a
+  :class:`~maas_server.generation.GenerationEngine`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from maas_server.generation import GenerationEngine
+from maas_server.runtime import OnnxModel
+
+DEADLINE_S = 30.0
+"""How long a test waits for a condition before it fails (generous: CI machines are busy)."""
+
+
+async def until(predicate: Callable[[], object], timeout: float = DEADLINE_S) -> None:
+    """Poll ``predicate`` (on the running loop) until it is true; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.002)
+
+
+class Gate:
+    """Holds the first ``hold`` runs of ``model`` until :meth:`open` (the others pass at once).
+
+    The model still runs for real once the gate lets a run through. ``started`` counts the runs
+    that have reached the gate, ``finished`` those that returned. Works from any event loop (an
+    in-process app or a uvicorn thread): a held run polls a ``threading.Event``. A run held for
+    longer than :data:`DEADLINE_S` goes on anyway, so a failing test cannot hang.
+    """
+
+    def __init__(self, model: OnnxModel, hold: int = 1) -> None:
+        self.started = 0
+        self.finished = 0
+        self._hold = hold
+        self._open = threading.Event()
+        original = model.run
+
+        async def run(
+            feeds: dict[str, np.ndarray[Any, Any]], output_names: list[str]
+        ) -> dict[str, np.ndarray[Any, Any]]:
+            self.started += 1
+            if self.started <= self._hold:
+                deadline = time.monotonic() + DEADLINE_S
+                while not self._open.is_set() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.002)
+            try:
+                return await original(feeds, output_names)
+            finally:
+                self.finished += 1
+
+        model.run = run  # type: ignore[method-assign]
+
+    async def wait_started(self, runs: int = 1) -> None:
+        """Wait until ``runs`` runs have reached the gate."""
+        await until(lambda: self.started >= runs)
+
+    def open(self) -> None:
+        self._open.set()
+
+
+class StepGate:
+    """Lets the first ``allow`` steps (``session.run`` calls) of ``engine`` through, then holds
+    each further step until :meth:`open`; the engine thread waits inside the held step.
+
+    ``passed`` counts the steps that have started. Install it with ``monkeypatch.setattr(engine,
+    "_execute", gate)``. A step held for longer than :data:`DEADLINE_S` goes on anyway.
+    """
+
+    def __init__(self, engine: GenerationEngine, allow: int) -> None:
+        self.passed = 0
+        self.allow = allow
+        self._open = threading.Event()
+        self._original = engine._execute
+
+    def __call__(self, *args: Any) -> Any:
+        self.passed += 1
+        if self.passed > self.allow:
+            self._open.wait(DEADLINE_S)
+        return self._original(*args)
+
+    @property
+    def holding(self) -> bool:
+        """Whether a step waits at the gate now (the engine is paused)."""
+        return self.passed > self.allow and not self._open.is_set()
+
+    def open(self) -> None:
+        self._open.set()
+
+
+__all__ = ["DEADLINE_S", "Gate", "StepGate", "until"]
