@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pytest
 
 from maas_server.generation import GenerationEngine
 from maas_server.runtime import OnnxModel
@@ -75,32 +76,58 @@ class Gate:
 
 
 class StepGate:
-    """Lets the first ``allow`` steps (``session.run`` calls) of ``engine`` through, then holds
-    each further step until :meth:`open`; the engine thread waits inside the held step.
+    """Lets the first ``allow`` steps (``session.run`` calls, prefills included) of ``engine``
+    through, then holds each further step until :meth:`release` lets more through or
+    :meth:`open` lets all; the engine thread waits inside the held step, so the sequences it runs
+    stay active and nothing more is generated. It also counts the engine's :meth:`cancel` calls
+    (a stream whose client went away, or a stop string), which happen on the server's side while
+    the engine waits.
 
-    ``passed`` counts the steps that have started. Install it with ``monkeypatch.setattr(engine,
-    "_execute", gate)``. A step held for longer than :data:`DEADLINE_S` goes on anyway.
+    :meth:`install` puts it in place with ``monkeypatch``. A step held for longer than
+    :data:`DEADLINE_S` goes on anyway, so a failing test cannot hang.
     """
 
     def __init__(self, engine: GenerationEngine, allow: int) -> None:
         self.passed = 0
-        self.allow = allow
-        self._open = threading.Event()
-        self._original = engine._execute
+        self.limit = allow
+        self.cancels = 0
+        self._changed = threading.Condition()
+        self._execute = engine._execute
+        self._cancel = engine.cancel
 
-    def __call__(self, *args: Any) -> Any:
-        self.passed += 1
-        if self.passed > self.allow:
-            self._open.wait(DEADLINE_S)
-        return self._original(*args)
+    @classmethod
+    def install(
+        cls, engine: GenerationEngine, monkeypatch: pytest.MonkeyPatch, allow: int
+    ) -> StepGate:
+        gate = cls(engine, allow)
+        monkeypatch.setattr(engine, "_execute", gate.execute)
+        monkeypatch.setattr(engine, "cancel", gate.cancel)
+        return gate
+
+    def execute(self, *args: Any) -> Any:
+        with self._changed:
+            self.passed += 1
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: self.passed <= self.limit, DEADLINE_S)
+        return self._execute(*args)
+
+    def cancel(self, *args: Any, **kwargs: Any) -> None:
+        self._cancel(*args, **kwargs)
+        self.cancels += 1
 
     @property
     def holding(self) -> bool:
         """Whether a step waits at the gate now (the engine is paused)."""
-        return self.passed > self.allow and not self._open.is_set()
+        return self.passed > self.limit
+
+    def release(self, steps: int) -> None:
+        """Let ``steps`` more steps through (counting the one held now, if any)."""
+        with self._changed:
+            self.limit += steps
+            self._changed.notify_all()
 
     def open(self) -> None:
-        self._open.set()
+        self.release(10**9)
 
 
 __all__ = ["DEADLINE_S", "Gate", "StepGate", "until"]
