@@ -83,11 +83,15 @@ class StepGate:
     (a stream whose client went away, or a stop string), which happen on the server's side while
     the engine waits.
 
-    :meth:`install` puts it in place with ``monkeypatch``. A step held for longer than
+    :meth:`install` puts it in place with ``monkeypatch``, and sets the engine's
+    ``stream_interval`` to 0: every token is handed over to the HTTP side as soon as it is made.
+    (With the default 1 ms, a token made within 1 ms of the previous hand-over waits for a later
+    one, which never comes while the engine is held.) A step held for longer than
     :data:`DEADLINE_S` goes on anyway, so a failing test cannot hang.
     """
 
     def __init__(self, engine: GenerationEngine, allow: int) -> None:
+        self.engine = engine
         self.passed = 0
         self.limit = allow
         self.cancels = 0
@@ -102,6 +106,7 @@ class StepGate:
         gate = cls(engine, allow)
         monkeypatch.setattr(engine, "_execute", gate.execute)
         monkeypatch.setattr(engine, "cancel", gate.cancel)
+        monkeypatch.setattr(engine, "stream_interval", 0.0)
         return gate
 
     def execute(self, *args: Any) -> Any:
@@ -124,6 +129,12 @@ class StepGate:
         """Let ``steps`` more steps through (counting the one held now, if any)."""
         with self._changed:
             self.limit += steps
+            self._changed.notify_all()
+
+    def pause_after(self, steps: int) -> None:
+        """Let ``steps`` more steps through from now, then hold again."""
+        with self._changed:
+            self.limit = self.passed + steps
             self._changed.notify_all()
 
     def open(self) -> None:
