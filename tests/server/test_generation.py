@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -346,21 +345,26 @@ def test_eight_concurrent_streams(
     generation_service: GenerationService,
     tokenizer: Tokenizer,
     reference_session: ort.InferenceSession,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     steps = 40
     engine = engine_of(generation_service, generation_url, model)
     wait_for(lambda: engine.active_sequences == 0)
+    # The engine pauses in its first run until all 8 have arrived: they run together however
+    # slowly the machine lets their requests in.
+    gate = StepGate.install(engine, monkeypatch, allow=0)
     engine.largest_batch = 0
     start_steps = engine.steps
-    barrier = threading.Barrier(len(PROMPTS))
 
     def run(prompt: str) -> list[Event]:
-        barrier.wait()
         body = {"text_input": prompt, "max_tokens": steps, "return_token_ids": True}
         return stream(generation_url, model, body)
 
     with ThreadPoolExecutor(len(PROMPTS)) as pool:
-        results = list(pool.map(run, PROMPTS))
+        futures = [pool.submit(run, prompt) for prompt in PROMPTS]
+        wait_for(lambda: engine.active_sequences == len(PROMPTS))
+        gate.open()
+        results = [future.result(timeout=120) for future in futures]
     for prompt, events in zip(PROMPTS, results, strict=True):
         ids = streamed_ids(events)
         assert ids == reference_greedy(reference_session, tokenizer.encode(prompt).ids, steps)
