@@ -362,13 +362,15 @@ def test_deadline_stops_waits_that_would_overrun_it(
 
 def test_deadline_bounds_real_retries(router: respx.Router, routed_client: ClientFactory) -> None:
     route = router.get("/v2/models/m").mock(return_value=_status(500))
-    policy = RetryPolicy(initial_delay=0.1, max_delay=0.1, jitter=0.0)  # really sleeps
+    # Really sleeps; the waits are long enough that a busy machine's slower attempts (up to
+    # ~0.4 s each) do not change the count.
+    policy = RetryPolicy(initial_delay=0.5, max_delay=0.5, jitter=0.0)
     started = time.monotonic()
     with pytest.raises(InternalServerError):
-        routed_client(retry_policy=policy, max_retries=50).models.get("m", deadline=0.35)
+        routed_client(retry_policy=policy, max_retries=50).models.get("m", deadline=1.75)
     elapsed = time.monotonic() - started
-    assert 0.2 <= elapsed < 0.35 + 0.1
-    # attempts start at about 0, 0.1, 0.2 (and 0.3) s; none once its wait would pass the deadline
+    assert 1.0 <= elapsed < 1.75 + 0.5
+    # attempts start at about 0, 0.5, 1.0 (and 1.5) s; none once its wait would pass the deadline
     assert 3 <= route.call_count <= 4
 
 
@@ -376,11 +378,11 @@ async def test_deadline_async(
     router: respx.Router, routed_async_client: AsyncClientFactory
 ) -> None:
     router.get("/v2/models/m").mock(return_value=_status(500))
-    policy = RetryPolicy(initial_delay=0.05, max_delay=0.05, jitter=0.0)
+    policy = RetryPolicy(initial_delay=0.25, max_delay=0.25, jitter=0.0)  # really sleeps
     started = time.monotonic()
     with pytest.raises(InternalServerError) as info:
-        await routed_async_client(retry_policy=policy, max_retries=50).models.get("m", deadline=0.2)
-    assert time.monotonic() - started < 0.3
+        await routed_async_client(retry_policy=policy, max_retries=50).models.get("m", deadline=1.0)
+    assert time.monotonic() - started < 1.5
     assert 3 <= info.value.attempts <= 5
 
 

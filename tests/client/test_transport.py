@@ -20,6 +20,8 @@ import pytest
 
 from maas_client import APIConnectionError, APITimeoutError, AsyncClient, Client, RetryPolicy
 from maas_client._transport import AsyncLeanTransport, LeanTransport
+from tests.conftest import wait_for
+from tests.waiting import until
 
 Answer = Callable[["Seen"], "bytes | list[bytes] | None"]
 
@@ -45,6 +47,7 @@ class ScriptedServer:
     port: int = 0
     close_after: set[int] = field(default_factory=set)
     read_bodies: bool = True
+    closed: int = 0  # connections the server has closed
 
     def start(self) -> None:
         self._sock = socket.socket()
@@ -68,6 +71,12 @@ class ScriptedServer:
             threading.Thread(target=self._serve, args=(conn, self.connections), daemon=True).start()
 
     def _serve(self, conn: socket.socket, number: int) -> None:
+        try:
+            self._converse(conn, number)
+        finally:
+            self.closed += 1  # after ``with conn``: the socket is closed, its FIN sent
+
+    def _converse(self, conn: socket.socket, number: int) -> None:
         buffer = b""
         with conn:
             while True:
@@ -220,7 +229,7 @@ def test_server_closing_an_idle_connection(scripted: ScriptedServer) -> None:
     transport = LeanTransport()
     with httpx.Client(transport=transport) as client:
         assert client.get(scripted.url).content == b"first"
-        time.sleep(0.1)  # the server has closed it by now: it must not be reused
+        wait_for(lambda: scripted.closed == 1)  # the server has closed it: it must not be reused
         assert client.get(scripted.url).content == b"second"
     assert scripted.connections == 2
 
@@ -299,6 +308,14 @@ def _no_wait() -> RetryPolicy:
 # --- the asyncio transport ---------------------------------------------------------------------
 
 
+async def eof_seen_by_the_loop(scripted: ScriptedServer, closed: int) -> None:
+    """Wait until the server has closed ``closed`` connections, then let the event loop read the
+    EOF that is already in the client's socket: a timer wait makes the loop select (and run the
+    protocol's ``eof_received``) before this task resumes, however long that takes."""
+    await until(lambda: scripted.closed >= closed)
+    await asyncio.sleep(0.001)
+
+
 async def aget(transport: AsyncLeanTransport, url: str, **kwargs: object) -> httpx.Response:
     async with httpx.AsyncClient(transport=transport) as client:
         return await client.get(url, **kwargs)  # type: ignore[arg-type]
@@ -323,7 +340,7 @@ async def test_async_close_delimited_and_idle_close(scripted: ScriptedServer) ->
     scripted.close_after = {0}
     async with httpx.AsyncClient(transport=AsyncLeanTransport()) as client:
         assert (await client.get(scripted.url)).content == b"until eof"
-        await asyncio.sleep(0.05)
+        await eof_seen_by_the_loop(scripted, 1)
         assert (await client.get(scripted.url)).content == b"again"
     assert scripted.connections == 2
 
@@ -405,7 +422,7 @@ async def test_async_connection_close_after_a_complete_answer(scripted: Scripted
     scripted.close_after = {0}
     async with httpx.AsyncClient(transport=AsyncLeanTransport()) as client:
         first = await client.get(scripted.url)
-        await asyncio.sleep(0.05)  # the EOF has arrived by now
+        await eof_seen_by_the_loop(scripted, 1)
         second = await client.get(scripted.url)
     assert (first.content, second.content) == (b"bye", b"hello again")
     assert scripted.connections == 2
