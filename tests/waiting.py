@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from maas_server.generation import GenerationEngine
+from maas_server.model_version import ModelVersion
 from maas_server.runtime import OnnxModel
 
 DEADLINE_S = 30.0
@@ -45,7 +46,9 @@ class Gate:
     longer than :data:`DEADLINE_S` goes on anyway, so a failing test cannot hang.
     """
 
-    def __init__(self, model: OnnxModel, hold: int = 1) -> None:
+    def __init__(self, model: OnnxModel | ModelVersion, hold: int = 1) -> None:
+        if isinstance(model, ModelVersion):
+            model = model.onnx  # a loaded version runs through its sessions' owner
         self.started = 0
         self.finished = 0
         self._hold = hold
@@ -53,7 +56,7 @@ class Gate:
         original = model.run
 
         async def run(
-            feeds: dict[str, np.ndarray[Any, Any]], output_names: list[str]
+            feeds: dict[str, np.ndarray[Any, Any]], output_names: list[str], *more: Any
         ) -> dict[str, np.ndarray[Any, Any]]:
             self.started += 1
             if self.started <= self._hold:
@@ -61,7 +64,7 @@ class Gate:
                 while not self._open.is_set() and time.monotonic() < deadline:
                     await asyncio.sleep(0.002)
             try:
-                return await original(feeds, output_names)
+                return await original(feeds, output_names, *more)
             finally:
                 self.finished += 1
 
