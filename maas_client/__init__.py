@@ -11,7 +11,7 @@ and the numpy codec in :mod:`maas_client.codec`; the server imports both.
 
 from __future__ import annotations
 
-from ._batched import BatchResult
+from ._batch_result import BatchError, BatchResult, ChunkFailure
 from ._client import AsyncClient, Client
 from ._endpoints import Endpoints
 from ._exceptions import (
@@ -23,9 +23,8 @@ from ._exceptions import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
-    BatchError,
-    ChunkFailure,
     ConflictError,
+    EndpointNotSupportedError,
     InputError,
     InternalServerError,
     MaasError,
@@ -69,6 +68,7 @@ __all__ = [
     "ChunkFailure",
     "Client",
     "ConflictError",
+    "EndpointNotSupportedError",
     "Endpoints",
     "GenerateOptions",
     "Generation",

@@ -24,8 +24,9 @@ from typing import Any, TypedDict, cast
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ._base import REQUEST_ID_HEADER, Answer, RequestPlan, model_path
+from ._answers import Answer
 from ._exceptions import APIResponseValidationError, InputError
+from ._plans import REQUEST_ID_HEADER, RequestPlan, model_path
 from ._result import Timing
 from ._streaming import AsyncStream, AsyncStreamStart, Stream, StreamStart
 from ._types import CallOptions, VersionLike
@@ -302,7 +303,7 @@ class GenerationStream(_CollectedText, Stream[GenerationChunk]):
     close the connection, and the server stops generating.
     """
 
-    def __init__(self, start: StreamStart) -> None:
+    def __init__(self, start: StreamStart | Callable[[], StreamStart]) -> None:
         self._collector = _Collector()
         super().__init__(start, self._collector.add, on_end=self._collector.check_end)
 

@@ -15,7 +15,7 @@ from typing import Generic, ParamSpec, TypeVar, cast
 
 import httpx
 
-from ._base import Answer
+from ._answers import Answer
 
 __all__ = [
     "RawResponse",

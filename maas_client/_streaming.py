@@ -1,10 +1,11 @@
-"""Streams of server-sent events: opening one with retries, iterating typed items, closing it.
+"""Streams of server-sent events: iterating typed items, closing them.
 
-A stream is opened like any call, through the client's transport (the lean one or httpx), and
-its body is then read as it arrives. One attempt lasts until the first event: connection errors,
-timeouts and retryable statuses up to then are retried like any call (the same request id,
-back-off, ``Retry-After``, deadline). From the first event on nothing is retried, since part of
-the answer has been delivered: a connection lost later raises :class:`APIConnectionError`.
+A stream is opened like any call, by the client's pipeline (``open_stream``: send, stop at the
+first event), and its body is then read as it arrives. One attempt lasts until the first event:
+connection errors, timeouts and retryable statuses up to then are retried like any call (the
+same request id, back-off, ``Retry-After``, deadline). From the first event on nothing is
+retried, since part of the answer has been delivered: a connection lost later raises
+:class:`APIConnectionError`.
 
 Every event's data is JSON. An ``event: error``, or data holding an ``"error"`` key, raises
 :class:`APIStreamError` with the server's message; data the client cannot read raises
@@ -25,34 +26,26 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import httpx
 
-from ._base import (
-    REQUEST_ID_HEADER,
-    RequestPlan,
-    ResolvedOptions,
-    connection_error,
-)
-from ._endpoints import Endpoint, Route, start_async_probes, start_probes
 from ._exceptions import (
     APIConnectionError,
     APIResponseValidationError,
     APIStreamError,
 )
-from ._retry import async_retrying, sync_retrying
+from ._plans import REQUEST_ID_HEADER
 from ._sse import ServerSentEvent, SSEDecoder
-from ._types import CallOptions
+from ._status import connection_error
 
 if TYPE_CHECKING:
     from typing_extensions import Self
-
-    from ._client import AsyncClient, Client
 
 __all__ = [
     "AsyncStream",
     "AsyncStreamStart",
     "Stream",
     "StreamStart",
-    "open_async_stream",
-    "open_stream",
+    "is_event_stream",
+    "not_an_event_stream",
+    "unreadable",
 ]
 
 _T = TypeVar("_T")
@@ -93,12 +86,12 @@ class AsyncStreamStart(_Start):
 # --- opening ---------------------------------------------------------------------------------
 
 
-def _is_event_stream(response: httpx.Response) -> bool:
+def is_event_stream(response: httpx.Response) -> bool:
     kind = str(response.headers.get("content-type", ""))
     return kind.split(";", 1)[0].strip().lower() == "text/event-stream"
 
 
-def _not_an_event_stream(response: httpx.Response, request_id: str, attempts: int) -> Exception:
+def not_an_event_stream(response: httpx.Response, request_id: str, attempts: int) -> Exception:
     kind = response.headers.get("content-type", "none")
     return APIResponseValidationError(
         f"the server answered {response.status_code} with {kind!r}, not an event stream",
@@ -108,7 +101,7 @@ def _not_an_event_stream(response: httpx.Response, request_id: str, attempts: in
     )
 
 
-def _unreadable(
+def unreadable(
     response: httpx.Response, exc: ValueError, request_id: str, attempts: int
 ) -> APIResponseValidationError:
     return APIResponseValidationError(
@@ -116,146 +109,6 @@ def _unreadable(
         response=response,
         request_id=request_id,
         attempts=attempts,
-    )
-
-
-def open_stream(client: Client, plan: RequestPlan, options: CallOptions) -> StreamStart:
-    """Send ``plan`` and read up to its first event, retrying as any call is retried (a client
-    of several servers sends each attempt to one of them, as for any call)."""
-    resolved = client._resolve(options)
-    start, deadline_at, route = client._begin_call(resolved)
-    retrying = sync_retrying(
-        client.retry_policy, client._retry_scope(plan, resolved, deadline_at, route)
-    )
-    for attempt in retrying:
-        with attempt:
-            number = attempt.retry_state.attempt_number
-            if route is None:
-                return _attempt(client, plan, resolved, number, start, deadline_at)
-            endpoint = route.acquire()
-            start_probes(client)
-            try:
-                opened = _attempt(client, plan, resolved, number, start, deadline_at, endpoint.url)
-            except BaseException as exc:
-                route.release(endpoint, exc)
-                raise
-            opened.release = _releaser(route, endpoint)
-            return opened
-    raise AssertionError("tenacity ended without an outcome")  # pragma: no cover
-
-
-def _releaser(route: Route, endpoint: Endpoint) -> Callable[[BaseException | None], None]:
-    def release(error: BaseException | None) -> None:
-        route.release(endpoint, error)
-
-    return release
-
-
-def _attempt(
-    client: Client,
-    plan: RequestPlan,
-    options: ResolvedOptions,
-    number: int,
-    start: float,
-    deadline_at: float | None,
-    base_url: str | None = None,
-) -> StreamStart:
-    request, response, sent_at = client._open_attempt(plan, options, number, deadline_at, base_url)
-    try:
-        client._log_response(request, response, sent_at)
-        if not _is_event_stream(response):
-            raise _not_an_event_stream(response, options.request_id, number)
-        chunks = response.iter_bytes()
-        decoder = SSEDecoder()
-        events: list[ServerSentEvent] = []
-        ended = False
-        while not events and not ended:
-            chunk = next(chunks, None)
-            if chunk is None:
-                ended = True
-            else:
-                events = decoder.feed(chunk)
-    except httpx.TransportError as exc:
-        response.close()
-        raise connection_error(
-            exc, request, request_id=options.request_id, attempts=number
-        ) from exc
-    except ValueError as exc:
-        response.close()
-        raise _unreadable(response, exc, options.request_id, number) from None
-    except BaseException:
-        response.close()
-        raise
-    return StreamStart(response, decoder, events, ended, options.request_id, number, start, chunks)
-
-
-async def open_async_stream(
-    client: AsyncClient, plan: RequestPlan, options: CallOptions
-) -> AsyncStreamStart:
-    """The ``async`` twin of :func:`open_stream`."""
-    resolved = client._resolve(options)
-    start, deadline_at, route = client._begin_call(resolved)
-    retrying = async_retrying(
-        client.retry_policy, client._retry_scope(plan, resolved, deadline_at, route)
-    )
-    async for attempt in retrying:
-        with attempt:
-            number = attempt.retry_state.attempt_number
-            if route is None:
-                return await _async_attempt(client, plan, resolved, number, start, deadline_at)
-            endpoint = route.acquire()
-            start_async_probes(client)
-            try:
-                opened = await _async_attempt(
-                    client, plan, resolved, number, start, deadline_at, endpoint.url
-                )
-            except BaseException as exc:
-                route.release(endpoint, exc)
-                raise
-            opened.release = _releaser(route, endpoint)
-            return opened
-    raise AssertionError("tenacity ended without an outcome")  # pragma: no cover
-
-
-async def _async_attempt(
-    client: AsyncClient,
-    plan: RequestPlan,
-    options: ResolvedOptions,
-    number: int,
-    start: float,
-    deadline_at: float | None,
-    base_url: str | None = None,
-) -> AsyncStreamStart:
-    request, response, sent_at = await client._open_attempt(
-        plan, options, number, deadline_at, base_url
-    )
-    try:
-        client._log_response(request, response, sent_at)
-        if not _is_event_stream(response):
-            raise _not_an_event_stream(response, options.request_id, number)
-        chunks = response.aiter_bytes()
-        decoder = SSEDecoder()
-        events: list[ServerSentEvent] = []
-        ended = False
-        while not events and not ended:
-            chunk = await anext(chunks, None)
-            if chunk is None:
-                ended = True
-            else:
-                events = decoder.feed(chunk)
-    except httpx.TransportError as exc:
-        await response.aclose()
-        raise connection_error(
-            exc, request, request_id=options.request_id, attempts=number
-        ) from exc
-    except ValueError as exc:
-        await response.aclose()
-        raise _unreadable(response, exc, options.request_id, number) from None
-    except BaseException:
-        await response.aclose()
-        raise
-    return AsyncStreamStart(
-        response, decoder, events, ended, options.request_id, number, start, chunks
     )
 
 
@@ -393,11 +246,13 @@ class Stream(_StreamCore[_T]):
 
     def __init__(
         self,
-        start: StreamStart,
+        start: StreamStart | Callable[[], StreamStart],
         parse: Callable[[Any], _T],
         *,
         on_end: Callable[[], None] | None = None,
     ) -> None:
+        if not isinstance(start, StreamStart):
+            start = start()  # a blocking stream opens at once: its errors are raised here
         self._setup(parse, on_end)
         self._begin(start)
         self._chunks: Iterator[bytes] = start.chunks

@@ -21,14 +21,12 @@ from maas_client import (
     NotFoundError,
     ServiceUnavailableError,
 )
-from maas_client._base import (
-    BodyStream,
-    clamp_timeout,
-    make_status_error,
-    model_path,
-    plan_load,
-)
+from maas_client._answers import infer_call
+from maas_client._body import BodyStream
 from maas_client._exceptions import APIError, MaasError
+from maas_client._options import clamp_timeout
+from maas_client._plans import model_path, plan_load
+from maas_client._status import make_status_error
 from maas_client.codec import HEADER_LENGTH
 from maas_client.protocol import decode_request
 from maas_client.types import ModelMetadata, TensorMetadata
@@ -41,7 +39,7 @@ META = ModelMetadata(
 
 
 def infer_request(client: Client, x: Any, **kwargs: Any) -> httpx.Request:
-    call = client._infer_call(
+    call = infer_call(
         "m",
         None,
         x,
@@ -52,7 +50,8 @@ def infer_request(client: Client, x: Any, **kwargs: Any) -> httpx.Request:
         id=None,
         parameters=None,
     )
-    return client._build_request(call.plan, client._resolve(kwargs), None, None)
+    pipeline = client._pipeline
+    return pipeline.build_request(call.plan, pipeline.resolve(kwargs), None)
 
 
 # --- bodies ------------------------------------------------------------------------------------
@@ -120,10 +119,9 @@ def test_default_headers_and_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
         assert headers["user-agent"].startswith("maas-client/")
         assert headers["host"] == "maas.test"
         assert "sk-secret" not in repr(c)
-        extra = c._build_request(
+        extra = c._pipeline.build_request(
             plan_load("m", None),
-            c._resolve({"extra_headers": {"X-Team": "b", "Accept-Encoding": "gzip"}}),
-            None,
+            c._pipeline.resolve({"extra_headers": {"X-Team": "b", "Accept-Encoding": "gzip"}}),
             None,
         )
         assert extra.headers["x-team"] == "b" and extra.headers["accept-encoding"] == "gzip"
@@ -133,7 +131,8 @@ def test_default_headers_and_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_injected_client_headers_come_under_ours() -> None:
     http = httpx.Client(headers={"X-Tenant": "t1", "Accept-Encoding": "br"})
     with Client("http://maas.test", http_client=http) as client:
-        request = client._build_request(plan_load("m", None), client._resolve({}), None, http)
+        pipeline = client._pipeline
+        request = pipeline.build_request(plan_load("m", None), pipeline.resolve({}), None)
     assert request.headers["x-tenant"] == "t1"
     assert request.headers["accept-encoding"] == "identity"
     http.close()
@@ -260,8 +259,10 @@ async def test_with_options_async(monkeypatch: pytest.MonkeyPatch) -> None:
         )
         assert copy._default_headers["Authorization"] == "Bearer new"
         assert client.max_retries == 1 and "Authorization" not in client._default_headers
-        assert copy.server._client is copy and copy.models._client is copy
+        assert copy.server._pipeline is copy._pipeline and copy.models._pipeline is copy._pipeline
         elsewhere = client.with_options(base_url="http://other")
         assert elsewhere._state is not client._state  # what it learns is about another server
         await copy.close()
-        assert client._transport is not None and not client._transport._closed
+        assert (
+            not client._pipeline.closed and copy._pipeline.transport is client._pipeline.transport
+        )

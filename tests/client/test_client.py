@@ -307,7 +307,7 @@ def test_with_options_shares_the_pool(client: Client) -> None:
     copy = client.with_options(timeout=5.0, max_retries=0, headers={"X-Team": "vision"})
     assert copy.timeout == httpx.Timeout(5.0) and copy.max_retries == 0
     assert client.max_retries == 2 and client.timeout != copy.timeout
-    assert copy._transport is client._transport  # one connection pool
+    assert copy._pipeline.transport is client._pipeline.transport  # one connection pool
     assert copy._state is client._state  # one metadata cache
     raw = copy.with_raw_response.infer("mlp", X)
     assert raw.http_response.request.headers["x-team"] == "vision"

@@ -17,7 +17,7 @@ X = np.random.default_rng(3).standard_normal((5, 64)).astype(np.float32)
 
 def test_local_client_runs_the_same_calls(repository: Path) -> None:
     with Client.local(repository, max_retries=0) as client:
-        transport = client._transport
+        transport = client._pipeline.transport
         assert isinstance(transport, LocalTransport)
         assert client.base_url == LOCAL_URL  # never resolved: nothing leaves the process
         assert client.server.live() is True
