@@ -35,6 +35,7 @@ __all__ = [
     "is_retryable",
     "next_delay",
     "retry_after_seconds",
+    "retry_kwargs",
     "sync_retrying",
 ]
 
@@ -164,18 +165,25 @@ class RetryScope:
     """What the retries of one call go by (``deadline`` is on :func:`time.monotonic`'s clock).
 
     ``fail_over(error)`` says whether the next attempt goes at once to another server (then it
-    does not wait)."""
+    does not wait). The method, URL and request id that retries log and report come from the
+    failed attempt's error."""
 
     max_retries: int
     idempotent: bool
-    deadline: float | None
-    method: str
-    url: str
-    request_id: str | None
+    deadline: float | None = None
     fail_over: Callable[[BaseException], bool] | None = None
 
 
-def _retry_kwargs(policy: RetryPolicy, scope: RetryScope) -> dict[str, Any]:
+def _where(error: APIError) -> tuple[str, str]:
+    request = error.request
+    if request is None:
+        return "?", "?"
+    return request.method, str(request.url)
+
+
+def retry_kwargs(policy: RetryPolicy, scope: RetryScope) -> dict[str, Any]:
+    """Tenacity's settings for the retries of ``scope`` (the same for every call of a client
+    with one deadline-free scope: the pipeline keeps them)."""
     stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(scope.max_retries + 1)
     if scope.deadline is not None:
         stop = stop | _StopAtDeadline(scope.deadline)
@@ -185,26 +193,20 @@ def _retry_kwargs(policy: RetryPolicy, scope: RetryScope) -> dict[str, Any]:
         error = outcome.exception() if outcome is not None else None
         assert isinstance(error, APIError)
         delay = retry_state.upcoming_sleep
+        method, url = _where(error)
         logger.info(
             "retrying %s %s in %.2f s (attempt %d of %d failed: %s) [request id %s]",
-            scope.method,
-            scope.url,
+            method,
+            url,
             delay,
             retry_state.attempt_number,
             scope.max_retries + 1,
             error,
-            scope.request_id,
+            error.request_id,
         )
         if policy.on_retry is not None:
             policy.on_retry(
-                RetryEvent(
-                    retry_state.attempt_number,
-                    delay,
-                    error,
-                    scope.method,
-                    scope.url,
-                    scope.request_id,
-                )
+                RetryEvent(retry_state.attempt_number, delay, error, method, url, error.request_id)
             )
 
     return {
@@ -220,13 +222,44 @@ def _retry_kwargs(policy: RetryPolicy, scope: RetryScope) -> dict[str, Any]:
     }
 
 
-def sync_retrying(policy: RetryPolicy, scope: RetryScope) -> tenacity.Retrying:
-    """A fresh tenacity loop for one call."""
-    return tenacity.Retrying(sleep=policy.sleep or time.sleep, **_retry_kwargs(policy, scope))
+_ATTEMPT = tenacity.DoAttempt()
 
 
-def async_retrying(policy: RetryPolicy, scope: RetryScope) -> tenacity.AsyncRetrying:
+class _Retrying(tenacity.Retrying):
+    """Tenacity's loop, lean on the path of a call answered at once: an attempt with no outcome
+    before it starts without tenacity's action list (no ``before`` callback is set), and the
+    loop's statistics start at the first failure (nothing reads them before)."""
+
+    def begin(self) -> None:
+        return None
+
+    def iter(self, retry_state: tenacity.RetryCallState) -> Any:
+        if retry_state.outcome is None:
+            return _ATTEMPT
+        if retry_state.attempt_number == 1:
+            super().begin()
+        return super().iter(retry_state)
+
+
+class _AsyncRetrying(tenacity.AsyncRetrying):
+    """The asynchronous twin of :class:`_Retrying`."""
+
+    def begin(self) -> None:
+        return None
+
+    async def iter(self, retry_state: tenacity.RetryCallState) -> Any:
+        if retry_state.outcome is None:
+            return _ATTEMPT
+        if retry_state.attempt_number == 1:
+            super().begin()
+        return await super().iter(retry_state)
+
+
+def sync_retrying(policy: RetryPolicy, kwargs: dict[str, Any]) -> tenacity.Retrying:
+    """A fresh tenacity loop for one call, with :func:`retry_kwargs`' settings."""
+    return _Retrying(sleep=policy.sleep or time.sleep, **kwargs)
+
+
+def async_retrying(policy: RetryPolicy, kwargs: dict[str, Any]) -> tenacity.AsyncRetrying:
     """The asynchronous twin of :func:`sync_retrying`."""
-    return tenacity.AsyncRetrying(
-        sleep=policy.async_sleep or asyncio.sleep, **_retry_kwargs(policy, scope)
-    )
+    return _AsyncRetrying(sleep=policy.async_sleep or asyncio.sleep, **kwargs)

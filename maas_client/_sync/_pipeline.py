@@ -41,7 +41,7 @@ from .._plans import (
 )
 from .._probes import cancel_probes, start_probes
 from .._response import RawResponse, raw_response_requested
-from .._retry import RetryScope, sync_retrying
+from .._retry import RetryPolicy, RetryScope, retry_kwargs, sync_retrying
 from .._sse import ServerSentEvent, SSEDecoder
 from .._status import connection_error, make_status_error
 from .._streaming import StreamStart, is_event_stream, not_an_event_stream, unreadable
@@ -98,6 +98,7 @@ class Pipeline:
         self.response_hooks = list(hooks.get("response", ()))
         self.owns_transport = owns_transport
         self.closed = False
+        self.retry_settings: dict[tuple[int, bool], tuple[RetryPolicy, dict[str, Any]]] = {}
 
     def derive(
         self,
@@ -344,16 +345,23 @@ class Pipeline:
         deadline_at: float | None,
         route: Route | None,
     ) -> tenacity.Retrying:
+        """Tenacity's loop for one call (its settings kept for calls without a deadline or
+        several servers: most calls build nothing but the loop)."""
+        policy = self.settings.retry_policy
+        if deadline_at is None and route is None:
+            key = (options.max_retries, plan.idempotent)
+            kept = self.retry_settings.get(key)
+            if kept is None or kept[0] is not policy:
+                kept = (policy, retry_kwargs(policy, RetryScope(*key)))
+                self.retry_settings[key] = kept
+            return sync_retrying(policy, kept[1])
         scope = RetryScope(
-            max_retries=options.max_retries,
-            idempotent=plan.idempotent,
-            deadline=deadline_at,
-            method=plan.method,
-            url=self.settings.base_url + plan.path,
-            request_id=options.request_id,
-            fail_over=route.fail_over if route is not None else None,
+            options.max_retries,
+            plan.idempotent,
+            deadline_at,
+            route.fail_over if route is not None else None,
         )
-        return sync_retrying(self.settings.retry_policy, scope)
+        return sync_retrying(policy, retry_kwargs(policy, scope))
 
     def send(self, plan: RequestPlan, options: ResolvedOptions) -> Answer:
         """Every attempt of a call, in one tenacity loop, until one is answered."""
@@ -362,8 +370,9 @@ class Pipeline:
         pool = self.pool
         route = pool.route() if pool is not None else None
         for attempt in self.retrying(plan, options, deadline_at, route):
-            with attempt:
-                number = attempt.retry_state.attempt_number
+            # An answer returns at once; a failure goes to tenacity, which raises it or retries.
+            number = attempt.retry_state.attempt_number
+            try:
                 if route is None:
                     return self.answer(plan, options, number, start, deadline_at, None)
                 endpoint = self.acquire(route)
@@ -374,6 +383,9 @@ class Pipeline:
                     raise
                 route.release(endpoint, None)
                 return answer
+            except Exception:
+                with attempt:
+                    raise
         raise AssertionError("tenacity ended without an outcome")  # pragma: no cover
 
     def open_stream(self, plan: RequestPlan, options: CallOptions) -> StreamStart:
@@ -385,8 +397,8 @@ class Pipeline:
         pool = self.pool
         route = pool.route() if pool is not None else None
         for attempt in self.retrying(plan, resolved, deadline_at, route):
-            with attempt:
-                number = attempt.retry_state.attempt_number
+            number = attempt.retry_state.attempt_number
+            try:
                 if route is None:
                     return self.first_event(plan, resolved, number, start, deadline_at, None)
                 endpoint = self.acquire(route)
@@ -399,6 +411,9 @@ class Pipeline:
                     raise
                 opened.release = _releaser(route, endpoint)
                 return opened
+            except Exception:
+                with attempt:
+                    raise
         raise AssertionError("tenacity ended without an outcome")  # pragma: no cover
 
     def call(
