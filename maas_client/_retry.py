@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -84,23 +85,37 @@ class RetryPolicy:
     random: Callable[[], float] = field(default=random.random, repr=False)
 
 
+def _seconds(text: str, scale: float = 1.0) -> float | None:
+    """A finite, non-negative number of seconds, or ``None`` (not a number, NaN, infinite or
+    negative: not a wait the client can honour)."""
+    try:
+        value = float(text) / scale
+    except ValueError:
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    return value
+
+
 def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """The wait a server asks for: ``retry-after-ms``, else ``Retry-After`` in seconds or as an
-    HTTP date; ``None`` when it asks for nothing readable. Never negative."""
+    HTTP date; ``None`` when it asks for nothing readable (NaN, infinite or negative numbers
+    included: the back-off applies then). Never negative; :func:`next_delay` caps it."""
     millis = headers.get("retry-after-ms")
     if millis is not None:
-        try:
-            return max(float(millis) / 1000.0, 0.0)
-        except ValueError:
-            pass
+        asked = _seconds(millis.strip(), 1000.0)
+        if asked is not None:
+            return asked
     value = headers.get("retry-after")
     if value is None:
         return None
     value = value.strip()
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
