@@ -22,11 +22,11 @@ NESTED = ("server", "models")
 
 
 def public_methods(cls: type) -> list[str]:
-    """The public methods a class defines (inherited ones included, ``object``'s left out)."""
+    """The public methods of a class, class methods and inherited ones included."""
     return sorted(
         name
-        for name, member in inspect.getmembers(cls, inspect.isfunction)
-        if not name.startswith("_")
+        for name, member in inspect.getmembers(cls)
+        if not name.startswith("_") and (inspect.isfunction(member) or inspect.ismethod(member))
     )
 
 

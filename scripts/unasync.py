@@ -110,19 +110,23 @@ def main(argv: list[str] | None = None) -> int:
     expected = {TARGET / path.name: generate(path) for path in sorted(SOURCE.glob("*.py"))}
     stale = [p for p, text in expected.items() if not p.exists() or p.read_text("utf-8") != text]
     extra = [p for p in TARGET.glob("*.py") if p not in expected]
+
+    def shown(path: Path) -> str:
+        return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
     if args.check:
         for path in stale:
-            print(f"stale: {path.relative_to(ROOT)} (run python scripts/unasync.py)")
+            print(f"stale: {shown(path)} (run python scripts/unasync.py)")
         for path in extra:
-            print(f"not generated from maas_client/_async: {path.relative_to(ROOT)}")
+            print(f"not generated from maas_client/_async: {shown(path)}")
         return 1 if stale or extra else 0
     TARGET.mkdir(exist_ok=True)
     for path in stale:
         path.write_text(expected[path], encoding="utf-8")
-        print(f"wrote {path.relative_to(ROOT)}")
+        print(f"wrote {shown(path)}")
     for path in extra:
         path.unlink()
-        print(f"removed {path.relative_to(ROOT)}")
+        print(f"removed {shown(path)}")
     return 0
 
 
