@@ -2,7 +2,7 @@
 
 Each call is one plan (:mod:`maas_client._plans`) and one parser (:mod:`maas_client._answers`)
 sent through the client's pipeline. ``client.with_raw_response`` mirrors these classes
-(:func:`maas_client._raw.raw_mirror`), so every call here has its raw variant.
+(:class:`maas_client._raw.RawMirror`), so every call here has its raw variant.
 """
 
 from __future__ import annotations
