@@ -11,8 +11,8 @@ and the numpy codec in :mod:`maas_client.codec`; the server imports both.
 
 from __future__ import annotations
 
+from ._async import AsyncClient, AsyncGenerationStream, AsyncStream
 from ._batch_result import BatchError, BatchResult, ChunkFailure
-from ._client import AsyncClient, Client
 from ._endpoints import Endpoints
 from ._exceptions import (
     APIConnectionError,
@@ -36,18 +36,12 @@ from ._exceptions import (
     ServiceUnavailableError,
     UnprocessableEntityError,
 )
-from ._generation import (
-    AsyncGenerationStream,
-    GenerateOptions,
-    Generation,
-    GenerationChunk,
-    GenerationStream,
-)
+from ._generation import GenerateOptions, Generation, GenerationChunk
 from ._inputs import Input, Output
 from ._response import RawResponse
 from ._result import InferResult, RepositoryIndex, Timing
 from ._retry import RetryEvent, RetryPolicy
-from ._streaming import AsyncStream, Stream
+from ._sync import Client, GenerationStream, Stream
 from ._types import NOT_GIVEN, NotGiven
 
 __all__ = [

@@ -1,4 +1,6 @@
-"""Streams of server-sent events: iterating typed items, closing them.
+"""Streams of server-sent events: what the two streams share that is not I/O (turning events
+into items or errors, the opened stream's state); the streams themselves are in
+``_async/_streams.py`` (and the blocking one generated from it).
 
 A stream is opened like any call, by the client's pipeline (``open_stream``: send, stop at the
 first event), and its body is then read as it arrives. One attempt lasts until the first event:
@@ -39,9 +41,12 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 __all__ = [
-    "AsyncStream",
+    "AsyncOpener",
     "AsyncStreamStart",
-    "Stream",
+    "Opener",
+    "OpensAtOnce",
+    "OpensOnFirstUse",
+    "StreamCore",
     "StreamStart",
     "is_event_stream",
     "not_an_event_stream",
@@ -81,6 +86,12 @@ class AsyncStreamStart(_Start):
     """The ``async`` twin of :class:`StreamStart`."""
 
     chunks: AsyncIterator[bytes]
+
+
+Opener = Callable[[], StreamStart]
+"""What opens a blocking stream: the pipeline's ``open_stream`` for one call."""
+AsyncOpener = Callable[[], Awaitable[AsyncStreamStart]]
+"""What opens an asynchronous stream."""
 
 
 # --- opening ---------------------------------------------------------------------------------
@@ -126,7 +137,7 @@ def _error_message(data: Any) -> str | None:
     return error if isinstance(error, str) else str(error)
 
 
-class _StreamCore(Generic[_T]):
+class StreamCore(Generic[_T]):
     """What the two streams share: turning events into items or errors (no I/O)."""
 
     _start: _Start | None
@@ -236,202 +247,13 @@ class _StreamCore(Generic[_T]):
             release(self._lost_with)
 
 
-class Stream(_StreamCore[_T]):
-    """Items of type ``T`` parsed from the events of an open response; see the module's doc.
+class OpensOnFirstUse:
+    """An asynchronous stream opens on first use: ``async with``, ``await`` or ``async for``."""
 
-    Iterate it (``for item in stream``) or call ``next(stream)``. Leaving a ``for`` loop early
-    (``break``, an exception), :meth:`close` and the end of a ``with`` block close the response,
-    which tells the server the client is gone.
-    """
+    _ensure_open: Callable[[], Awaitable[None]]
 
-    def __init__(
-        self,
-        start: StreamStart | Callable[[], StreamStart],
-        parse: Callable[[Any], _T],
-        *,
-        on_end: Callable[[], None] | None = None,
-    ) -> None:
-        if not isinstance(start, StreamStart):
-            start = start()  # a blocking stream opens at once: its errors are raised here
-        self._setup(parse, on_end)
-        self._begin(start)
-        self._chunks: Iterator[bytes] = start.chunks
-
-    def __next__(self) -> _T:
-        try:
-            while True:
-                item = self._item(self._next_event())
-                if item is not None:
-                    return item
-        except StopIteration:
-            raise
-        except BaseException:
-            self.close()
-            raise
-
-    def _next_event(self) -> ServerSentEvent:
-        start = self._opened()
-        while not self._pending:
-            if self._closed:
-                raise StopIteration
-            if self._ended:
-                self.close()
-                self._end()
-                raise StopIteration
-            try:
-                chunk = next(self._chunks, None)
-            except httpx.TransportError as exc:
-                raise self._lost(exc) from exc
-            if chunk is None:
-                self._ended = True
-                self._pending.extend(start.decoder.end())
-            else:
-                try:
-                    self._pending.extend(start.decoder.feed(chunk))
-                except ValueError as exc:
-                    raise self._invalid(f"the event stream cannot be read: {exc}", None) from None
-        return self._pending.popleft()
-
-    def __iter__(self) -> Iterator[_T]:
-        try:
-            while True:
-                try:
-                    item = next(self)
-                except StopIteration:
-                    return
-                yield item
-        finally:
-            # The loop was left (break, an exception) or the stream ended: either way the
-            # connection has nothing more to give.
-            self.close()
-
-    def until_done(self) -> None:
-        """Read the rest of the stream (raising what it reports)."""
-        for _ in self:
-            pass
-
-    def close(self) -> None:
-        """Close the response; the server sees the connection go. Safe to call again."""
-        if self._closed:
-            return
-        self._closed = True
-        self._pending.clear()
-        try:
-            close = getattr(self._chunks, "close", None)
-            if close is not None:
-                close()
-            self.response.close()
-        finally:
-            self._release()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-class AsyncStream(_StreamCore[_T]):
-    """The ``async`` twin of :class:`Stream`. It opens on first use: ``async with``, ``await``,
-    or the first ``async for`` step.
-
-    >>> async with client.generate_stream("tiny_gpt", "Hello") as stream:  # doctest: +SKIP
-    ...     async for chunk in stream:
-    ...         print(chunk.text, end="")
-
-    Leaving an ``async for`` loop early closes the response as soon as the event loop finalizes
-    the loop's iterator (at once on ``break`` inside ``async with``, which closes it itself).
-    """
-
-    def __init__(
-        self,
-        opener: Callable[[], Awaitable[AsyncStreamStart]],
-        parse: Callable[[Any], _T],
-        *,
-        on_end: Callable[[], None] | None = None,
-    ) -> None:
-        self._setup(parse, on_end)
-        self._opener: Callable[[], Awaitable[AsyncStreamStart]] | None = opener
-        self._chunks: AsyncIterator[bytes] | None = None
-
-    async def _ensure_open(self) -> None:
-        opener, self._opener = self._opener, None
-        if opener is not None:
-            start = await opener()
-            self._begin(start)
-            self._chunks = start.chunks
-
-    async def __anext__(self) -> _T:
-        if self._closed:
-            raise StopAsyncIteration
-        await self._ensure_open()
-        try:
-            while True:
-                item = self._item(await self._next_event())
-                if item is not None:
-                    return item
-        except StopAsyncIteration:
-            raise
-        except BaseException:
-            await self.close()
-            raise
-
-    async def _next_event(self) -> ServerSentEvent:
-        start = self._opened()
-        assert self._chunks is not None
-        while not self._pending:
-            if self._closed:
-                raise StopAsyncIteration
-            if self._ended:
-                await self.close()
-                self._end()
-                raise StopAsyncIteration
-            try:
-                chunk = await anext(self._chunks, None)
-            except httpx.TransportError as exc:
-                raise self._lost(exc) from exc
-            if chunk is None:
-                self._ended = True
-                self._pending.extend(start.decoder.end())
-            else:
-                try:
-                    self._pending.extend(start.decoder.feed(chunk))
-                except ValueError as exc:
-                    raise self._invalid(f"the event stream cannot be read: {exc}", None) from None
-        return self._pending.popleft()
-
-    async def __aiter__(self) -> AsyncIterator[_T]:
-        try:
-            while True:
-                try:
-                    item = await self.__anext__()
-                except StopAsyncIteration:
-                    return
-                yield item
-        finally:
-            await self.close()
-
-    async def until_done(self) -> None:
-        """Read the rest of the stream (raising what it reports)."""
-        async for _ in self:
-            pass
-
-    async def close(self) -> None:
-        """Close the response (a stream never opened is simply marked closed)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._opener = None
-        self._pending.clear()
-        try:
-            if self._chunks is not None:
-                aclose = getattr(self._chunks, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-            if self._start is not None:
-                await self._start.response.aclose()
-        finally:
-            self._release()
+    def _open_when_made(self) -> None:
+        return None
 
     def __await__(self) -> Generator[Any, None, Self]:
         return self._open_self().__await__()
@@ -440,9 +262,12 @@ class AsyncStream(_StreamCore[_T]):
         await self._ensure_open()
         return self
 
-    async def __aenter__(self) -> Self:
-        await self._ensure_open()
-        return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+class OpensAtOnce:
+    """A blocking stream is open when the call returns: errors until its first event are raised
+    there (the blocking twin of :class:`OpensOnFirstUse`, which the generated code uses)."""
+
+    _ensure_open: Callable[[], None]
+
+    def _open_when_made(self) -> None:
+        self._ensure_open()

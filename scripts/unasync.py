@@ -41,6 +41,9 @@ REPLACEMENTS = {
     "AsyncLocalTransport": "LocalTransport",
     "AsyncStreamStart": "StreamStart",
     "AsyncGenerationStream": "GenerationStream",
+    "AsyncStream": "Stream",
+    "AsyncOpener": "Opener",
+    "OpensOnFirstUse": "OpensAtOnce",
     "AsyncRetrying": "Retrying",
     # functions and methods
     "aclose": "close",

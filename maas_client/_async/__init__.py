@@ -2,5 +2,6 @@
 twin in ``maas_client/_sync`` from these modules (do not edit that one)."""
 
 from ._client import AsyncClient
+from ._streams import AsyncGenerationStream, AsyncStream
 
-__all__ = ["AsyncClient"]
+__all__ = ["AsyncClient", "AsyncGenerationStream", "AsyncStream"]

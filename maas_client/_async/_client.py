@@ -14,12 +14,7 @@ from .._batch_result import BatchResult
 from .._batched import ProgressLike, async_infer_batched
 from .._core import ClientCore, EventHooks
 from .._exceptions import BadRequestError, NotFoundError
-from .._generation import (
-    AsyncGenerationStream,
-    Generation,
-    parse_generation,
-    plan_generate,
-)
+from .._generation import Generation, parse_generation, plan_generate
 from .._inputs import Output, needs_metadata
 from .._local import AsyncLocalTransport
 from .._raw import CLIENT_CALLS, RawMirror
@@ -28,6 +23,7 @@ from .._result import InferResult
 from .._types import CallOptions, VersionLike
 from ._pipeline import AsyncPipeline
 from ._resources import AsyncModels, AsyncServer
+from ._streams import AsyncGenerationStream
 from ._transports import open_transport
 
 if TYPE_CHECKING:

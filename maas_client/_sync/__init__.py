@@ -3,5 +3,6 @@
 twin in ``maas_client/_sync`` from these modules (do not edit that one)."""
 
 from ._client import Client
+from ._streams import GenerationStream, Stream
 
-__all__ = ["Client"]
+__all__ = ["Client", "GenerationStream", "Stream"]

@@ -15,12 +15,7 @@ from .._batch_result import BatchResult
 from .._batched import ProgressLike, infer_batched
 from .._core import ClientCore, EventHooks
 from .._exceptions import BadRequestError, NotFoundError
-from .._generation import (
-    Generation,
-    GenerationStream,
-    parse_generation,
-    plan_generate,
-)
+from .._generation import Generation, parse_generation, plan_generate
 from .._inputs import Output, needs_metadata
 from .._local import LocalTransport
 from .._raw import CLIENT_CALLS, RawMirror
@@ -29,6 +24,7 @@ from .._result import InferResult
 from .._types import CallOptions, VersionLike
 from ._pipeline import Pipeline
 from ._resources import Models, Server
+from ._streams import GenerationStream
 from ._transports import open_transport
 
 if TYPE_CHECKING:
