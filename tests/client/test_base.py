@@ -12,8 +12,10 @@ import orjson
 import pytest
 
 from maas_client import (
+    APIConnectionError,
     APIResponseValidationError,
     APIStatusError,
+    APITimeoutError,
     AsyncClient,
     Client,
     InputError,
@@ -22,11 +24,11 @@ from maas_client import (
     ServiceUnavailableError,
 )
 from maas_client._answers import infer_call
-from maas_client._body import BodyStream
+from maas_client._body import BodyBuffer, BodyStream, known_length
 from maas_client._exceptions import APIError, MaasError
 from maas_client._options import clamp_timeout
 from maas_client._plans import model_path, plan_load
-from maas_client._status import make_status_error
+from maas_client._status import connection_error, make_status_error
 from maas_client.codec import HEADER_LENGTH
 from maas_client.protocol import decode_request
 from maas_client.types import ModelMetadata, TensorMetadata
@@ -266,3 +268,41 @@ async def test_with_options_async(monkeypatch: pytest.MonkeyPatch) -> None:
         assert (
             not client._pipeline.closed and copy._pipeline.transport is client._pipeline.transport
         )
+
+
+# --- one table of transport errors, bounded answer buffers -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "cls", "sent"),
+    [
+        (httpx.ConnectError("refused"), APIConnectionError, False),
+        (httpx.ConnectTimeout("slow connect"), APITimeoutError, False),
+        (httpx.PoolTimeout("pool full"), APITimeoutError, False),
+        (httpx.ReadTimeout("slow answer"), APITimeoutError, True),
+        (httpx.WriteTimeout("slow body"), APITimeoutError, True),
+        (httpx.RemoteProtocolError("reset"), APIConnectionError, True),
+        (httpx.ReadError("broken"), APIConnectionError, True),
+    ],
+)
+def test_transport_errors_map_through_one_table(
+    exc: httpx.TransportError, cls: type[APIConnectionError], sent: bool
+) -> None:
+    request = httpx.Request("POST", "http://maas.test/v2/models/m/infer")
+    error = connection_error(exc, request, request_id="r", attempts=2)
+    assert type(error) is cls and error.sent is sent
+    assert error.request is request and error.request_id == "r" and error.attempts == 2
+    assert "POST http://maas.test/v2/models/m/infer" in str(error)
+
+
+def test_answer_buffer_is_not_sized_from_an_absurd_content_length() -> None:
+    buffer = BodyBuffer(1 << 50)  # a server announcing a petabyte
+    buffer.add(b"abc")
+    buffer.add(b"def")
+    assert buffer.result() == bytearray(b"abcdef")
+    assert known_length(httpx.Response(200, headers=[(b"content-length", "²".encode())])) is None
+    assert known_length(httpx.Response(200, headers={"content-length": "9" * 5000})) is None
+    whole = bytearray(b"xyz")
+    exact = BodyBuffer(3)
+    exact.add(whole)
+    assert exact.result() is whole  # a body read whole is taken as it is
