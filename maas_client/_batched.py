@@ -27,7 +27,6 @@ import numpy as np
 from ._batch_result import BatchError, BatchResult, ChunkFailure
 from ._dataframes import is_dataframe
 from ._exceptions import (
-    APIStatusError,
     AuthenticationError,
     InputError,
     MaasError,
@@ -42,11 +41,16 @@ if TYPE_CHECKING:
     from ._types import CallOptions, VersionLike
 
 __all__ = [
+    "NO_CONFIG_STATUSES",
+    "Batch",
     "Progress",
     "ProgressLike",
     "async_infer_batched",
+    "check_concurrency",
     "chunk_rows",
+    "declared_max_batch_size",
     "infer_batched",
+    "plan_batch",
     "progress_bar",
 ]
 
@@ -62,7 +66,7 @@ _STOPS_THE_BATCH = (InputError, AuthenticationError, PermissionDeniedError, NotF
 
 
 @dataclass(frozen=True)
-class _Batch:
+class Batch:
     """The inputs as arrays sharing a first dimension of ``rows``, and how they are cut."""
 
     items: list[Input]
@@ -94,20 +98,20 @@ def _as_array(item: Input, metadata: ModelMetadata) -> np.ndarray[Any, Any]:
     return np.asarray(item.data)
 
 
-def _declared_max_batch_size(metadata: ModelMetadata) -> int | None:
+def declared_max_batch_size(metadata: ModelMetadata) -> int | None:
     """maas puts ``max_batch_size`` in the model's metadata; other servers only in its config."""
     value = (metadata.parameters or {}).get("max_batch_size")
     return value if isinstance(value, int) else None
 
 
 def _max_batch_size(config: ModelConfiguration | None, metadata: ModelMetadata) -> int:
-    declared = _declared_max_batch_size(metadata)
+    declared = declared_max_batch_size(metadata)
     if declared is not None:
         return declared
     return config.max_batch_size if config is not None else 0
 
 
-_NO_CONFIG_STATUSES = frozenset({400, 404, 405, 501})
+NO_CONFIG_STATUSES = frozenset({400, 404, 405, 501})
 """Answers to the configuration call of a server that has none (the model itself exists: its
 metadata came first)."""
 
@@ -123,14 +127,14 @@ def plan_batch(
     batch_size: int | None,
     *,
     has_config: bool = True,
-) -> _Batch:
+) -> Batch:
     """How to cut ``inputs``; ``has_config=False``: the server has no configuration endpoint,
     so unless the metadata says, the model's batch size is unknown rather than 0."""
     if batch_size is not None and batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     limit = _max_batch_size(config, metadata)
     if batch_size is None and limit <= 0:
-        if not has_config and _declared_max_batch_size(metadata) is None:
+        if not has_config and declared_max_batch_size(metadata) is None:
             raise InputError(
                 f"the batch size of model {metadata.name!r} is unknown: the server has no "
                 "configuration endpoint and its metadata does not declare max_batch_size "
@@ -156,7 +160,7 @@ def plan_batch(
         raise InputError(f"the inputs do not have the same number of rows ({shown})")
     rows = next(iter(lengths.values()))
     assert rows is not None
-    return _Batch(items, rows, size, index)
+    return Batch(items, rows, size, index)
 
 
 def _assemble(
@@ -196,7 +200,7 @@ def _assemble(
 
 def _finish(
     model: str,
-    batch: _Batch,
+    batch: Batch,
     done: list[tuple[int, int, InferResult]],
     failures: list[ChunkFailure],
     started: float,
@@ -264,45 +268,28 @@ def progress_bar(progress: ProgressLike, total: int, description: str) -> Progre
 # --- the calls --------------------------------------------------------------------------------
 
 
-def _check_concurrency(concurrency: int) -> None:
+def check_concurrency(concurrency: int) -> None:
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
 
 
 def infer_batched(
     infer: Callable[..., InferResult],
-    fetch_metadata: Callable[[str, VersionLike, CallOptions], ModelMetadata],
-    fetch_config: Callable[..., ModelConfiguration],
-    use_binary: Callable[[bool | None, CallOptions], bool],
     model: str,
-    inputs: Any,
+    batch: Batch,
     *,
-    batch_size: int | None,
+    started: float,
     concurrency: int,
     progress: ProgressLike,
     version: VersionLike,
     outputs: Sequence[str | Output] | None,
-    binary: bool | None,
+    binary: bool,
     validate: bool | None,
     parameters: Mapping[str, Any] | None,
     options: CallOptions,
 ) -> BatchResult:
-    """:meth:`Client.infer_batched` (threads for the requests in flight), given the client's
-    calls it makes."""
-    _check_concurrency(concurrency)
-    started = time.monotonic()
-    metadata = fetch_metadata(model, version, options)
-    config: ModelConfiguration | None = None
-    has_config = True
-    if _declared_max_batch_size(metadata) is None:
-        try:
-            config = fetch_config(model, version, **options)
-        except APIStatusError as exc:
-            if exc.status_code not in _NO_CONFIG_STATUSES:
-                raise
-            has_config = False
-    batch = plan_batch(inputs, metadata, config, batch_size, has_config=has_config)
-    binary_wanted = use_binary(binary, options)
+    """The requests of :meth:`Client.infer_batched`, ``concurrency`` threads sending them."""
+    binary_wanted = binary
     bounds = batch.bounds()
     done: list[tuple[int, int, InferResult]] = []
     failures: list[ChunkFailure] = []
@@ -375,37 +362,21 @@ def infer_batched(
 
 async def async_infer_batched(
     infer: Callable[..., Awaitable[InferResult]],
-    fetch_metadata: Callable[[str, VersionLike, CallOptions], Awaitable[ModelMetadata]],
-    fetch_config: Callable[..., Awaitable[ModelConfiguration]],
-    use_binary: Callable[[bool | None, CallOptions], Awaitable[bool]],
     model: str,
-    inputs: Any,
+    batch: Batch,
     *,
-    batch_size: int | None,
+    started: float,
     concurrency: int,
     progress: ProgressLike,
     version: VersionLike,
     outputs: Sequence[str | Output] | None,
-    binary: bool | None,
+    binary: bool,
     validate: bool | None,
     parameters: Mapping[str, Any] | None,
     options: CallOptions,
 ) -> BatchResult:
-    """:meth:`AsyncClient.infer_batched` (tasks for the requests in flight)."""
-    _check_concurrency(concurrency)
-    started = time.monotonic()
-    metadata = await fetch_metadata(model, version, options)
-    config: ModelConfiguration | None = None
-    has_config = True
-    if _declared_max_batch_size(metadata) is None:
-        try:
-            config = await fetch_config(model, version, **options)
-        except APIStatusError as exc:
-            if exc.status_code not in _NO_CONFIG_STATUSES:
-                raise
-            has_config = False
-    batch = plan_batch(inputs, metadata, config, batch_size, has_config=has_config)
-    binary_wanted = await use_binary(binary, options)
+    """The requests of :meth:`AsyncClient.infer_batched`, ``concurrency`` tasks sending them."""
+    binary_wanted = binary
     pending = list(reversed(batch.bounds()))
     done: list[tuple[int, int, InferResult]] = []
     failures: list[ChunkFailure] = []

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -11,9 +12,16 @@ import httpx
 
 from .._answers import infer_call
 from .._batch_result import BatchResult
-from .._batched import ProgressLike, async_infer_batched
+from .._batched import (
+    NO_CONFIG_STATUSES,
+    ProgressLike,
+    async_infer_batched,
+    check_concurrency,
+    declared_max_batch_size,
+    plan_batch,
+)
 from .._core import ClientCore, EventHooks
-from .._exceptions import BadRequestError, NotFoundError
+from .._exceptions import APIStatusError, BadRequestError, NotFoundError
 from .._generation import Generation, parse_generation, plan_generate
 from .._inputs import Output, needs_metadata
 from .._local import AsyncLocalTransport
@@ -21,6 +29,7 @@ from .._raw import CLIENT_CALLS, RawMirror
 from .._response import async_to_raw_response_wrapper
 from .._result import InferResult
 from .._types import CallOptions, VersionLike
+from ..types import ModelConfiguration
 from ._pipeline import AsyncPipeline
 from ._resources import AsyncModels, AsyncServer
 from ._streams import AsyncGenerationStream
@@ -179,20 +188,30 @@ class AsyncClient(ClientCore[httpx.AsyncClient]):
 
         >>> result = client.infer_batched("digits", x, concurrency=8)  # doctest: +SKIP
         """
+        check_concurrency(concurrency)
+        started = time.monotonic()
         pipeline = self._pipeline
+        metadata = await pipeline.model_metadata(model, version, options)
+        config: ModelConfiguration | None = None
+        has_config = True
+        if declared_max_batch_size(metadata) is None:
+            try:
+                config = await self.models.config(model, version, **options)
+            except APIStatusError as exc:
+                if exc.status_code not in NO_CONFIG_STATUSES:
+                    raise
+                has_config = False  # MLServer, KServe: the batch size may be unknown
+        batch = plan_batch(inputs, metadata, config, batch_size, has_config=has_config)
         return await async_infer_batched(
             self.infer,
-            pipeline.model_metadata,
-            self.models.config,
-            pipeline.use_binary,
             model,
-            inputs,
-            batch_size=batch_size,
+            batch,
+            started=started,
             concurrency=concurrency,
             progress=progress,
             version=version,
             outputs=outputs,
-            binary=binary,
+            binary=await pipeline.use_binary(binary, options),
             validate=validate,
             parameters=parameters,
             options=options,
