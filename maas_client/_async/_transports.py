@@ -50,8 +50,8 @@ def open_transport(
         proxied = httpx.AsyncClient(verify=verify, limits=pool_limits, trust_env=True)
         return AsyncClientAdapter(proxied, owned=True)
     if base_url.startswith("http://"):
-        if _LEAN_TAKES_LIMITS and limits is not None:
-            lean: httpx.AsyncBaseTransport = AsyncLeanTransport(limits=limits)  # type: ignore[call-arg,unused-ignore]
+        if _LEAN_TAKES_LIMITS:  # the pool's caps (httpx's defaults unless given)
+            lean: httpx.AsyncBaseTransport = AsyncLeanTransport(limits=pool_limits)  # type: ignore[call-arg,unused-ignore]
             return lean
         return AsyncLeanTransport()
     return httpx.AsyncHTTPTransport(verify=verify, limits=pool_limits)

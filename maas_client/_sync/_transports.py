@@ -51,8 +51,8 @@ def open_transport(
         proxied = httpx.Client(verify=verify, limits=pool_limits, trust_env=True)
         return ClientAdapter(proxied, owned=True)
     if base_url.startswith("http://"):
-        if _LEAN_TAKES_LIMITS and limits is not None:
-            lean: httpx.BaseTransport = LeanTransport(limits=limits)  # type: ignore[call-arg,unused-ignore]
+        if _LEAN_TAKES_LIMITS:  # the pool's caps (httpx's defaults unless given)
+            lean: httpx.BaseTransport = LeanTransport(limits=pool_limits)  # type: ignore[call-arg,unused-ignore]
             return lean
         return LeanTransport()
     return httpx.HTTPTransport(verify=verify, limits=pool_limits)
