@@ -1,4 +1,5 @@
-"""When and how long to wait before trying a call again, and the tenacity loops that do it.
+"""When and how long to wait before trying a call again (tenacity's settings; the loop is in
+``_async/_retrying.py``).
 
 The decisions follow openai-python's client: connection errors, timeouts and the statuses 408,
 429, 500, 502, 503 and 504 are retried; ``Retry-After`` (seconds or an HTTP date) and
@@ -11,7 +12,6 @@ when the server cannot have acted on them: the connection was never made, or the
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import math
 import random
@@ -31,13 +31,11 @@ __all__ = [
     "RetryEvent",
     "RetryPolicy",
     "RetryScope",
-    "async_retrying",
     "backoff_delay",
     "is_retryable",
     "next_delay",
     "retry_after_seconds",
     "retry_kwargs",
-    "sync_retrying",
 ]
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -235,46 +233,3 @@ def retry_kwargs(policy: RetryPolicy, scope: RetryScope) -> dict[str, Any]:
         "before_sleep": before_sleep,
         "reraise": True,
     }
-
-
-_ATTEMPT = tenacity.DoAttempt()
-
-
-class _Retrying(tenacity.Retrying):
-    """Tenacity's loop, lean on the path of a call answered at once: an attempt with no outcome
-    before it starts without tenacity's action list (no ``before`` callback is set), and the
-    loop's statistics start at the first failure (nothing reads them before)."""
-
-    def begin(self) -> None:
-        return None
-
-    def iter(self, retry_state: tenacity.RetryCallState) -> Any:
-        if retry_state.outcome is None:
-            return _ATTEMPT
-        if retry_state.attempt_number == 1:
-            super().begin()
-        return super().iter(retry_state)
-
-
-class _AsyncRetrying(tenacity.AsyncRetrying):
-    """The asynchronous twin of :class:`_Retrying`."""
-
-    def begin(self) -> None:
-        return None
-
-    async def iter(self, retry_state: tenacity.RetryCallState) -> Any:
-        if retry_state.outcome is None:
-            return _ATTEMPT
-        if retry_state.attempt_number == 1:
-            super().begin()
-        return await super().iter(retry_state)
-
-
-def sync_retrying(policy: RetryPolicy, kwargs: dict[str, Any]) -> tenacity.Retrying:
-    """A fresh tenacity loop for one call, with :func:`retry_kwargs`' settings."""
-    return _Retrying(sleep=policy.sleep or time.sleep, **kwargs)
-
-
-def async_retrying(policy: RetryPolicy, kwargs: dict[str, Any]) -> tenacity.AsyncRetrying:
-    """The asynchronous twin of :func:`sync_retrying`."""
-    return _AsyncRetrying(sleep=policy.async_sleep or asyncio.sleep, **kwargs)

@@ -43,8 +43,10 @@ REPLACEMENTS = {
     "AsyncGenerationStream": "GenerationStream",
     "AsyncStream": "Stream",
     "AsyncOpener": "Opener",
+    "AsyncCall": "Call",
     "OpensOnFirstUse": "OpensAtOnce",
     "AsyncRetrying": "Retrying",
+    "AsyncRetryLoop": "RetryLoop",
     # functions and methods
     "aclose": "close",
     "aread": "read",
@@ -52,6 +54,8 @@ REPLACEMENTS = {
     "anext": "next",
     "handle_async_request": "handle_request",
     "async_retrying": "sync_retrying",
+    "async_sleep": "sleep",
+    "asyncio": "time",  # asyncio.sleep -> time.sleep: use asyncio for nothing else in _async
     "async_cancel_probes": "cancel_probes",
     "start_async_probes": "start_probes",
     "async_infer_batched": "infer_batched",

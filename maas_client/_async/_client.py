@@ -26,11 +26,11 @@ from .._generation import Generation, parse_generation, plan_generate
 from .._inputs import Output, needs_metadata
 from .._local import AsyncLocalTransport
 from .._raw import CLIENT_CALLS, RawMirror
-from .._response import async_to_raw_response_wrapper
 from .._result import InferResult
 from .._types import CallOptions, VersionLike
 from ..types import ModelConfiguration
 from ._pipeline import AsyncPipeline
+from ._raw_calls import async_to_raw_response_wrapper
 from ._resources import AsyncModels, AsyncServer
 from ._streams import AsyncGenerationStream
 from ._transports import open_transport

@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
-import tenacity
 
 from .._answers import (
     NO_METADATA_STATUSES,
@@ -40,12 +39,13 @@ from .._plans import (
 )
 from .._probes import async_cancel_probes, start_async_probes
 from .._response import RawResponse, raw_response_requested
-from .._retry import RetryPolicy, RetryScope, async_retrying, retry_kwargs
+from .._retry import RetryPolicy, RetryScope, retry_kwargs
 from .._sse import ServerSentEvent, SSEDecoder
 from .._status import connection_error, make_status_error
 from .._streaming import AsyncStreamStart, is_event_stream, not_an_event_stream, unreadable
 from .._types import CallOptions
 from ..types import ModelMetadata, ServerMetadata
+from ._retrying import AsyncRetryLoop, async_retrying
 
 if TYPE_CHECKING:
     from .._core import ClientCore, EventHooks, SharedState
@@ -343,7 +343,7 @@ class AsyncPipeline:
         options: ResolvedOptions,
         deadline_at: float | None,
         route: Route | None,
-    ) -> tenacity.AsyncRetrying:
+    ) -> AsyncRetryLoop:
         """Tenacity's loop for one call (its settings kept for calls without a deadline or
         several servers: most calls build nothing but the loop)."""
         policy = self.settings.retry_policy

@@ -27,11 +27,11 @@ from .._generation import Generation, parse_generation, plan_generate
 from .._inputs import Output, needs_metadata
 from .._local import LocalTransport
 from .._raw import CLIENT_CALLS, RawMirror
-from .._response import to_raw_response_wrapper
 from .._result import InferResult
 from .._types import CallOptions, VersionLike
 from ..types import ModelConfiguration
 from ._pipeline import Pipeline
+from ._raw_calls import to_raw_response_wrapper
 from ._resources import Models, Server
 from ._streams import GenerationStream
 from ._transports import open_transport

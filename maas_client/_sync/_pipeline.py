@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
-import tenacity
 
 from .._answers import (
     NO_METADATA_STATUSES,
@@ -41,12 +40,13 @@ from .._plans import (
 )
 from .._probes import cancel_probes, start_probes
 from .._response import RawResponse, raw_response_requested
-from .._retry import RetryPolicy, RetryScope, retry_kwargs, sync_retrying
+from .._retry import RetryPolicy, RetryScope, retry_kwargs
 from .._sse import ServerSentEvent, SSEDecoder
 from .._status import connection_error, make_status_error
 from .._streaming import StreamStart, is_event_stream, not_an_event_stream, unreadable
 from .._types import CallOptions
 from ..types import ModelMetadata, ServerMetadata
+from ._retrying import RetryLoop, sync_retrying
 
 if TYPE_CHECKING:
     from .._core import ClientCore, EventHooks, SharedState
@@ -344,7 +344,7 @@ class Pipeline:
         options: ResolvedOptions,
         deadline_at: float | None,
         route: Route | None,
-    ) -> tenacity.Retrying:
+    ) -> RetryLoop:
         """Tenacity's loop for one call (its settings kept for calls without a deadline or
         several servers: most calls build nothing but the loop)."""
         policy = self.settings.retry_policy

@@ -1,0 +1,36 @@
+"""The tenacity loop of one call, lean on the path of a call answered at once."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import tenacity
+
+from .._retry import RetryPolicy
+
+__all__ = ["AsyncRetryLoop", "async_retrying"]
+
+_ATTEMPT = tenacity.DoAttempt()
+
+
+class AsyncRetryLoop(tenacity.AsyncRetrying):
+    """Tenacity's loop: an attempt with no outcome before it starts without tenacity's action
+    list (no ``before`` callback is set), and the statistics start at the first failure
+    (nothing reads them before)."""
+
+    def begin(self) -> None:
+        return None
+
+    async def iter(self, retry_state: tenacity.RetryCallState) -> Any:
+        if retry_state.outcome is None:
+            return _ATTEMPT
+        if retry_state.attempt_number == 1:
+            super().begin()
+        return await super().iter(retry_state)
+
+
+def async_retrying(policy: RetryPolicy, settings: dict[str, Any]) -> AsyncRetryLoop:
+    """A fresh loop for one call, with :func:`~maas_client._retry.retry_kwargs`' settings;
+    it waits with the policy's own sleep if it has one."""
+    return AsyncRetryLoop(sleep=policy.async_sleep or asyncio.sleep, **settings)
