@@ -29,8 +29,16 @@ class AsyncRetryLoop(tenacity.AsyncRetrying):
             super().begin()
         return await super().iter(retry_state)
 
+    def fresh(self) -> AsyncRetryLoop:
+        """A loop for one more call with these settings, built without tenacity's constructor
+        (the settings are shared; the state of a call lives in the loop's own attributes, and
+        what tenacity keeps per thread is only touched between attempts, in one step)."""
+        loop = object.__new__(type(self))
+        loop.__dict__.update(self.__dict__)
+        return loop
+
 
 def async_retrying(policy: RetryPolicy, settings: dict[str, Any]) -> AsyncRetryLoop:
-    """A fresh loop for one call, with :func:`~maas_client._retry.retry_kwargs`' settings;
-    it waits with the policy's own sleep if it has one."""
+    """A loop with :func:`~maas_client._retry.retry_kwargs`' settings, waiting with the
+    policy's own sleep if it has one: :meth:`AsyncRetryLoop.fresh` gives one per call."""
     return AsyncRetryLoop(sleep=policy.async_sleep or asyncio.sleep, **settings)

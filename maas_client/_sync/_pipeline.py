@@ -98,7 +98,7 @@ class Pipeline:
         self.response_hooks = list(hooks.get("response", ()))
         self.owns_transport = owns_transport
         self.closed = False
-        self.retry_settings: dict[tuple[int, bool], tuple[RetryPolicy, dict[str, Any]]] = {}
+        self.retry_loops: dict[tuple[int, bool], tuple[RetryPolicy, RetryLoop]] = {}
 
     def derive(
         self,
@@ -350,11 +350,11 @@ class Pipeline:
         policy = self.settings.retry_policy
         if deadline_at is None and route is None:
             key = (options.max_retries, plan.idempotent)
-            kept = self.retry_settings.get(key)
+            kept = self.retry_loops.get(key)
             if kept is None or kept[0] is not policy:
-                kept = (policy, retry_kwargs(policy, RetryScope(*key)))
-                self.retry_settings[key] = kept
-            return sync_retrying(policy, kept[1])
+                kept = (policy, sync_retrying(policy, retry_kwargs(policy, RetryScope(*key))))
+                self.retry_loops[key] = kept
+            return kept[1].fresh()
         scope = RetryScope(
             options.max_retries,
             plan.idempotent,

@@ -30,8 +30,16 @@ class RetryLoop(tenacity.Retrying):
             super().begin()
         return super().iter(retry_state)
 
+    def fresh(self) -> RetryLoop:
+        """A loop for one more call with these settings, built without tenacity's constructor
+        (the settings are shared; the state of a call lives in the loop's own attributes, and
+        what tenacity keeps per thread is only touched between attempts, in one step)."""
+        loop = object.__new__(type(self))
+        loop.__dict__.update(self.__dict__)
+        return loop
+
 
 def sync_retrying(policy: RetryPolicy, settings: dict[str, Any]) -> RetryLoop:
-    """A fresh loop for one call, with :func:`~maas_client._retry.retry_kwargs`' settings;
-    it waits with the policy's own sleep if it has one."""
+    """A loop with :func:`~maas_client._retry.retry_kwargs`' settings, waiting with the
+    policy's own sleep if it has one: :meth:`AsyncRetryLoop.fresh` gives one per call."""
     return RetryLoop(sleep=policy.sleep or time.sleep, **settings)

@@ -511,3 +511,21 @@ async def test_retry_after_nan_async_does_not_wait_forever() -> None:
         metadata = await asyncio.wait_for(client.server.metadata(), timeout=10)
         assert metadata.name == "maas" and route.call_count == 2
     await http.aclose()
+
+
+async def test_concurrent_calls_retry_independently(
+    router: respx.Router, routed_async_client: AsyncClientFactory, delays: Delays
+) -> None:
+    # The calls of one client share their retry settings: each still counts its own attempts.
+    seen: dict[str, int] = {}
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        rid = request.headers["x-request-id"]
+        seen[rid] = seen.get(rid, 0) + 1
+        return _status(503) if seen[rid] == 1 else httpx.Response(200, json=METADATA)
+
+    router.get("/v2/models/m").mock(side_effect=flaky)
+    client = routed_async_client()
+    results = await asyncio.gather(*(client.models.get("m") for _ in range(50)))
+    assert all(r.name == "m" for r in results)
+    assert sorted(seen.values()) == [2] * 50 and len(delays) == 50
