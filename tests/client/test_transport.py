@@ -237,7 +237,7 @@ def test_truncated_and_malformed_answers(scripted: ScriptedServer) -> None:
     with pytest.raises(httpx.RemoteProtocolError, match="after 5 of 10 body bytes"):
         get(LeanTransport(), scripted.url)
     scripted.answers = [lambda seen: b"SPDY/9 nonsense\r\n\r\n"]
-    with pytest.raises(httpx.RemoteProtocolError, match="malformed status line"):
+    with pytest.raises(httpx.RemoteProtocolError, match="malformed response: Expected HTTP/"):
         get(LeanTransport(), scripted.url)
     scripted.answers = [lambda seen: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"]
     with pytest.raises(httpx.RemoteProtocolError, match="chunk size"):
