@@ -125,7 +125,7 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) 
         time.sleep(0.002)
 
 
-def ok(body: bytes = b"hello", *extra: bytes) -> Answer:
+def ok(body: bytes = b"hello", *extra: bytes) -> Callable[[Seen], bytes]:
     head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (
         len(body),
         b"".join(e + b"\r\n" for e in extra),

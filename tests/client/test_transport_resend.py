@@ -16,7 +16,7 @@ import pytest
 
 from maas_client import APIConnectionError, AsyncClient, Client, InternalServerError
 from maas_client._transport import AsyncLeanTransport, LeanTransport
-from tests.client.scripted_server import RESET, ScriptedServer, ok, scripted_server
+from tests.client.scripted_server import RESET, Answer, ScriptedServer, Seen, ok, scripted_server
 
 LIVE = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 ERROR_500 = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 2\r\n\r\n{}"
@@ -28,15 +28,15 @@ def scripted() -> Iterator[ScriptedServer]:
         yield server
 
 
-def _hang_up(seen: object) -> None:
+def _hang_up(seen: Seen) -> None:
     return None  # the request was read; the connection closes without an answer
 
 
 @pytest.mark.parametrize("closing", [_hang_up, lambda seen: RESET], ids=["eof", "reset"])
 def test_a_closed_keep_alive_connection_is_resent_on_a_fresh_one(
-    scripted: ScriptedServer, closing: object
+    scripted: ScriptedServer, closing: Answer
 ) -> None:
-    scripted.answers = [lambda seen: LIVE, closing, lambda seen: LIVE]  # type: ignore[list-item]
+    scripted.answers = [lambda seen: LIVE, closing, lambda seen: LIVE]
     with Client(scripted.url, max_retries=0) as client:
         assert client.server.live()
         assert client.server.live()  # failed on connection 1, resent on connection 2
@@ -47,9 +47,9 @@ def test_a_closed_keep_alive_connection_is_resent_on_a_fresh_one(
 
 @pytest.mark.parametrize("closing", [_hang_up, lambda seen: RESET], ids=["eof", "reset"])
 async def test_a_closed_keep_alive_connection_is_resent_on_a_fresh_one_async(
-    scripted: ScriptedServer, closing: object
+    scripted: ScriptedServer, closing: Answer
 ) -> None:
-    scripted.answers = [lambda seen: LIVE, closing, lambda seen: LIVE]  # type: ignore[list-item]
+    scripted.answers = [lambda seen: LIVE, closing, lambda seen: LIVE]
     async with AsyncClient(scripted.url, max_retries=0) as client:
         assert await client.server.live()
         assert await client.server.live()
@@ -69,7 +69,7 @@ def test_kserve_closing_after_a_500(scripted: ScriptedServer) -> None:
 
 
 def test_a_post_body_in_memory_is_resent(scripted: ScriptedServer) -> None:
-    scripted.answers = [ok(b"one"), _hang_up, lambda seen: ok(seen.body)(seen)]  # type: ignore[list-item]
+    scripted.answers = [ok(b"one"), _hang_up, lambda seen: ok(seen.body)(seen)]
     with httpx.Client(transport=LeanTransport()) as client:
         assert client.post(scripted.url, content=b"first").content == b"one"
         assert client.post(scripted.url, content=b"x" * 100_000).content == b"x" * 100_000
@@ -77,7 +77,7 @@ def test_a_post_body_in_memory_is_resent(scripted: ScriptedServer) -> None:
 
 
 def test_resent_once_only(scripted: ScriptedServer) -> None:
-    scripted.answers = [ok(b"one"), _hang_up, _hang_up, ok(b"never")]  # type: ignore[list-item]
+    scripted.answers = [ok(b"one"), _hang_up, _hang_up, ok(b"never")]
     with (
         Client(scripted.url, max_retries=0) as client,
         pytest.raises(APIConnectionError, match="without sending a response"),
@@ -88,14 +88,14 @@ def test_resent_once_only(scripted: ScriptedServer) -> None:
 
 
 def test_a_fresh_connection_is_not_resent(scripted: ScriptedServer) -> None:
-    scripted.answers = [_hang_up, ok(b"never")]  # type: ignore[list-item]
+    scripted.answers = [_hang_up, ok(b"never")]
     with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
         httpx.Client(transport=LeanTransport()).get(scripted.url)
     assert len(scripted.seen) == 1
 
 
 def test_a_streamed_body_is_not_resent(scripted: ScriptedServer) -> None:
-    scripted.answers = [ok(b"one"), _hang_up, ok(b"never")]  # type: ignore[list-item]
+    scripted.answers = [ok(b"one"), _hang_up, ok(b"never")]
     with httpx.Client(transport=LeanTransport()) as client:
         assert client.get(scripted.url).content == b"one"
         with pytest.raises(httpx.TransportError):  # a reset or an end, not resent
@@ -108,7 +108,7 @@ async def test_a_streamed_body_is_not_resent_async(scripted: ScriptedServer) -> 
     async def body() -> object:
         yield b"not replayable"
 
-    scripted.answers = [ok(b"one"), _hang_up, ok(b"never")]  # type: ignore[list-item]
+    scripted.answers = [ok(b"one"), _hang_up, ok(b"never")]
     async with httpx.AsyncClient(transport=AsyncLeanTransport()) as client:
         assert (await client.get(scripted.url)).content == b"one"
         with pytest.raises(httpx.TransportError):  # a reset or an end, not resent
