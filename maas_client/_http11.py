@@ -123,20 +123,25 @@ class _Trailing(Exception):
 
 
 class ResponseParser:
-    """One response, fed as it arrives.
+    """The responses of one connection, fed as they arrive; :meth:`begin` before each.
 
     After :meth:`feed`: :attr:`head` once the final head is complete; :attr:`parts`, the body
     bytes llhttp has framed so far (take them with :meth:`take`); :attr:`complete` once the
     answer has ended; :attr:`trailing` when bytes followed its end (the connection must then
     not be reused). Malformed input raises :class:`httpx.RemoteProtocolError`.
+
+    The llhttp parser is kept from one answer to the next when the previous one ended cleanly,
+    and made anew otherwise (after :meth:`detach`, an error, or an answer to HEAD).
     """
 
     __slots__ = (
+        "_encoding",
         "_head_request",
         "_headers",
         "_interim",
         "_parser",
         "_reason",
+        "_size",
         "body_bytes",
         "complete",
         "fed",
@@ -146,17 +151,25 @@ class ResponseParser:
     )
 
     def __init__(self, head_request: bool = False) -> None:
+        self._parser: httptools.HttpResponseParser | None = None
+        self.begin(head_request)
+
+    def begin(self, head_request: bool) -> None:
+        """Get ready for the answer to the next request (``head_request``: a HEAD)."""
         self._head_request = head_request
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
         self._interim = False
+        self._size: bytes | None = None
+        self._encoding: bytes | None = None
         self.head: ResponseHead | None = None
         self.parts: list[bytes] = []
         self.body_bytes = 0  # body bytes framed by llhttp so far
         self.complete = False
         self.trailing = False
         self.fed = 0  # bytes fed before the final head was complete
-        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
+        if self._parser is None:
+            self._parser = httptools.HttpResponseParser(self)
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         parser = self._parser
@@ -177,11 +190,12 @@ class ResponseParser:
         if self.head is None and self.fed > MAX_HEAD:
             self._parser = None
             raise httpx.RemoteProtocolError(f"the response head exceeds {MAX_HEAD // 1024} KiB")
-        if self.complete:
-            self._parser = None
+        if self.complete and (self._head_request or self.trailing):
+            self._parser = None  # llhttp expects a body that will not come, or saw garbage
 
     def detach(self) -> None:
-        """Stop parsing: the caller reads the rest of a ``length`` body itself."""
+        """Stop parsing: the caller reads the rest of a ``length`` body itself, or closes the
+        connection (the llhttp parser refers to this object: no cycle is left behind)."""
         self._parser = None
 
     def take(self) -> list[bytes]:
@@ -191,7 +205,7 @@ class ResponseParser:
     # llhttp's callbacks
 
     def on_message_begin(self) -> None:
-        if self.complete:
+        if self.complete:  # a second answer nobody asked for
             raise _Trailing
 
     def on_status(self, reason: bytes) -> None:
@@ -200,6 +214,11 @@ class ResponseParser:
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.head is None:  # after the head: a trailer, ignored
             self._headers.append((name, value))
+            size = len(name)
+            if size == 14 and name.lower() == b"content-length":
+                self._size = value
+            elif size == 17 and name.lower() == b"transfer-encoding":
+                self._encoding = value
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -209,25 +228,20 @@ class ResponseParser:
             self._interim = True
             self._headers = []
             self._reason = b""
+            self._size = self._encoding = None
             return
         keep_alive = parser.should_keep_alive()  # valid here; reset at the end of the message
         framing: Framing
         length = 0
-        encoding = size = None
-        for name, value in self._headers:
-            lowered = name.lower()
-            if lowered == b"content-length":
-                size = value
-            elif lowered == b"transfer-encoding":
-                encoding = value
+        encoding = self._encoding
         if self._head_request or status in _NO_BODY_STATUSES:
             framing = "none"
             self.complete = True
         elif encoding is not None:
             chunked = encoding.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
             framing = "chunked" if chunked else "close"
-        elif size is not None:
-            framing, length = "length", int(size)  # llhttp checked it: digits, no overflow
+        elif self._size is not None:
+            framing, length = "length", int(self._size)  # llhttp checked it: digits, no overflow
         else:
             framing = "close"
         if framing == "close":

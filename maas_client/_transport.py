@@ -123,13 +123,14 @@ class _Stale(Exception):
 
 
 class _Connection:
-    __slots__ = ("origin", "sock", "timeout", "used")
+    __slots__ = ("origin", "parser", "sock", "timeout", "used")
 
     def __init__(self, sock: socket.socket, origin: Origin) -> None:
         self.sock = sock
         self.origin = origin
         self.timeout: float | None = sock.gettimeout()
         self.used = 0  # answers received on it
+        self.parser = ResponseParser()
 
     def settimeout(self, timeout: float | None) -> None:
         # Each settimeout costs two fcntl calls; most calls keep the same value.
@@ -138,6 +139,7 @@ class _Connection:
             self.timeout = timeout
 
     def close(self) -> None:
+        self.parser.detach()
         with contextlib.suppress(OSError):
             self.sock.close()
 
@@ -226,7 +228,6 @@ class _SyncBody(httpx.SyncByteStream):
     def _finish(self, reusable: bool) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
-            self._parser.detach()
             self._transport._pool.release(connection, reusable)
 
     def close(self) -> None:
@@ -310,7 +311,8 @@ class LeanTransport(httpx.BaseTransport):
         body: _Body,
         timeouts: dict[str, float | None],
     ) -> httpx.Response:
-        parser = ResponseParser(request.method == "HEAD")
+        parser = connection.parser
+        parser.begin(request.method == "HEAD")
         try:
             write_error = self._send(connection, head, body, timeouts.get("write"))
             connection.settimeout(timeouts.get("read"))
@@ -330,7 +332,6 @@ class LeanTransport(httpx.BaseTransport):
                     raise _Stale(error) from None
                 raise error from None
         except BaseException:
-            parser.detach()
             connection.close()
             self._pool.discard()
             raise
@@ -404,7 +405,7 @@ class _AsyncConnection(asyncio.BufferedProtocol):
         self.used = 0  # answers received on it
         self._receive = bytearray(_RECV)
         self._receive_view = memoryview(self._receive)
-        self._parser: ResponseParser | None = None
+        self._parser = ResponseParser()
         self._body: bytearray | None = None
         self._body_used = 0
         self._length = 0
@@ -446,7 +447,7 @@ class _AsyncConnection(asyncio.BufferedProtocol):
                 self._wake()
             return
         parser = self._parser
-        if parser is None or state not in ("head", "parsed"):
+        if state not in ("head", "parsed"):
             if state == "done":
                 self._trailing = True  # bytes after the answer: not reused
             else:  # bytes nobody asked for: the connection cannot be trusted any more
@@ -489,7 +490,7 @@ class _AsyncConnection(asyncio.BufferedProtocol):
     def _ended(self, exc: Exception | None) -> None:
         state = self._state
         parser = self._parser
-        head = parser.head if parser is not None else None
+        head = parser.head
         if state == "parsed" and head is not None and head.framing == "close" and exc is None:
             self._state = "done"
             self._wake()
@@ -497,7 +498,7 @@ class _AsyncConnection(asyncio.BufferedProtocol):
         if state in ("idle", "done") or self.error is not None:
             self._wake()
             return
-        nothing = state == "head" and (parser is None or parser.fed == 0)
+        nothing = state == "head" and parser.fed == 0
         if exc is None:
             self.error = disconnected(inside_body=state != "head")
         else:
@@ -558,7 +559,8 @@ class _AsyncConnection(asyncio.BufferedProtocol):
     ) -> None:
         transport = self.transport
         assert transport is not None
-        self._parser = parser = ResponseParser(head_request)
+        parser = self._parser
+        parser.begin(head_request)
         self._state = "head"
         self._chunks.clear()
         self._cut_short = False
@@ -602,7 +604,6 @@ class _AsyncConnection(asyncio.BufferedProtocol):
 
     async def receive_head(self, read_timeout: float | None) -> ResponseHead:
         parser = self._parser
-        assert parser is not None
         while parser.head is None:
             if self.error is not None:
                 raise self.error
@@ -623,8 +624,7 @@ class _AsyncConnection(asyncio.BufferedProtocol):
 
     def finished(self) -> bool:
         """Whether the answer is over and the connection may carry another request."""
-        parser = self._parser
-        head = parser.head if parser is not None else None
+        head = self._parser.head
         reusable = (
             self._state == "done"
             and head is not None
@@ -634,17 +634,13 @@ class _AsyncConnection(asyncio.BufferedProtocol):
             and self.error is None
             and not self._eof
         )
-        if parser is not None:
-            parser.detach()
-        self._parser = None
         self._body = None
         self._state = "idle" if reusable else "done"
         return reusable
 
     def close(self) -> None:
         self.closed = True
-        if self._parser is not None:
-            self._parser.detach()
+        self._parser.detach()
         if self.transport is not None:
             # A connection left from an event loop that has since closed cannot be aborted
             # through that loop; its socket goes with the transport object.

@@ -65,6 +65,8 @@ class ScriptedServer:
     def _serve(self, conn: socket.socket, number: int) -> None:
         try:
             self._converse(conn, number)
+        except OSError:
+            pass  # the client reset the connection: as good as closing it
         finally:
             with self._lock:
                 self.closed += 1
