@@ -48,6 +48,9 @@ from ._transport_pool import DEFAULT_LIMITS, Origin, Pool, Waiter
 __all__ = ["DEFAULT_LIMITS", "AsyncLeanTransport", "LeanTransport", "proxies_configured"]
 
 _RECV = 64 * 1024
+# Reads while waiting for a head stay small: what comes after the head is body, and the bytes of
+# a Content-Length body are better received straight into its buffer than copied there.
+_HEAD_RECV = 8 * 1024
 _SMALL_BODY = 64 * 1024
 _LAST_CHUNK = b"0\r\n\r\n"
 
@@ -376,7 +379,7 @@ class LeanTransport(httpx.BaseTransport):
     def _receive_head(connection: _Connection, parser: ResponseParser) -> None:
         sock = connection.sock
         while parser.head is None:
-            data = sock.recv(_RECV)
+            data = sock.recv(_HEAD_RECV)
             if not data:
                 raise EOFError
             parser.feed(data)
@@ -405,6 +408,7 @@ class _AsyncConnection(asyncio.BufferedProtocol):
         self.used = 0  # answers received on it
         self._receive = bytearray(_RECV)
         self._receive_view = memoryview(self._receive)
+        self._head_view = self._receive_view[:_HEAD_RECV]
         self._parser = ResponseParser()
         self._body: bytearray | None = None
         self._body_used = 0
@@ -433,7 +437,7 @@ class _AsyncConnection(asyncio.BufferedProtocol):
             if self._body_used == len(body):
                 body = self._body = grow(body, self._length)
             return memoryview(body)[self._body_used :]
-        return self._receive_view
+        return self._head_view if self._state == "head" else self._receive_view
 
     def buffer_updated(self, nbytes: int) -> None:
         state = self._state

@@ -68,6 +68,16 @@ def test_kserve_closing_after_a_500(scripted: ScriptedServer) -> None:
     assert scripted.connections == 2
 
 
+async def test_kserve_closing_after_a_500_async(scripted: ScriptedServer) -> None:
+    scripted.answers = [lambda seen: ERROR_500, lambda seen: LIVE]
+    scripted.close_after = {0}
+    async with AsyncClient(scripted.url, max_retries=0) as client:
+        with pytest.raises(InternalServerError):
+            await client.server.live()
+        assert await client.server.live()
+    assert scripted.connections == 2
+
+
 def test_a_post_body_in_memory_is_resent(scripted: ScriptedServer) -> None:
     scripted.answers = [ok(b"one"), _hang_up, lambda seen: ok(seen.body)(seen)]
     with httpx.Client(transport=LeanTransport()) as client:
