@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import httpx
@@ -15,9 +14,6 @@ import httpx
 from .._transport import AsyncLeanTransport, proxies_configured
 
 __all__ = ["AsyncClientAdapter", "open_transport"]
-
-_LEAN_TAKES_LIMITS = "limits" in inspect.signature(AsyncLeanTransport.__init__).parameters
-
 
 class AsyncClientAdapter(httpx.AsyncBaseTransport):
     """A transport sending through an :class:`httpx.AsyncClient` (its auth, proxies, mounts,
@@ -50,8 +46,5 @@ def open_transport(
         proxied = httpx.AsyncClient(verify=verify, limits=pool_limits, trust_env=True)
         return AsyncClientAdapter(proxied, owned=True)
     if base_url.startswith("http://"):
-        if _LEAN_TAKES_LIMITS:  # the pool's caps (httpx's defaults unless given)
-            lean: httpx.AsyncBaseTransport = AsyncLeanTransport(limits=pool_limits)  # type: ignore[call-arg,unused-ignore]
-            return lean
-        return AsyncLeanTransport()
+        return AsyncLeanTransport(limits=pool_limits)  # the pool's caps (httpx's by default)
     return httpx.AsyncHTTPTransport(verify=verify, limits=pool_limits)

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import httpx
@@ -16,8 +15,6 @@ import httpx
 from .._transport import LeanTransport, proxies_configured
 
 __all__ = ["ClientAdapter", "open_transport"]
-
-_LEAN_TAKES_LIMITS = "limits" in inspect.signature(LeanTransport.__init__).parameters
 
 
 class ClientAdapter(httpx.BaseTransport):
@@ -51,8 +48,5 @@ def open_transport(
         proxied = httpx.Client(verify=verify, limits=pool_limits, trust_env=True)
         return ClientAdapter(proxied, owned=True)
     if base_url.startswith("http://"):
-        if _LEAN_TAKES_LIMITS:  # the pool's caps (httpx's defaults unless given)
-            lean: httpx.BaseTransport = LeanTransport(limits=pool_limits)  # type: ignore[call-arg,unused-ignore]
-            return lean
-        return LeanTransport()
+        return LeanTransport(limits=pool_limits)  # the pool's caps (httpx's by default)
     return httpx.HTTPTransport(verify=verify, limits=pool_limits)
