@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from .._transport import AsyncLeanTransport, proxies_configured
+from .._transport_pool import DEFAULT_LIMITS
 
 __all__ = ["AsyncClientAdapter", "open_transport"]
 
@@ -40,7 +41,7 @@ def open_transport(
     """The transport of a client of ``base_url`` (owned by the client unless injected)."""
     if http_client is not None:
         return AsyncClientAdapter(http_client)
-    pool_limits = limits if limits is not None else httpx.Limits()
+    pool_limits = limits if limits is not None else DEFAULT_LIMITS  # httpx's default caps
     if proxies_configured():
         # httpx mounts the proxies named in the environment in front of the transport.
         proxied = httpx.AsyncClient(verify=verify, limits=pool_limits, trust_env=True)

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from .._transport import LeanTransport, proxies_configured
+from .._transport_pool import DEFAULT_LIMITS
 
 __all__ = ["ClientAdapter", "open_transport"]
 
@@ -42,7 +43,7 @@ def open_transport(
     """The transport of a client of ``base_url`` (owned by the client unless injected)."""
     if http_client is not None:
         return ClientAdapter(http_client)
-    pool_limits = limits if limits is not None else httpx.Limits()
+    pool_limits = limits if limits is not None else DEFAULT_LIMITS  # httpx's default caps
     if proxies_configured():
         # httpx mounts the proxies named in the environment in front of the transport.
         proxied = httpx.Client(verify=verify, limits=pool_limits, trust_env=True)
