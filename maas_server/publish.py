@@ -324,7 +324,9 @@ class Publisher:
                 warmup=1,
             )
         except (ModelLoadError, ConfigError) as exc:
-            raise BadRequestError(f"the model does not load: {exc}") from None
+            # ONNX Runtime names the file it read: a staging path, of no use to the client
+            reason = str(exc).replace(str(folder) + os.sep, "")
+            raise BadRequestError(f"the model does not load: {reason}") from None
 
     async def _failed(
         self, name: str, version: int | None, error: ServerError, upload: Upload
