@@ -8,8 +8,9 @@
   the version's entry.
 - ``GET .../versions``: the versions with state, size, sha256, created time and provenance, the
   default, and the failed attempts.
-- ``DELETE .../versions/{version}`` and ``DELETE /v2/repository/models/{model}``: 409 while it
-  is all the model serves, unless ``?force=true``.
+- ``DELETE .../versions/{version}``: 409 when it is the only version serving or the last one on
+  disk, and ``DELETE /v2/repository/models/{model}``: 409 while it has versions, unless
+  ``?force=true``.
 - ``PUT .../default`` ``{"version": "3"}``: the version unversioned requests use.
 
 All of them need the ``admin`` scope (they are under ``/v2/repository/``); an API key's
@@ -145,7 +146,7 @@ async def list_versions(request: Request) -> Response:
 
 
 async def delete_version(request: Request) -> Response:
-    """Delete a model version (409 when it is all the model serves, unless force=true)."""
+    """Delete a model version (409 when it is all the model serves or has, unless force=true)."""
     name = request.path_params["model"]
     version = _version_param(request.path_params["version"])
     force = _flag(request, "force", False)
@@ -155,7 +156,7 @@ async def delete_version(request: Request) -> Response:
 
 
 async def delete_model(request: Request) -> Response:
-    """Delete a model and all its versions (409 while it serves, unless force=true)."""
+    """Delete a model and all its versions (409 while it has versions, unless force=true)."""
     name = request.path_params["model"]
     force = _flag(request, "force", False)
     await asyncio.to_thread(publisher(request).repository.remove_model, name, force=force)

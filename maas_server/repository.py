@@ -427,7 +427,7 @@ class ModelRepository:
 
     def remove_version(self, name: str, version: int, *, force: bool = False) -> ModelRecord:
         """Stop serving a version and delete its folder. 409 when it is the only version
-        serving, unless ``force``."""
+        serving or the last one on disk, unless ``force``."""
         model_dir = self.model_dir(name)
         folder = model_dir / str(version)
         if not folder.is_dir() or version not in _versions_on_disk(model_dir):
@@ -439,6 +439,11 @@ class ModelRepository:
                 raise ConflictError(
                     f"version {version} is the only version of model {name!r} serving; "
                     "publish another first, or delete with force=true"
+                )
+            if _versions_on_disk(model_dir) == [version] and not force:
+                raise ConflictError(
+                    f"version {version} is the last version of model {name!r}; delete the "
+                    "model, or the version with force=true"
                 )
             trash = self._trash()
             os.rename(folder, trash)
@@ -456,7 +461,8 @@ class ModelRepository:
         return record
 
     def remove_model(self, name: str, *, force: bool = False) -> None:
-        """Stop serving a model and delete its folder. 409 while it serves, unless ``force``."""
+        """Stop serving a model and delete its folder. 409 while it has versions (serving or
+        not), unless ``force``: a destructive call is confirmed, never implied."""
         model_dir = self.model_dir(name)
         with self._lock(name):
             previous = self._records.get(name)
@@ -464,6 +470,12 @@ class ModelRepository:
                 raise ConflictError(
                     f"model {name!r} is serving version(s) {previous.ready_versions()}; "
                     "delete with force=true"
+                )
+            on_disk = _versions_on_disk(model_dir)
+            if on_disk and not force:
+                raise ConflictError(
+                    f"model {name!r} has version(s) {on_disk} on disk; deleting them all needs "
+                    "force=true"
                 )
             trash = self._trash()
             os.rename(model_dir, trash)

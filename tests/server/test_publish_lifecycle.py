@@ -95,10 +95,17 @@ async def test_delete_versions_and_models(repo: Path) -> None:
         serving = await client.delete("/v2/repository/models/mlp")
         assert serving.status_code == 409
         assert_serves(*await infer_mlp(client), seed=2, expected_version="2")
+        await client.post("/v2/repository/models/mlp/unload")
+        last = await client.delete("/v2/repository/models/mlp/versions/2")
+        assert last.status_code == 409 and "last version" in last.json()["error"]
+        unloaded = await client.delete("/v2/repository/models/mlp")
+        assert unloaded.status_code == 409 and "needs force=true" in unloaded.json()["error"]
+        assert (repo / "mlp" / "2" / "model.onnx").is_file()
+        await client.post("/v2/repository/models/mlp/load")
         forced = await client.delete("/v2/repository/models/mlp/versions/2?force=true")
         assert forced.status_code == 200
         assert (await client.post("/v2/models/mlp/infer", json={})).status_code == 503
-        gone = await client.delete("/v2/repository/models/mlp?force=true")
+        gone = await client.delete("/v2/repository/models/mlp")  # nothing left to confirm
         assert gone.status_code == 200
         assert not (repo / "mlp").exists()
         assert (await client.get("/v2/models/mlp")).status_code == 404
