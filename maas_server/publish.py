@@ -26,10 +26,10 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .archive import Writer, remove_tree, safe_member_path, unpack, write_all
 from .config import CONFIG_FILES, ConfigError, ModelConfig, load_config, parse_config
@@ -48,9 +48,19 @@ from .runtime import ModelLoadError
 __all__ = ["Publisher", "Upload", "triton_config"]
 
 logger = logging.getLogger("maas_server")
+T = TypeVar("T")
 
 _BATCH = 1024 * 1024
 """Bytes gathered before one write (and hash) on a worker thread."""
+
+
+class _DeadlineError(ServerError):
+    status_code = 504
+
+
+_CANCELLED = _DeadlineError(
+    "the upload did not finish within the server's request deadline (request_timeout_s)"
+)
 _TRITON_ONLY = frozenset(
     {
         "name",
@@ -116,7 +126,7 @@ class Publisher:
             raise error
         if version is not None:
             self._check_free(name, version)
-        staged = await asyncio.to_thread(self._stage)
+        staged = await _to_end(self._stage)
         try:
             try:
                 path = staged / "upload.bin"
@@ -126,27 +136,28 @@ class Publisher:
                         f"checksum mismatch: the upload's sha256 is {digest}, the client sent "
                         f"{upload.sha256}"
                     )
-                folder = await asyncio.to_thread(
+                folder = await _to_end(
                     unpack, path, staged / "version", limit=upload.limit, write=self.write
                 )
-                config_file = await asyncio.to_thread(_take_config, folder, staged)
+                config_file = await _to_end(_take_config, folder, staged)
                 if config_file is not None and upload.config is not None:
                     raise BadRequestError(
                         "the archive holds a configuration file and one was sent beside it; "
                         "send one of them"
                     )
                 if upload.config is not None:
-                    config_file = await asyncio.to_thread(
-                        _write_config, staged, upload.config, self.write
-                    )
+                    config_file = await _to_end(_write_config, staged, upload.config, self.write)
                 return await self._publish(name, version, folder, config_file, size, digest, upload)
             except OSError as exc:
                 raise _storage_error(exc) from None
         except ServerError as exc:
             await self._failed(name, version, exc, upload)
             raise
+        except asyncio.CancelledError:
+            await self._failed(name, version, _CANCELLED, upload)
+            raise
         finally:
-            await asyncio.to_thread(remove_tree, staged)
+            await _to_end(remove_tree, staged)
 
     async def load_files(
         self, name: str, config: str | None, files: dict[str, Any], upload: Upload
@@ -163,7 +174,7 @@ class Publisher:
         except ServerError as exc:
             await self._failed(name, None, exc, upload)
             raise
-        staged = await asyncio.to_thread(self._stage)
+        staged = await _to_end(self._stage)
         try:
             try:
                 folder = staged / "version"
@@ -171,7 +182,7 @@ class Publisher:
                 size = 0
                 for relative, data in decoded:
                     target = folder.joinpath(*relative.parts)
-                    await asyncio.to_thread(_write_file, target, data, self.write)
+                    await _to_end(_write_file, target, data, self.write)
                     digest.update(data)
                     size += len(data)
                 if not (folder / MODEL_FILENAME).is_file():
@@ -179,7 +190,7 @@ class Publisher:
                         f"the files hold no {version}/{MODEL_FILENAME}: name the model file "
                         f"'file:{version}/{MODEL_FILENAME}'"
                     )
-                config_file = await asyncio.to_thread(
+                config_file = await _to_end(
                     _write_config, staged, triton_config(config), self.write
                 )
                 return await self._publish(
@@ -190,8 +201,11 @@ class Publisher:
         except ServerError as exc:
             await self._failed(name, None, exc, upload)
             raise
+        except asyncio.CancelledError:
+            await self._failed(name, None, _CANCELLED, upload)
+            raise
         finally:
-            await asyncio.to_thread(remove_tree, staged)
+            await _to_end(remove_tree, staged)
 
     # --- the steps ----------------------------------------------------------------------------
 
@@ -232,11 +246,11 @@ class Publisher:
                 pending.append(chunk)
                 pending_size += len(chunk)
                 if pending_size >= _BATCH:
-                    await asyncio.to_thread(flush, pending)
+                    await _to_end(flush, pending)
                     pending, pending_size = [], 0
             if pending:
-                await asyncio.to_thread(flush, pending)
-            await asyncio.to_thread(out.flush)
+                await _to_end(flush, pending)
+            await _to_end(out.flush)
         if size == 0:
             raise BadRequestError("the upload is empty: send the model file or an archive")
         return size, digest.hexdigest()
@@ -257,33 +271,8 @@ class Publisher:
                 version = self._next_version(name)
             elif not replace:
                 self._check_free(name, version)
-            config = await asyncio.to_thread(self._config_for, name, config_file)
-            model = await asyncio.to_thread(self._validate, name, version, folder, config)
-            try:
-                await asyncio.to_thread(
-                    self.repository.install,
-                    name,
-                    version,
-                    folder,
-                    model,
-                    config_file=config_file,
-                    make_default=upload.make_default,
-                    replace=replace,
-                )
-            except BaseException:
-                await asyncio.to_thread(model.close)
-                raise
-            metadata = dict(upload.metadata)
-            framework = metadata.pop("framework", None)
-            entry = await asyncio.to_thread(
-                self.index.record_version,
-                name,
-                version,
-                size=size,
-                sha256=digest,
-                key=upload.key,
-                framework=str(framework) if framework is not None else "onnx",
-                metadata=metadata,
+            entry = await _to_end(
+                self._commit, name, version, folder, config_file, size, digest, upload, replace
             )
         logger.info(
             "model %s version %s published by %s (%d bytes, sha256 %s)",
@@ -294,6 +283,44 @@ class Publisher:
             digest,
         )
         return self._entry(name, entry)
+
+    def _commit(
+        self,
+        name: str,
+        version: int,
+        folder: Path,
+        config_file: Path | None,
+        size: int,
+        digest: str,
+        upload: Upload,
+        replace: bool,
+    ) -> PublishedVersion:
+        """Validate, publish and record a version (blocking: in a worker thread)."""
+        model = self._validate(name, version, folder, self._config_for(name, config_file))
+        try:
+            self.repository.install(
+                name,
+                version,
+                folder,
+                model,
+                config_file=config_file,
+                make_default=upload.make_default,
+                replace=replace,
+            )
+        except BaseException:
+            model.close()
+            raise
+        metadata = dict(upload.metadata)
+        framework = metadata.pop("framework", None)
+        return self.index.record_version(
+            name,
+            version,
+            size=size,
+            sha256=digest,
+            key=upload.key,
+            framework=str(framework) if framework is not None else "onnx",
+            metadata=metadata,
+        )
 
     def _next_version(self, name: str) -> int:
         known: set[int] = set(self.index.versions(name))
@@ -333,7 +360,7 @@ class Publisher:
     ) -> None:
         logger.warning("publishing model %s failed: %s", name, error.message)
         try:
-            await asyncio.to_thread(
+            await _to_end(
                 self.index.record_attempt,
                 name,
                 version,
@@ -422,6 +449,18 @@ class Publisher:
                 for a in attempts
             ],
         }
+
+
+async def _to_end(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``function`` in a worker thread, waited for to its end even when the request is
+    cancelled (its deadline): it owns staged files and sessions that must not be removed or
+    left behind under it."""
+    work = asyncio.ensure_future(asyncio.to_thread(function, *args, **kwargs))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
+        raise
 
 
 def _iso(seconds: float) -> str:

@@ -4,6 +4,7 @@ and the previous version keeps answering."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
 import json
@@ -325,3 +326,22 @@ def test_an_interrupted_upload_publishes_nothing(repo: Path) -> None:
         assert answer.status_code == 200 and answer.json()["model_version"] == "1"
     finally:
         running.stop()
+
+
+async def test_an_upload_past_the_request_deadline_is_504_and_publishes_nothing(
+    repo: Path,
+) -> None:
+    never = asyncio.Event()
+
+    async def stalled() -> AsyncIterator[bytes]:
+        yield mlp_bytes(2)[:1000]
+        await never.wait()  # the client stops sending; the server's deadline ends it
+        yield b""
+
+    async with asgi_app(Settings(repository=repo, request_timeout_s=0.5)) as (_, client):
+        answer = await client.put("/v2/repository/models/mlp/versions/2", content=stalled())
+        assert answer.status_code == 504, answer.text
+        assert staging_empty(repo) and not (repo / "mlp" / "2").exists()
+        listed = (await client.get("/v2/repository/models/mlp/versions")).json()
+        assert listed["failed_attempts"][0]["status"] == 504
+        assert_serves(*await infer_mlp(client), seed=1, expected_version="1")
