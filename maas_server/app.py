@@ -70,7 +70,7 @@ def build_middleware(
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),
-                allow_methods=["GET", "POST"],
+                allow_methods=["GET", "POST", "PUT", "DELETE"],
                 allow_headers=["*"],
                 expose_headers=["Inference-Header-Content-Length", "X-Request-ID", "Retry-After"],
             )

@@ -385,7 +385,11 @@ class Publisher:
         if status is not None:
             state, reason = status.state, status.reason
         elif folder.is_dir():
-            state, reason = "UNAVAILABLE", "not loaded (the version policy does not select it)"
+            state = "UNAVAILABLE"
+            if record is not None and not record.versions and record.reason:
+                reason = record.reason  # the model is not loaded (or failed to)
+            else:
+                reason = "not loaded (the version policy does not select it)"
         else:
             state, reason = "UNAVAILABLE", "deleted"
         entry: dict[str, Any] = {
