@@ -35,7 +35,10 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     model_control: Annotated[
         str,
-        typer.Option(help="'none': load every model at start; 'explicit': only through the API."),
+        typer.Option(
+            help="'none': load every model at start; 'explicit': only through the API; "
+            "'poll': load at start, then follow changes of the repository folder."
+        ),
     ] = "none",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     max_body_size: Annotated[
@@ -118,8 +121,8 @@ def serve(
             f"maas serve needs the server extra: pip install 'maas[server]' ({exc})", err=True
         )
         raise typer.Exit(2) from None
-    if model_control not in ("none", "explicit"):
-        raise typer.BadParameter("use 'none' or 'explicit'", param_hint="--model-control")
+    if model_control not in ("none", "explicit", "poll"):
+        raise typer.BadParameter("use 'none', 'explicit' or 'poll'", param_hint="--model-control")
     if access_log not in ("text", "json", "off"):
         raise typer.BadParameter("use 'text', 'json' or 'off'", param_hint="--access-log")
     if root_path and (not root_path.startswith("/") or root_path.endswith("/")):

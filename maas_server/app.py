@@ -25,6 +25,9 @@ from .generation import GenerationService
 from .guard import RequestGuard
 from .metrics import MetricsServer, metrics_endpoint, metrics_registry
 from .openai_routes import openai_routes
+from .poll import RepositoryPoller
+from .publish import Publisher
+from .publish_routes import publish_routes
 from .repository import ModelRepository
 from .routes import JSONBytesResponse, routes
 from .settings import Settings
@@ -67,7 +70,7 @@ def build_middleware(
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(settings.cors_origins),
-                allow_methods=["GET", "POST"],
+                allow_methods=["GET", "POST", "PUT", "DELETE"],
                 allow_headers=["*"],
                 expose_headers=["Inference-Header-Content-Length", "X-Request-ID", "Retry-After"],
             )
@@ -114,12 +117,18 @@ def create_app(settings: Settings) -> Starlette:
     if settings.metrics_port is None:
         extra_routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     generation = GenerationService(repository)
+    poller = RepositoryPoller(repository, settings.poll_interval_s)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        repository.bind_loop(asyncio.get_running_loop())
+        poll_task = None
         if settings.model_control == "none":
             for name in repository.model_names():
                 await asyncio.to_thread(repository.load, name)
+        elif settings.model_control == "poll":
+            await asyncio.to_thread(poller.start)
+            poll_task = asyncio.create_task(poller.run())
         metrics_server = None
         if settings.metrics_port is not None:
             metrics_server = MetricsServer(registry, settings.metrics_host, settings.metrics_port)
@@ -130,13 +139,16 @@ def create_app(settings: Settings) -> Starlette:
             yield
         finally:
             dataplane.started = False
+            if poll_task is not None:
+                poll_task.cancel()
             if metrics_server is not None:
                 metrics_server.stop()
             await asyncio.to_thread(generation.close)
             await asyncio.to_thread(repository.close)
+            repository.bind_loop(None)
 
     app = Starlette(
-        routes=[*routes, *generate_routes, *openai_routes, *extra_routes],
+        routes=[*routes, *publish_routes, *generate_routes, *openai_routes, *extra_routes],
         middleware=build_middleware(settings, rejections, keys),
         lifespan=lifespan,
         exception_handlers={
@@ -147,6 +159,8 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.dataplane = dataplane
     app.state.generation = generation
+    app.state.publisher = Publisher(repository)
+    app.state.poller = poller
     app.state.settings = settings
     app.state.rejections = rejections
     app.state.keys = keys

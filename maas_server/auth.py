@@ -105,6 +105,7 @@ class ApiKey:
     concurrency: int | None = None
     in_flight: int = field(default=0, compare=False)
     limits: tuple[float | None, int | None, int | None] = (None, None, None)
+    max_upload_bytes: int | None = None
 
     def allows_model(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -233,6 +234,7 @@ class KeyStore:
                 key = old
                 key.scopes = frozenset(entry.scopes)
                 key.models = frozenset(entry.models) if entry.models is not None else None
+                key.max_upload_bytes = entry.max_upload_bytes
             else:
                 bucket = None
                 if entry.rate is not None:
@@ -246,6 +248,7 @@ class KeyStore:
                     bucket=bucket,
                     concurrency=entry.concurrency,
                     limits=limits,
+                    max_upload_bytes=entry.max_upload_bytes,
                 )
             keys[digest] = key
         if self._admin is not None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 __all__ = [
     "BadRequestError",
+    "ConflictError",
     "ForbiddenError",
+    "InsufficientStorageError",
     "InternalError",
     "ModelNotFoundError",
     "ModelUnavailableError",
@@ -47,6 +49,19 @@ class ModelNotFoundError(ServerError):
     """No such model, or no such version of it (404)."""
 
     status_code = 404
+
+
+class ConflictError(ServerError):
+    """The request conflicts with the repository's state: the version exists, or deleting it
+    would leave the model with nothing to serve (409)."""
+
+    status_code = 409
+
+
+class InsufficientStorageError(ServerError):
+    """The disk is full: nothing was kept of the request (507)."""
+
+    status_code = 507
 
 
 class PayloadTooLargeError(ServerError):

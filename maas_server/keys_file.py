@@ -1,7 +1,8 @@
 """The API keys file: who may call the server, stored as hashes of the keys, never the keys.
 
 ``{"keys": [{"name": "ci", "hash": "sha256:<hex>", "scopes": ["infer", "read"], "models": null,
-"rate": 50.0, "burst": 100, "concurrency": 8, "created": "2024-05-01T12:00:00Z"}]}``
+"rate": 50.0, "burst": 100, "concurrency": 8, "max_upload_bytes": 1073741824,
+"created": "2024-05-01T12:00:00Z"}]}``
 
 This module uses the standard library only: ``maas keys`` imports it on machines without the
 server extra. The server reads the file through :mod:`maas_server.auth`.
@@ -28,6 +29,7 @@ from typing import Any
 __all__ = [
     "KEY_PREFIX",
     "MAX_LIMIT",
+    "MAX_UPLOAD_LIMIT",
     "SCOPES",
     "KeyEntry",
     "KeysFileError",
@@ -58,7 +60,8 @@ class KeysFileError(ValueError):
 class KeyEntry:
     """One key of the file. ``models=None`` allows every model; ``rate`` is requests per second
     (``burst`` requests may come at once, default: one second's worth); ``concurrency`` caps the
-    key's requests in flight. ``None`` means no limit."""
+    key's requests in flight; ``max_upload_bytes`` caps the models it may publish (below the
+    server's own limit). ``None`` means no limit."""
 
     name: str
     hash: str
@@ -68,9 +71,10 @@ class KeyEntry:
     burst: int | None = None
     concurrency: int | None = None
     created: str | None = None
+    max_upload_bytes: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "name": self.name,
             "hash": self.hash,
             "scopes": list(self.scopes),
@@ -80,6 +84,9 @@ class KeyEntry:
             "concurrency": self.concurrency,
             "created": self.created,
         }
+        if self.max_upload_bytes is not None:
+            data["max_upload_bytes"] = self.max_upload_bytes
+        return data
 
     @classmethod
     def from_json(cls, data: Any, where: str = "key") -> KeyEntry:
@@ -115,24 +122,32 @@ class KeyEntry:
             burst=_positive(data.get("burst"), int, f"{where}: 'burst'"),
             concurrency=_positive(data.get("concurrency"), int, f"{where}: 'concurrency'"),
             created=_optional_str(data.get("created"), f"{where}: 'created'"),
+            max_upload_bytes=_positive(
+                data.get("max_upload_bytes"),
+                int,
+                f"{where}: 'max_upload_bytes'",
+                MAX_UPLOAD_LIMIT,
+            ),
         )
 
 
 MAX_LIMIT = 1_000_000_000
 """The largest ``rate``, ``burst`` or ``concurrency`` a key may have (more is no limit)."""
+MAX_UPLOAD_LIMIT = 1 << 50
+"""The largest ``max_upload_bytes`` a key may have (1 PiB)."""
 
 
-def _positive(value: Any, kind: type[int] | type[float], what: str) -> Any:
+def _positive(value: Any, kind: type[int] | type[float], what: str, bound: int = MAX_LIMIT) -> Any:
     if value is None:
         return None
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = ok and 0 < value <= MAX_LIMIT  # also refuses NaN and infinities (1e999)
+    ok = ok and 0 < value <= bound  # also refuses NaN and infinities (1e999)
     if kind is int:
         ok = ok and float(value).is_integer()
     if not ok:
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
         raise KeysFileError(
-            f"{what} must be null or a positive {kind.__name__} up to {MAX_LIMIT:.0e}, not {shown}"
+            f"{what} must be null or a positive {kind.__name__} up to {bound:.0e}, not {shown}"
         )
     return kind(value)
 

@@ -24,6 +24,7 @@ from .dataplane import DataPlane
 from .errors import BadRequestError
 from .limits import check_tensor_limits
 from .openapi import openapi_endpoint
+from .publish_routes import load_with_files
 from .request_body import holding_body, read_body, read_json, require_body
 from .stats import model_statistics
 
@@ -178,6 +179,10 @@ async def repository_load(request: Request) -> Response:
     override = parameters.get("config")
     if override is not None and not isinstance(override, str):
         raise BadRequestError("parameters.config must be a string holding the configuration JSON")
+    files = {k: v for k, v in parameters.items() if k.startswith("file:")}
+    if files:
+        await load_with_files(request, override, files)
+        return JSONBytesResponse({})
     await _dataplane(request).load_model(request.path_params["model"], override)
     return JSONBytesResponse({})
 

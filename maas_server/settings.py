@@ -9,6 +9,7 @@ from typing import Literal
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_QUEUE_SIZE",
+    "DEFAULT_MAX_UPLOAD_BYTES",
     "OPEN_PATHS",
     "AccessLogFormat",
     "ModelControl",
@@ -16,9 +17,10 @@ __all__ = [
     "default_repository",
 ]
 
-ModelControl = Literal["none", "explicit"]
+ModelControl = Literal["none", "explicit", "poll"]
 AccessLogFormat = Literal["text", "json", "off"]
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_UPLOAD_BYTES = 8 * 1024 * 1024 * 1024
 DEFAULT_MAX_QUEUE_SIZE = 512
 """Requests that may wait in each priority queue of a model whose configuration sets no
 ``max_queue_size``; one more gets 503 with ``Retry-After``."""
@@ -40,7 +42,11 @@ class Settings:
     """How the server behaves.
 
     ``model_control="none"`` loads every model of the repository at start; ``"explicit"`` loads
-    only what is asked for through the repository API. ``strict_readiness`` (Triton's default)
+    only what is asked for through the repository API; ``"poll"`` loads everything at start,
+    then looks at the repository every ``poll_interval_s`` and loads, reloads and unloads what
+    changed (a version once its files are the same on two looks in a row).
+    ``max_upload_bytes``: the largest model a publish request may upload (413; an API key may
+    set a lower limit). ``strict_readiness`` (Triton's default)
     makes ``/v2/health/ready`` answer 503 while any model that should be served is not.
     ``inline_threshold_us``: requests whose estimated run time is below this many microseconds
     run on the event loop instead of a worker thread (0 turns it off). ``max_inflight``: requests
@@ -80,6 +86,8 @@ class Settings:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     access_log: AccessLogFormat = "off"
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    poll_interval_s: float = 5.0
 
     @property
     def auth_enabled(self) -> bool:

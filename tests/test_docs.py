@@ -5,6 +5,7 @@ http://127.0.0.1:8000; the test points them at its own server instead."""
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,8 +29,11 @@ DOC_FILES = [p for p in ALL_DOCS if python_blocks(p)]
 
 
 @pytest.fixture
-def docs_server() -> Iterator[RunningServer]:
-    running = start_server(Settings(repository=default_repository()))
+def docs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    # a copy: docs/publishing.md publishes and deletes models
+    repository = tmp_path_factory.mktemp("docs") / "repository"
+    shutil.copytree(default_repository(), repository)
+    running = start_server(Settings(repository=repository))
     yield running
     running.stop()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,11 +34,16 @@ ANSWER_TIMEOUT_S = 10.0
 
 
 @pytest.fixture(scope="module")
-def target(repository: Path) -> Iterator[tuple[asyncio.AbstractEventLoop, Any, Starlette]]:
-    """One app for every example, with its own event loop (hypothesis drives sync tests)."""
+def target(
+    repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[asyncio.AbstractEventLoop, Any, Starlette]]:
+    """One app for every example, with its own event loop (hypothesis drives sync tests), on a
+    copy of the repository (the admin key may delete and publish models)."""
     loop = asyncio.new_event_loop()
+    copy = tmp_path_factory.mktemp("fuzz") / "repository"
+    shutil.copytree(repository, copy)
     app_settings = Settings(
-        repository=repository,
+        repository=copy,
         admin_api_key=ADMIN,
         max_body_bytes=256 * 1024,
         max_tensor_elements=100_000,
