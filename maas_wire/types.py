@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "ErrorResponse",
+    "FailedPublish",
     "InferenceRequest",
     "InferenceResponse",
     "InferenceStatistics",
@@ -24,6 +25,8 @@ __all__ = [
     "ModelMetadata",
     "ModelState",
     "ModelStatistics",
+    "ModelVersionInfo",
+    "ModelVersions",
     "RepositoryIndexRequest",
     "RepositoryModel",
     "RepositoryModelLoadRequest",
@@ -207,3 +210,45 @@ class ErrorResponse(_Answer):
     """The body of every non-2xx answer."""
 
     error: str
+
+
+class ModelVersionInfo(_Answer):
+    """One version in ``GET /v2/repository/models/{name}/versions`` (maas), and the answer of a
+    publish (``PUT .../versions/{v}``, ``POST .../versions``): where it stands and where it
+    came from."""
+
+    name: str
+    version: str
+    state: str
+    reason: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    created: str | None = None
+    """When it was published (ISO 8601, UTC)."""
+    framework: str | None = None
+    key_name: str | None = None
+    """The name of the API key that published it."""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    default: bool = False
+
+
+class FailedPublish(_Answer):
+    """A publish that did not happen (nothing of it was kept): when, why, by whom."""
+
+    version: str | None = None
+    created: str | None = None
+    status: int | None = None
+    reason: str | None = None
+    key_name: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelVersions(_Answer):
+    """``GET /v2/repository/models/{name}/versions`` (maas): every version, the default one,
+    the one unversioned requests reach now, and the failed attempts, newest first."""
+
+    name: str
+    default: str | None = None
+    serving: str | None = None
+    versions: list[ModelVersionInfo] = Field(default_factory=list)
+    failed_attempts: list[FailedPublish] = Field(default_factory=list)
