@@ -28,6 +28,7 @@ from .openai_routes import openai_routes
 from .repository import ModelRepository
 from .routes import JSONBytesResponse, routes
 from .settings import Settings
+from .shutdown import Shutdown, ShutdownGuard
 from .stats import Rejections
 
 __all__ = ["build_middleware", "create_app"]
@@ -57,10 +58,14 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 
 
 def build_middleware(
-    settings: Settings, rejections: Rejections, keys: KeyStore | None
+    settings: Settings,
+    rejections: Rejections,
+    keys: KeyStore | None,
+    shutdown: Shutdown | None = None,
 ) -> list[Middleware]:
     """The middleware stack, outermost first: CORS (only with origins; preflights carry no key),
-    then one :class:`RequestGuard` (request ids, header limit, API keys, deadline, access log)."""
+    then one :class:`RequestGuard` (request ids, header limit, API keys, deadline, access log),
+    then the :class:`ShutdownGuard` (requests in flight; 503 while the server drains)."""
     stack: list[Middleware] = []
     if settings.cors_origins:
         stack.append(
@@ -85,6 +90,8 @@ def build_middleware(
                 rejections=rejections,
             )
         )
+    if shutdown is not None:
+        stack.append(Middleware(ShutdownGuard, shutdown=shutdown, rejections=rejections))
     return stack
 
 
@@ -114,6 +121,12 @@ def create_app(settings: Settings) -> Starlette:
     if settings.metrics_port is None:
         extra_routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     generation = GenerationService(repository)
+    shutdown = Shutdown()
+
+    def not_ready() -> None:  # the first thing the drain does (see maas_server.shutdown)
+        dataplane.started = False
+
+    shutdown.subscribe(not_ready)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -137,7 +150,7 @@ def create_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         routes=[*routes, *generate_routes, *openai_routes, *extra_routes],
-        middleware=build_middleware(settings, rejections, keys),
+        middleware=build_middleware(settings, rejections, keys, shutdown),
         lifespan=lifespan,
         exception_handlers={
             ServerError: _server_error,
@@ -148,6 +161,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.dataplane = dataplane
     app.state.generation = generation
     app.state.settings = settings
+    app.state.shutdown = shutdown
     app.state.rejections = rejections
     app.state.keys = keys
     app.state.metrics_registry = registry

@@ -319,12 +319,13 @@ def test_servicemonitor_scrapes_the_service_port_with_a_key() -> None:
 
 
 class Served(Exception):
-    """Raised in place of uvicorn.run: maas serve got that far with these arguments."""
+    """Raised in place of uvicorn's run: maas serve got that far with these arguments."""
 
 
 @pytest.fixture
 def run_serve(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Run ``maas serve ARGS`` for real up to uvicorn.run, which records its arguments."""
+    """Run ``maas serve ARGS`` for real up to ``uvicorn.Server.run``, which records what
+    uvicorn was told."""
     import logging
 
     import uvicorn
@@ -338,12 +339,13 @@ def run_serve(monkeypatch: pytest.MonkeyPatch) -> Any:
         seen["settings"] = settings
         return object()
 
-    def fake_run(app: object, **kwargs: Any) -> None:
-        seen.update(kwargs)
+    def fake_run(server: uvicorn.Server, sockets: object = None) -> None:
+        config = server.config
+        seen.update(host=config.host, port=config.port, log_level=config.log_level)
         raise Served
 
     monkeypatch.setattr(maas_server, "create_app", fake_create_app)
-    monkeypatch.setattr(uvicorn, "run", fake_run)
+    monkeypatch.setattr(uvicorn.Server, "run", fake_run)
     monkeypatch.setattr(maas_server.access_log, "configure_access_logger", lambda: None)
     monkeypatch.setattr(logging, "basicConfig", lambda **_: None)
     monkeypatch.delenv("MAAS_SERVER_API_KEYS_FILE", raising=False)
