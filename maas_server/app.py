@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from .access_log import AccessLog
+from .asgi import SCOPE_REQUEST_ID
 from .auth import AccessControl, KeyStore
 from .dataplane import DataPlane
 from .errors import ServerError
@@ -53,8 +55,23 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    logger.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONBytesResponse({"error": f"internal server error: {exc}"}, status_code=500)
+    """A fault no route expected: the caller gets a plain 500 and the request id, the log gets
+    the details and the traceback under that id (never the caller: the text of an exception
+    may name files, settings or data of other requests)."""
+    given = request.scope.get(SCOPE_REQUEST_ID)  # the access log's id, when it is on
+    request_id = given.decode("ascii", "replace") if isinstance(given, bytes) else uuid.uuid4().hex
+    logger.error(
+        "unexpected error on %s %s (request id %s)",
+        request.method,
+        request.url.path,
+        request_id,
+        exc_info=exc,
+    )
+    return JSONBytesResponse(
+        {"error": "internal server error", "request_id": request_id},
+        status_code=500,
+        headers={"X-Request-ID": request_id},
+    )
 
 
 def build_middleware(
