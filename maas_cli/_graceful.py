@@ -6,9 +6,9 @@ keeps listening while it drains (see :mod:`maas_server.shutdown`):
 
 1. the first SIGTERM or Ctrl-C begins the app's drain: readiness 503, open generation streams
    end with an error event, new requests get 503 + ``Retry-After``;
-2. once no request is in flight, or ``graceful_timeout`` seconds after the signal, uvicorn shuts
-   down (requests still running then are cancelled), the app's lifespan ends, the process exits
-   with status 0;
+2. once no request is in flight, or ``graceful_timeout`` seconds after the signal (requests
+   still running then are cancelled; those whose answer has not started get 503), uvicorn shuts
+   down, the app's lifespan ends (closing the models), the process exits with status 0;
 3. if the process is still alive ``graceful_timeout + EXIT_MARGIN_S`` seconds after the signal
    (a model call that does not return holds its thread), it exits with status
    :data:`EXIT_FORCED`. A second signal ends the drain at once.
@@ -38,6 +38,7 @@ logger = logging.getLogger("maas_server")
 
 EXIT_MARGIN_S = 5.0
 """Seconds beyond the graceful timeout left to uvicorn's shutdown and the app's lifespan."""
+_CUT_WAIT_S = 1.0  # for the cancelled requests to send their 503
 EXIT_FORCED = 1
 """Exit status when the process had to be ended after ``graceful_timeout + EXIT_MARGIN_S``."""
 
@@ -107,10 +108,12 @@ class GracefulServer(uvicorn.Server):
             logger.info("drained: no request in flight")
         else:
             logger.warning(
-                "%d request(s) still in flight after the graceful timeout of %g s: cancelling them",
+                "%d request(s) still in flight after the graceful timeout of %g s: cancelling "
+                "them (503 to those whose answer has not started)",
                 shutdown.inflight,
                 self.graceful_timeout,
             )
+            await shutdown.cut(_CUT_WAIT_S)
         assert self.signalled_at is not None
         elapsed = time.monotonic() - self.signalled_at
         # uvicorn waits for its connections only for what is left of the graceful timeout

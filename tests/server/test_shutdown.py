@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 from maas_server import Settings, default_repository
-from maas_server.shutdown import SHUTDOWN_MESSAGE
+from maas_server.shutdown import CUT_MESSAGE, SHUTDOWN_MESSAGE
 from tests import models
 from tests.conftest import free_port
 from tests.server.apps import asgi_app
@@ -254,17 +254,21 @@ def test_drain_past_the_graceful_timeout_still_exits(launch: Callable[..., Serve
     until(lambda: served.entered("held"), what="the held model call running")
     served.process.send_signal(signal.SIGTERM)
     signalled = time.monotonic()
-    # the model call never returns: the request is cancelled at 1 s, and the process, whose
-    # model thread is still busy, ends itself at 1 + 5 s
+    # the model call never returns: the request is cancelled at 1 s and told to retry
+    # elsewhere; the process, whose model thread is still busy, ends itself at 1 + 5 s
+    until(lambda: held.done, what="the held request answered")
+    assert held.error is None and held.result is not None
+    assert held.result.status_code == 503
+    assert held.result.headers["retry-after"] == "1"
+    assert held.result.json() == {"error": CUT_MESSAGE}
     status = served.process.wait(timeout=30)
     elapsed = time.monotonic() - signalled
     assert status == 1
     assert elapsed < 1 + 5 + 10  # generous for a busy machine; the log below says why it ended
-    until(lambda: held.done, what="the held request's connection ended")
-    assert held.result is None or held.result.status_code != 200
     log = served.text()
     assert "1 request(s) still in flight after the graceful timeout of 1 s" in log
     assert "exiting now with status 1" in log
+    assert "Exception in ASGI application" not in log
 
 
 def test_ctrl_c_with_nothing_in_flight_exits_0_at_once(launch: Callable[..., Served]) -> None:
@@ -286,7 +290,7 @@ def _one_row() -> dict[str, Any]:
 # --- the drain of the app, in-process -----------------------------------------------------------
 
 
-async def test_drain_ends_a_generate_stream_and_refuses_new_requests(
+async def test_drain_ends_a_generate_stream_refuses_new_requests_and_cuts_the_rest(
     shutdown_repository: Path,
 ) -> None:
     settings = Settings(repository=shutdown_repository)
@@ -316,6 +320,11 @@ async def test_drain_ends_a_generate_stream_and_refuses_new_requests(
                 await asyncio.sleep(0.01)
             shutdown = app.state.shutdown
             assert shutdown.inflight == 1
+            short = {"text_input": "Copyright", "max_tokens": 4}
+            waiting = asyncio.create_task(client.post("/v2/models/tiny_gpt/generate", json=short))
+            while shutdown.inflight < 2:  # the second request waits in the held engine
+                assert time.monotonic() < deadline and not waiting.done()
+                await asyncio.sleep(0.01)
             shutdown.begin()
             stream = await asyncio.wait_for(answer, 30)
             assert (await client.get("/v2/health/ready")).status_code == 503
@@ -326,7 +335,12 @@ async def test_drain_ends_a_generate_stream_and_refuses_new_requests(
             metrics = await client.get("/metrics")
             assert metrics.status_code == 200
             assert 'maas_rejected_requests_total{reason="shutting_down"} 1.0' in metrics.text
-            assert await shutdown.wait_idle(5)
+            # the request waiting in the engine is still in flight; cut, it is told to retry
+            assert shutdown.inflight == 1 and not waiting.done()
+            assert await shutdown.cut(5)
+            cut = await waiting
+            assert cut.status_code == 503 and cut.headers["retry-after"] == "1"
+            assert cut.json() == {"error": CUT_MESSAGE}
         finally:
             gate.set()
             del engine._execute
