@@ -276,7 +276,7 @@ def serve(
     if config.ssl is not None:
         tls_floor(config.ssl)
     server = GracefulServer(config, app, graceful_timeout)
-    with contextlib.suppress(KeyboardInterrupt):  # a Ctrl-C before the server listened
+    with contextlib.suppress(KeyboardInterrupt):  # a Ctrl-C while the event loop starts or ends
         server.run()
     if not server.started:
         raise typer.Exit(3)  # as uvicorn.run: it could not start (the log says why)
