@@ -189,14 +189,19 @@ def run_round(port: int, streams: int, tokens: int) -> list[StreamTiming]:
 
 
 def summarize(target: str, streams: int, rounds: list[list[StreamTiming]]) -> Row:
-    ttft, step, aggregate = [], [], []
+    ttft, step, whole, aggregate = [], [], [], []
     for timings in rounds:
         for t in timings:
             ttft.append(t.first - t.sent)
-            step.append((t.last - t.first) / max(t.tokens - 1, 1))
+            whole.append((t.last - t.sent) / max(t.tokens, 1))
+            if t.last > t.first:
+                # A stream whose tokens all arrived in one read has no measurable step time.
+                step.append((t.last - t.first) / max(t.tokens - 1, 1))
         wall = max(t.last for t in timings) - min(t.sent for t in timings)
         aggregate.append(sum(t.tokens for t in timings) / wall)
-    median_step = statistics.median(step)
+    # Without one measurable stream, the time from sending to the last token per token is an
+    # upper bound of the step time (it includes the time to the first token).
+    median_step = statistics.median(step or whole)
     return Row(
         target,
         streams,

@@ -108,8 +108,12 @@ class Row:
 # --- the model repository ---------------------------------------------------------------------
 
 
-def build_repository(root: Path) -> Path:
-    """``mlp`` (FP32 [-1,64] -> [-1,10]) and ``image`` (FP32 identity [-1,3,224,224])."""
+def build_repository(root: Path, mlp_threads: int | None = None) -> Path:
+    """``mlp`` (FP32 [-1,64] -> [-1,10]) and ``image`` (FP32 identity [-1,3,224,224]).
+
+    ``mlp_threads`` pins the MLP's intra-op threads in its configuration instead of letting the
+    server size them (``os.cpu_count()`` reproduces how maas sized them before it read the
+    CPUs the process may use)."""
     from onnx import TensorProto
 
     from tests import models
@@ -119,7 +123,11 @@ def build_repository(root: Path) -> Path:
         (root / name / "config.json").write_text(json.dumps(config))
 
     in_f, hidden, out_f = MLP_FEATURES
-    put("mlp", models.mlp_model(in_f, hidden, out_f), {"max_batch_size": 64, "warmup": 2})
+    mlp_config: dict[str, Any] = {"max_batch_size": 64, "warmup": 2}
+    if mlp_threads is not None:
+        options = {"intra_op_num_threads": mlp_threads}
+        mlp_config["execution_providers"] = [{"name": "CPUExecutionProvider", "options": options}]
+    put("mlp", models.mlp_model(in_f, hidden, out_f), mlp_config)
     put(
         "image",
         models.identity_model(TensorProto.FLOAT, ["batch", *IMAGE_SHAPE[1:]]),
@@ -465,7 +473,7 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[list[Row], str]:
     engines: list[Engine] = args.engines
     budget = Budget(args.duration, args.count, args.client_processes)
     round_trips = Budget(args.duration, args.round_trips, 1)
-    repo = build_repository(workdir / "repository")
+    repo = build_repository(workdir / "repository", args.mlp_threads)
     mlp_path = repo / "mlp" / "1" / "model.onnx"
     rng = np.random.default_rng(0)
     vector = rng.standard_normal((1, MLP_FEATURES[0])).astype(np.float32)
@@ -575,6 +583,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="auto",
         help="also run maas pinned to one core with the load generator on another (auto: "
         "where two CPUs and taskset are available)",
+    )
+    parser.add_argument(
+        "--mlp-threads",
+        type=int,
+        help="intra-op threads of the MLP, set in its configuration (default: the server sizes "
+        "them; os.cpu_count() is how maas sized them before it read the CPUs it may use)",
     )
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     parser.add_argument("--json", dest="json_out", type=Path, help="save the results here")

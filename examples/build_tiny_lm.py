@@ -9,9 +9,10 @@ Pretrained weights cannot be downloaded where maas is tested, so this script mak
 
 1. a byte-level BPE tokenizer (1,024 tokens, ``<|endoftext|>`` first) trained with
    ``tokenizers`` on the license texts in ``examples/tiny_lm_corpus/``;
-2. ``GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=256))`` with random
-   weights (seed 0). GPT-2's usual ``initializer_range=0.02`` makes greedy decoding repeat the last
-   prompt token; 0.5 gives varied output, which token-by-token tests need;
+2. ``GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=256))`` (~180k
+   parameters), trained on the same texts: the files joined into one token stream, each opened
+   by ``<|endoftext|>``, and AdamW on random windows of it, so that greedy decoding continues a
+   license (``"Permission is hereby"`` -> ``" granted, free of charge, to any person ..."``);
 3. one merged ONNX graph in Hugging Face Optimum's decoder layout: inputs ``input_ids``,
    ``attention_mask`` (past + new), ``position_ids`` and ``past_key_values.{i}.key/.value``
    ``[batch, heads, past, head_dim]`` (past length 0 on the first step); outputs ``logits`` and
@@ -21,16 +22,23 @@ It writes ``examples/model_repository/tiny_gpt/`` (``1/model.onnx``, ``tokenizer
 ``tokenizer_config.json`` with a chat template, ``config.json`` with ``"task":
 "text-generation"``) and checks, before it says done, that greedy decoding in onnxruntime with the
 cache equals decoding without it (the whole sequence re-run each step) and equals PyTorch's own
-``generate``, one prompt at a time and as a left-padded batch. The build is deterministic: the
-same versions write the same bytes.
+``generate``, one prompt at a time and as a left-padded batch, and that greedy decoding goes on
+with a few license sentences word for word (``CONTINUATIONS``).
+
+The build is deterministic: seeded, one thread, ``torch.use_deterministic_algorithms``, so the same
+versions on the same machine write the same bytes (training amplifies the last-bit differences
+between CPUs' floating-point kernels, so another kind of CPU may write other weights, which the
+checks then judge). Training takes 3 to 6 minutes on one core.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import pathlib
 import tempfile
+import time
 from typing import Any
 
 import numpy as np
@@ -49,8 +57,15 @@ N_LAYER = 2
 N_HEAD = 2
 N_EMBD = 64
 N_POSITIONS = 256
-INITIALIZER_RANGE = 0.5
 SEED = 0
+# training: AdamW on STEPS batches of BATCH random windows of WINDOW tokens of the corpus stream.
+# Short windows put short contexts, like a prompt's, in most of the loss: with 256-token ones the
+# loss ends lower but greedy decoding of a 3-word prompt strays after a few words.
+STEPS = 1500
+BATCH = 64
+WINDOW = 64
+LEARNING_RATE = 3e-3
+WARMUP = 50
 OPSET = 17
 EOS = "<|endoftext|>"
 
@@ -74,12 +89,19 @@ CONFIG = {
     ],
 }
 CHECK_PROMPTS = [
+    "Permission is hereby",
     "Licensed under the Apache License",
     "The software is provided",
     "Copyright",
     "You may not use this file except in compliance with",
 ]
 CHECK_TOKENS = 40
+# greedy decoding must reproduce the corpus after these prompts
+CONTINUATIONS = {
+    "Permission is hereby": " granted, free of charge, to any person obtaining a copy",
+    "Redistribution and use": " in source and binary forms, with or without",
+    "Licensed under the Apache License": ', Version 2.0 (the "License");',
+}
 
 
 def train_tokenizer() -> Tokenizer:
@@ -102,6 +124,14 @@ def train_tokenizer() -> Tokenizer:
     return tokenizer
 
 
+def corpus_stream(tokenizer: Tokenizer) -> torch.Tensor:
+    """Every corpus text, in sorted order, each opened by ``<|endoftext|>``, as one token stream."""
+    ids: list[int] = []
+    for path in sorted(CORPUS.glob("*.txt")):
+        ids += [0, *tokenizer.encode(path.read_text(encoding="utf-8")).ids]
+    return torch.tensor(ids, dtype=torch.int64)
+
+
 def build_model() -> GPT2LMHeadModel:
     torch.manual_seed(SEED)
     config = GPT2Config(
@@ -110,14 +140,44 @@ def build_model() -> GPT2LMHeadModel:
         n_embd=N_EMBD,
         n_positions=N_POSITIONS,
         vocab_size=VOCAB_SIZE,
-        initializer_range=INITIALIZER_RANGE,
         bos_token_id=0,
         eos_token_id=0,
+        # a model this small memorises its corpus better without dropout
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     config._attn_implementation = "eager"
-    model = GPT2LMHeadModel(config)
+    return GPT2LMHeadModel(config)
+
+
+def train(model: GPT2LMHeadModel, stream: torch.Tensor) -> None:
+    """AdamW with a linear warm-up and a cosine decay, on random windows of the stream."""
+    generator = torch.Generator().manual_seed(SEED)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.01)
+
+    def rate(step: int) -> float:
+        if step < WARMUP:
+            return (step + 1) / WARMUP
+        return 0.5 * (1 + math.cos(math.pi * (step - WARMUP) / (STEPS - WARMUP)))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
+    offsets = torch.arange(WINDOW)
+    model.train()
+    started = time.monotonic()
+    for step in range(STEPS):
+        starts = torch.randint(0, len(stream) - WINDOW + 1, (BATCH,), generator=generator)
+        windows = stream[starts[:, None] + offsets]
+        loss = model(input_ids=windows, labels=windows).loss
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if step % 100 == 0 or step == STEPS - 1:
+            elapsed = time.monotonic() - started
+            print(f"  step {step:5d}  loss {loss.item():.3f}  {elapsed:5.0f} s", flush=True)
     model.eval()
-    return model
 
 
 class OptimumLayout(torch.nn.Module):
@@ -282,11 +342,24 @@ def check(model_path: pathlib.Path, model: GPT2LMHeadModel, tokenizer: Tokenizer
         if len(set(alone)) < CHECK_TOKENS // 4:
             raise SystemExit(f"greedy output of {text!r} is too repetitive: {alone}")
         print(f"  {text!r} -> {tokenizer.decode(alone)!r}")
+    for prompt, expected in CONTINUATIONS.items():
+        ids = tokenizer.encode(prompt).ids
+        text = tokenizer.decode(
+            greedy_cached(session, [ids], len(tokenizer.encode(expected).ids))[0]
+        )
+        if not text.startswith(expected):
+            raise SystemExit(f"greedy decoding of {prompt!r} gives {text!r}, not {expected!r}")
 
 
 def main() -> None:
+    started = time.monotonic()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
     tokenizer = train_tokenizer()
+    stream = corpus_stream(tokenizer)
     model = build_model()
+    print(f"training on {len(stream)} tokens: {STEPS} steps of {BATCH} x {WINDOW}")
+    train(model, stream)
     version_dir = TARGET / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -307,13 +380,15 @@ def main() -> None:
     }
     (TARGET / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     (TARGET / "config.json").write_text(json.dumps(CONFIG, indent=2) + "\n")
-    print("greedy decoding: cached == uncached == torch generate == left-padded batch")
+    print("greedy decoding: cached == uncached == torch generate == left-padded batch,")
+    print("and it continues the corpus")
     check(model_path, model, tokenizer)
     for path in sorted(TARGET.rglob("*")):
         if path.is_file():
             digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
             size = path.stat().st_size
             print(f"{path.relative_to(HERE)}  {size} bytes  sha256 {digest}")
+    print(f"built in {time.monotonic() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import typer
+from typing import Any
 
-from ._common import root
+import typer
+from typer.core import TyperGroup
+
+from ._common import accept_global_options, root
 from .bench import bench
 from .generate import generate
 from .health import health
@@ -15,7 +18,19 @@ from .serve import serve
 
 __all__ = ["app", "main"]
 
+
+class _Maas(TyperGroup):
+    """The ``maas`` group: every command below it also takes the global options after its name
+    (``maas predict digits --url URL``), where they win over those given before it."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        for command in self.commands.values():
+            accept_global_options(command)
+
+
 app = typer.Typer(
+    cls=_Maas,
     name="maas",
     help="Models as a service: serve ONNX models and call them over the Open Inference Protocol.",
     no_args_is_help=True,

@@ -3,13 +3,15 @@ a command.
 
 ``maas --url URL --api-key KEY --timeout S --max-retries N [--debug] COMMAND ...``: each option
 also comes from ``MAAS_BASE_URL``, ``MAAS_API_KEY``, ``MAAS_TIMEOUT``, ``MAAS_MAX_RETRIES`` and
-``MAAS_DEBUG``. A failed call ends the command with status 1 and one line on stderr (two with
-what to try), the traceback only with ``--debug``; inputs that do not fit the model end it with
-status 2, like any usage error.
+``MAAS_DEBUG``, and is also taken after the command (``maas models list --url URL``), where it
+wins over the same option given before the command or by the environment. A failed call ends the
+command with status 1 and one line on stderr (two with what to try), the traceback only with
+``--debug``; inputs that do not fit the model end it with status 2, like any usage error.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import traceback
 from collections.abc import Iterator
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GlobalOptions",
+    "accept_global_options",
     "async_client_from",
     "client_from",
     "console",
@@ -36,11 +39,13 @@ __all__ = [
 
 USAGE_ERROR = 2
 CALL_ERROR = 1
+GLOBAL_PANEL = "Global options (also accepted before the command)"
 
 
 @dataclass(frozen=True)
 class GlobalOptions:
-    """The options given before the command (or by the environment)."""
+    """The options given before the command (or by the environment), overridden by those given
+    after it."""
 
     url: str | None = None
     api_key: str | None = None
@@ -95,6 +100,82 @@ def root(
     Example: maas --url http://127.0.0.1:8000 models list
     """
     ctx.obj = GlobalOptions(url, api_key, timeout, max_retries, debug)
+
+
+def _given_after_the_command(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
+    """A global option given after the command replaces the value it had before the command."""
+    if value is not None and value is not False and param.name is not None:
+        ctx.obj = dataclasses.replace(_options(ctx), **{param.name: value})
+    return value
+
+
+def _after_the_command(
+    url: Annotated[
+        str | None,
+        typer.Option(
+            "--url",
+            help="The server (default http://127.0.0.1:8000); several, comma-separated, spread "
+            "the requests.",
+            callback=_given_after_the_command,
+            rich_help_panel=GLOBAL_PANEL,
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            help="API key, sent as a bearer token.",
+            callback=_given_after_the_command,
+            rich_help_panel=GLOBAL_PANEL,
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            min=0,
+            help="Seconds each network phase may take.",
+            callback=_given_after_the_command,
+            rich_help_panel=GLOBAL_PANEL,
+        ),
+    ] = None,
+    max_retries: Annotated[
+        int | None,
+        typer.Option(
+            "--max-retries",
+            min=0,
+            help="Retries after a failure.",
+            callback=_given_after_the_command,
+            rich_help_panel=GLOBAL_PANEL,
+        ),
+    ] = None,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="Show tracebacks of errors.",
+            callback=_given_after_the_command,
+            rich_help_panel=GLOBAL_PANEL,
+        ),
+    ] = False,
+) -> None:
+    """The global options as a command takes them: no environment variables (those are read
+    once, before the command), and the values go to the context's GlobalOptions, not to the
+    command's function. Never called: only its parameters are used."""
+
+
+def accept_global_options(command: Any) -> None:
+    """Let ``command`` (a click command or group built by typer) and every command below it take
+    the global options after their name, unless the command has an option of that name itself."""
+    probe = typer.Typer(add_completion=False)
+    probe.command()(_after_the_command)
+    taken = {opt for param in command.params for opt in param.opts}
+    for param in typer.main.get_command(probe).params:
+        if not taken.intersection(param.opts):
+            param.expose_value = False  # the callback has recorded it
+            command.params.append(param)
+    for sub in getattr(command, "commands", {}).values():
+        accept_global_options(sub)
 
 
 def _options(ctx: typer.Context) -> GlobalOptions:

@@ -11,8 +11,8 @@ and the numpy codec in :mod:`maas_client.codec`; the server imports both.
 
 from __future__ import annotations
 
-from ._batched import BatchResult
-from ._client import AsyncClient, Client
+from ._async import AsyncClient, AsyncGenerationStream, AsyncStream
+from ._batch_result import BatchError, BatchResult, ChunkFailure
 from ._endpoints import Endpoints
 from ._exceptions import (
     APIConnectionError,
@@ -23,9 +23,8 @@ from ._exceptions import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
-    BatchError,
-    ChunkFailure,
     ConflictError,
+    EndpointNotSupportedError,
     InputError,
     InternalServerError,
     MaasError,
@@ -37,18 +36,12 @@ from ._exceptions import (
     ServiceUnavailableError,
     UnprocessableEntityError,
 )
-from ._generation import (
-    AsyncGenerationStream,
-    GenerateOptions,
-    Generation,
-    GenerationChunk,
-    GenerationStream,
-)
+from ._generation import GenerateOptions, Generation, GenerationChunk
 from ._inputs import Input, Output
 from ._response import RawResponse
 from ._result import InferResult, RepositoryIndex, Timing
 from ._retry import RetryEvent, RetryPolicy
-from ._streaming import AsyncStream, Stream
+from ._sync import Client, GenerationStream, Stream
 from ._types import NOT_GIVEN, NotGiven
 
 __all__ = [
@@ -69,6 +62,7 @@ __all__ = [
     "ChunkFailure",
     "Client",
     "ConflictError",
+    "EndpointNotSupportedError",
     "Endpoints",
     "GenerateOptions",
     "Generation",

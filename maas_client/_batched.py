@@ -18,18 +18,16 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
+from ._batch_result import BatchError, BatchResult, ChunkFailure
 from ._dataframes import is_dataframe
 from ._exceptions import (
-    APIStatusError,
     AuthenticationError,
-    BatchError,
-    ChunkFailure,
     InputError,
     MaasError,
     NotFoundError,
@@ -40,16 +38,19 @@ from ._result import InferResult, Timing
 from .types import InferenceResponse, ModelConfiguration, ModelMetadata, ResponseOutput
 
 if TYPE_CHECKING:
-    from ._client import AsyncClient, Client
     from ._types import CallOptions, VersionLike
 
 __all__ = [
-    "BatchResult",
+    "NO_CONFIG_STATUSES",
+    "Batch",
     "Progress",
     "ProgressLike",
     "async_infer_batched",
+    "check_concurrency",
     "chunk_rows",
+    "declared_max_batch_size",
     "infer_batched",
+    "plan_batch",
     "progress_bar",
 ]
 
@@ -61,43 +62,11 @@ _STOPS_THE_BATCH = (InputError, AuthenticationError, PermissionDeniedError, NotF
 """Errors that every later chunk would meet too: after one, no further chunk is sent."""
 
 
-class BatchResult(InferResult):
-    """The outputs of an :meth:`~maas_client.Client.infer_batched` call, in input order.
-
-    A mapping of output names to arrays like :class:`~maas_client.InferResult`; ``chunks`` holds
-    the result of each request (request ids, timings), ``timing`` the whole call (its
-    ``attempts`` summed over the requests) and ``index`` the DataFrame index of the rows when the
-    inputs were a DataFrame (:meth:`to_pandas` keeps it).
-    """
-
-    __slots__ = ("chunks", "index")
-
-    def __init__(
-        self,
-        response: InferenceResponse,
-        outputs: dict[str, np.ndarray[Any, Any]],
-        *,
-        chunks: list[InferResult],
-        timing: Timing,
-        index: Any = None,
-    ) -> None:
-        super().__init__(response, outputs, request_id=None, timing=timing)
-        self.chunks = chunks
-        self.index = index
-
-    @property
-    def request_ids(self) -> list[str | None]:
-        return [chunk.request_id for chunk in self.chunks]
-
-    def to_pandas(self, index: Any = None) -> Any:
-        return super().to_pandas(self.index if index is None else index)
-
-
 # --- planning ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class _Batch:
+class Batch:
     """The inputs as arrays sharing a first dimension of ``rows``, and how they are cut."""
 
     items: list[Input]
@@ -129,22 +98,26 @@ def _as_array(item: Input, metadata: ModelMetadata) -> np.ndarray[Any, Any]:
     return np.asarray(item.data)
 
 
-def _declared_max_batch_size(metadata: ModelMetadata) -> int | None:
+def declared_max_batch_size(metadata: ModelMetadata) -> int | None:
     """maas puts ``max_batch_size`` in the model's metadata; other servers only in its config."""
     value = (metadata.parameters or {}).get("max_batch_size")
     return value if isinstance(value, int) else None
 
 
 def _max_batch_size(config: ModelConfiguration | None, metadata: ModelMetadata) -> int:
-    declared = _declared_max_batch_size(metadata)
+    declared = declared_max_batch_size(metadata)
     if declared is not None:
         return declared
     return config.max_batch_size if config is not None else 0
 
 
-_NO_CONFIG_STATUSES = frozenset({400, 404, 405, 501})
+NO_CONFIG_STATUSES = frozenset({400, 404, 405, 501})
 """Answers to the configuration call of a server that has none (the model itself exists: its
 metadata came first)."""
+
+
+def _shapes(metadata: ModelMetadata) -> str:
+    return ", ".join(f"{spec.name} {list(spec.shape)}" for spec in metadata.inputs) or "none"
 
 
 def plan_batch(
@@ -152,11 +125,22 @@ def plan_batch(
     metadata: ModelMetadata,
     config: ModelConfiguration | None,
     batch_size: int | None,
-) -> _Batch:
+    *,
+    has_config: bool = True,
+) -> Batch:
+    """How to cut ``inputs``; ``has_config=False``: the server has no configuration endpoint,
+    so unless the metadata says, the model's batch size is unknown rather than 0."""
     if batch_size is not None and batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     limit = _max_batch_size(config, metadata)
     if batch_size is None and limit <= 0:
+        if not has_config and declared_max_batch_size(metadata) is None:
+            raise InputError(
+                f"the batch size of model {metadata.name!r} is unknown: the server has no "
+                "configuration endpoint and its metadata does not declare max_batch_size "
+                f"(input shapes {_shapes(metadata)}); pass batch_size=N with the most rows the "
+                "model takes in one request"
+            )
         raise InputError(
             f"model {metadata.name!r} declares no batch dimension (max_batch_size 0), so its "
             "inputs cannot be split safely; pass batch_size= if their first dimension is one"
@@ -176,7 +160,7 @@ def plan_batch(
         raise InputError(f"the inputs do not have the same number of rows ({shown})")
     rows = next(iter(lengths.values()))
     assert rows is not None
-    return _Batch(items, rows, size, index)
+    return Batch(items, rows, size, index)
 
 
 def _assemble(
@@ -216,7 +200,7 @@ def _assemble(
 
 def _finish(
     model: str,
-    batch: _Batch,
+    batch: Batch,
     done: list[tuple[int, int, InferResult]],
     failures: list[ChunkFailure],
     started: float,
@@ -284,56 +268,40 @@ def progress_bar(progress: ProgressLike, total: int, description: str) -> Progre
 # --- the calls --------------------------------------------------------------------------------
 
 
-def _check_concurrency(concurrency: int) -> None:
+def check_concurrency(concurrency: int) -> None:
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
 
 
-def _config_or_none(fetch: Callable[[], ModelConfiguration]) -> ModelConfiguration | None:
-    try:
-        return fetch()
-    except APIStatusError as exc:
-        if exc.status_code in _NO_CONFIG_STATUSES:
-            return None
-        raise
-
-
 def infer_batched(
-    client: Client,
+    infer: Callable[..., InferResult],
     model: str,
-    inputs: Any,
+    batch: Batch,
     *,
-    batch_size: int | None,
+    started: float,
     concurrency: int,
     progress: ProgressLike,
     version: VersionLike,
     outputs: Sequence[str | Output] | None,
-    binary: bool | None,
+    binary: bool,
     validate: bool | None,
     parameters: Mapping[str, Any] | None,
     options: CallOptions,
 ) -> BatchResult:
-    """:meth:`Client.infer_batched` (threads for the requests in flight)."""
-    _check_concurrency(concurrency)
-    started = time.monotonic()
-    metadata = client._model_metadata(model, version, options)
-    config = None
-    if _declared_max_batch_size(metadata) is None:
-        config = _config_or_none(lambda: client.models.config(model, version, **options))
-    batch = plan_batch(inputs, metadata, config, batch_size)
-    use_binary = client._use_binary(binary, options)
+    """The requests of :meth:`Client.infer_batched`, ``concurrency`` threads sending them."""
+    binary_wanted = binary
     bounds = batch.bounds()
     done: list[tuple[int, int, InferResult]] = []
     failures: list[ChunkFailure] = []
     bar = progress_bar(progress, batch.rows, model)
 
     def run(start: int, stop: int) -> InferResult:
-        return client.infer(
+        return infer(
             model,
             batch.chunk(start, stop),
             version=version,
             outputs=outputs,
-            binary=use_binary,
+            binary=binary_wanted,
             validate=validate,
             parameters=parameters,
             **options,
@@ -393,33 +361,22 @@ def infer_batched(
 
 
 async def async_infer_batched(
-    client: AsyncClient,
+    infer: Callable[..., Awaitable[InferResult]],
     model: str,
-    inputs: Any,
+    batch: Batch,
     *,
-    batch_size: int | None,
+    started: float,
     concurrency: int,
     progress: ProgressLike,
     version: VersionLike,
     outputs: Sequence[str | Output] | None,
-    binary: bool | None,
+    binary: bool,
     validate: bool | None,
     parameters: Mapping[str, Any] | None,
     options: CallOptions,
 ) -> BatchResult:
-    """:meth:`AsyncClient.infer_batched` (tasks for the requests in flight)."""
-    _check_concurrency(concurrency)
-    started = time.monotonic()
-    metadata = await client._model_metadata(model, version, options)
-    config: ModelConfiguration | None = None
-    if _declared_max_batch_size(metadata) is None:
-        try:
-            config = await client.models.config(model, version, **options)
-        except APIStatusError as exc:
-            if exc.status_code not in _NO_CONFIG_STATUSES:
-                raise
-    batch = plan_batch(inputs, metadata, config, batch_size)
-    use_binary = await client._use_binary(binary, options)
+    """The requests of :meth:`AsyncClient.infer_batched`, ``concurrency`` tasks sending them."""
+    binary_wanted = binary
     pending = list(reversed(batch.bounds()))
     done: list[tuple[int, int, InferResult]] = []
     failures: list[ChunkFailure] = []
@@ -430,12 +387,12 @@ async def async_infer_batched(
         while pending and not stopped:
             start, stop = pending.pop()
             try:
-                result = await client.infer(
+                result = await infer(
                     model,
                     batch.chunk(start, stop),
                     version=version,
                     outputs=outputs,
-                    binary=use_binary,
+                    binary=binary_wanted,
                     validate=validate,
                     parameters=parameters,
                     **options,

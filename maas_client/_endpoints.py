@@ -22,24 +22,16 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 from ._exceptions import APIConnectionError, APIStatusError, APITimeoutError
-
-if TYPE_CHECKING:
-    from ._base import BaseClient, ResolvedOptions
-    from ._client import AsyncClient, Client
 
 __all__ = [
     "Endpoint",
     "EndpointPool",
     "Endpoints",
     "Route",
-    "cancel_probes",
     "endpoint_failure",
     "parse_urls",
-    "start_async_probes",
-    "start_probes",
 ]
 
 
@@ -239,83 +231,3 @@ class Route:
     def fail_over(self, error: BaseException) -> bool:
         """Whether the retry after ``error`` goes to another endpoint at once."""
         return self.pool.can_fail_over(self.failed, error)
-
-
-# --- probes ----------------------------------------------------------------------------------
-
-
-def _probe_options(client: BaseClient[Any]) -> ResolvedOptions:
-    assert client._pool is not None
-    timeout = client._pool.settings.probe_timeout
-    return client._resolve({"timeout": timeout, "max_retries": 0})
-
-
-def _probe_sync(client: Client, endpoint: Endpoint) -> None:
-    from ._base import plan_health
-
-    assert client._pool is not None
-    ready = False
-    try:
-        answer = client._attempt(
-            plan_health("ready"),
-            _probe_options(client),
-            1,
-            time.monotonic(),
-            None,
-            base_url=endpoint.url,
-        )
-        ready = answer.response.status_code == 200
-    except Exception:  # any failure means "not back yet"
-        ready = False
-    finally:
-        client._pool.probed(endpoint, ready)
-
-
-async def _probe_async(client: AsyncClient, endpoint: Endpoint) -> None:
-    from ._base import plan_health
-
-    assert client._pool is not None
-    ready = False
-    try:
-        answer = await client._attempt(
-            plan_health("ready"),
-            _probe_options(client),
-            1,
-            time.monotonic(),
-            None,
-            base_url=endpoint.url,
-        )
-        ready = answer.response.status_code == 200
-    except Exception:
-        ready = False
-    finally:
-        client._pool.probed(endpoint, ready)
-
-
-def start_probes(client: Client) -> None:
-    """Probe the ejected endpoints that are due, each on a thread of its own."""
-    assert client._pool is not None
-    for endpoint in client._pool.due_probes():
-        threading.Thread(
-            target=_probe_sync, args=(client, endpoint), name="maas-probe", daemon=True
-        ).start()
-
-
-def start_async_probes(client: AsyncClient) -> None:
-    """Probe the ejected endpoints that are due, each in a task on the running loop."""
-    pool = client._pool
-    assert pool is not None
-    for endpoint in pool.due_probes():
-        task = asyncio.get_running_loop().create_task(_probe_async(client, endpoint))
-        pool.tasks.add(task)
-        task.add_done_callback(pool.tasks.discard)
-
-
-async def cancel_probes(pool: EndpointPool | None) -> None:
-    """Stop the probes still running (an asynchronous client is closing)."""
-    if pool is None or not pool.tasks:
-        return
-    tasks = list(pool.tasks)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)

@@ -24,15 +24,11 @@ the parsed body and the :class:`httpx.Response`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
-import numpy as np
 
-if TYPE_CHECKING:
-    from ._batched import BatchResult
+from ._html import block, e, one_line
 
 __all__ = [
     "APIConnectionError",
@@ -43,9 +39,8 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
-    "BatchError",
-    "ChunkFailure",
     "ConflictError",
+    "EndpointNotSupportedError",
     "InputError",
     "InternalServerError",
     "MaasError",
@@ -65,18 +60,12 @@ class MaasError(Exception):
     @property
     def hint(self) -> str:
         """What to try next, in a sentence."""
-        from ._display import error_hint
-
         return error_hint(self)
 
     def __repr__(self) -> str:
-        from ._display import error_repr
-
         return error_repr(self)
 
     def _repr_html_(self) -> str:
-        from ._display import error_html
-
         return error_html(self)
 
 
@@ -263,6 +252,39 @@ class ModelNotFoundError(NotFoundError):
         self.version = version
 
 
+class EndpointNotSupportedError(NotFoundError):
+    """404 from an optional endpoint of a model the server knows: the server does not have that
+    endpoint (MLServer and KServe have no ``/config``), the model is there.
+
+    ``endpoint`` names it (``"config"``), ``model`` and ``version`` the model asked about.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        response: httpx.Response,
+        error: str,
+        endpoint: str,
+        model: str,
+        version: str | None = None,
+        body: Any = None,
+        request_id: str | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(
+            message,
+            response=response,
+            error=error,
+            body=body,
+            request_id=request_id,
+            attempts=attempts,
+        )
+        self.endpoint = endpoint
+        self.model = model
+        self.version = version
+
+
 class ConflictError(APIStatusError):
     """409: the request conflicts with the server's state."""
 
@@ -287,56 +309,69 @@ class ServiceUnavailableError(InternalServerError):
     """503: the server or the model is not ready; retried by default."""
 
 
-@dataclass(frozen=True)
-class ChunkFailure:
-    """Rows ``start:stop`` of an :meth:`~maas_client.Client.infer_batched` call, and why they
-    failed: ``error`` is what the chunk's last attempt raised, or (``sent=False``) the error of
-    an earlier chunk after which no more chunks were sent."""
-
-    start: int
-    stop: int
-    error: BaseException
-    sent: bool = True
-
-    @property
-    def rows(self) -> range:
-        return range(self.start, self.stop)
+# --- how errors show ------------------------------------------------------------------------
 
 
-class BatchError(MaasError):
-    """Some chunks of an :meth:`~maas_client.Client.infer_batched` call failed after retries.
+def error_hint(error: BaseException) -> str:
+    """What to try after ``error``, in a sentence."""
+    if isinstance(error, InputError):
+        return "compare the inputs with client.models.get(model): names, shapes and datatypes"
+    if isinstance(error, APITimeoutError):
+        return "the server did not answer in time: raise timeout= or deadline=, or send less"
+    if isinstance(error, APIConnectionError):
+        url = error.request.url if error.request is not None else "the base URL"
+        return f"is a server running at {url}? start one with 'maas serve', or check the URL"
+    if isinstance(error, APIResponseValidationError):
+        return "the server's answer is not the Open Inference Protocol: is the URL right?"
+    if isinstance(error, EndpointNotSupportedError):
+        return f"this server has no {error.endpoint} endpoint: ask what the server supports"
+    if isinstance(error, APIStatusError):
+        status = error.status_code
+        hints = {
+            400: "the server refused the request: check the inputs against client.models.get",
+            401: "pass api_key= (or set MAAS_API_KEY) with a key the server knows",
+            403: "the API key lacks the scope or the model: ask for one that has it",
+            404: "check the name and version against client.models.list()",
+            409: "the model is changing state: try again when it is loaded or unloaded",
+            413: "the request is too large: send fewer rows, e.g. client.infer_batched(...)",
+            422: "the server understood the request but cannot run it: see the message",
+            429: "too many requests: slow down (retries already honour Retry-After)",
+            503: "the server or model is not ready: check client.server.ready() and "
+            "client.models.ready(model), or try later",
+        }
+        if status in hints:
+            return hints[status]
+        if status >= 500:
+            return "the server failed: its log has the request id of this call"
+    return "see the message"
 
-    Nothing computed is lost: ``result`` holds the outputs of the rows that succeeded (``None``
-    when none did), ``succeeded_rows`` their row numbers in the input, ``failures`` each failed
-    chunk with its rows and error, and ``failed_rows`` the row numbers to send again.
 
-    >>> try:  # doctest: +SKIP
-    ...     result = client.infer_batched("digits", x)
-    ... except BatchError as exc:
-    ...     kept, retry = exc.result, x[exc.failed_rows]
-    """
+def _status(error: BaseException) -> str:
+    if isinstance(error, APIStatusError):
+        return str(error.status_code)
+    if isinstance(error, APITimeoutError):
+        return "timeout"
+    if isinstance(error, APIConnectionError):
+        return "no connection"
+    return "-"
 
-    def __init__(
-        self,
-        failures: Sequence[ChunkFailure],
-        *,
-        rows: int,
-        result: BatchResult | None,
-        succeeded_rows: np.ndarray[Any, Any],
-    ) -> None:
-        self.failures = list(failures)
-        self.rows = rows
-        self.result = result
-        self.succeeded_rows = succeeded_rows
-        self.failed_rows: np.ndarray[Any, Any] = (
-            np.concatenate([np.arange(f.start, f.stop) for f in self.failures])
-            if self.failures
-            else np.zeros(0, dtype=np.int64)
-        )
-        first = self.failures[0] if self.failures else None
-        detail = f"; first: rows {first.start}-{first.stop - 1}: {first.error}" if first else ""
-        self.message = (
-            f"{len(self.failed_rows)} of {rows} rows failed in {len(self.failures)} "
-            f"request(s){detail}"
-        )
-        super().__init__(self.message)
+
+def error_repr(error: MaasError) -> str:
+    request_id = getattr(error, "request_id", None)
+    rid = f" request_id={request_id}" if request_id else ""
+    message = error.message if isinstance(error, APIError) else str(error)
+    status = _status(error)
+    status = "" if status == "-" else f" {status}"
+    return one_line(f"<{type(error).__name__}{status}{rid}: {message}>")
+
+
+def error_html(error: MaasError) -> str:
+    facts = [
+        ("status", e(_status(error))),
+        ("message", e(error.error if isinstance(error, APIStatusError) else str(error))),
+    ]
+    if isinstance(error, APIError):
+        facts.append(("request id", f"<code>{e(error.request_id or '-')}</code>"))
+        facts.append(("attempts", e(error.attempts)))
+    facts.append(("what to try", e(error_hint(error))))
+    return block(f'<span style="color:#b00">{e(type(error).__name__)}</span>', facts)

@@ -2,8 +2,9 @@
 
 ``client.generate(model, prompt, ...)`` posts to ``/v2/models/{model}/generate`` and returns a
 :class:`Generation`; ``client.generate_stream(...)`` posts to ``.../generate_stream`` and returns
-a :class:`GenerationStream` of :class:`GenerationChunk` (one per server-sent event, the last one
-with ``finish_reason`` and the token counts):
+a :class:`~maas_client.GenerationStream` of :class:`GenerationChunk` (one per server-sent event,
+the last one with ``finish_reason`` and the token counts; the stream classes are in
+``_async/_streams.py``, and what they share is here):
 
 >>> with client.generate_stream("tiny_gpt", "Licensed under the", max_tokens=16) as stream:
 ...     for chunk in stream:  # doctest: +SKIP
@@ -18,25 +19,25 @@ else the server understands goes in ``parameters``.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict, cast
 
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ._base import REQUEST_ID_HEADER, Answer, RequestPlan, model_path
+from ._answers import Answer
 from ._exceptions import APIResponseValidationError, InputError
+from ._plans import REQUEST_ID_HEADER, RequestPlan, model_path
 from ._result import Timing
-from ._streaming import AsyncStream, AsyncStreamStart, Stream, StreamStart
 from ._types import CallOptions, VersionLike
 
 __all__ = [
-    "AsyncGenerationStream",
+    "CollectedText",
+    "Collector",
     "GenerateOptions",
     "Generation",
     "GenerationChunk",
     "GenerationParameters",
-    "GenerationStream",
     "parse_generation",
     "plan_generate",
 ]
@@ -208,7 +209,7 @@ def parse_generation(answer: Answer) -> Generation:
         ) from None
 
 
-class _Collector:
+class Collector:
     """Turns event data into chunks, and keeps what the whole generation needs."""
 
     def __init__(self) -> None:
@@ -272,10 +273,10 @@ class _Collector:
         )
 
 
-class _CollectedText:
+class CollectedText:
     """``text`` and ``finish_reason`` of a generation stream, read from its collector."""
 
-    _collector: _Collector
+    _collector: Collector
 
     @property
     def text(self) -> str:
@@ -287,51 +288,3 @@ class _CollectedText:
         """Why the generation ended (``None`` until the last chunk arrived)."""
         last = self._collector.last
         return None if last is None else last.finish_reason
-
-
-class GenerationStream(_CollectedText, Stream[GenerationChunk]):
-    """The chunks of a streamed generation, as they arrive; what ``generate_stream`` returns.
-
-    >>> with client.generate_stream("tiny_gpt", "Hello", max_tokens=8) as stream:  # doctest: +SKIP
-    ...     for chunk in stream:
-    ...         print(chunk.text, end="", flush=True)
-    ...     print(stream.get_final().completion_tokens)
-
-    ``text`` is the text so far. :meth:`get_final` reads the rest and returns the whole
-    :class:`Generation`. Leaving the loop early, :meth:`close` or the end of the ``with`` block
-    close the connection, and the server stops generating.
-    """
-
-    def __init__(self, start: StreamStart) -> None:
-        self._collector = _Collector()
-        super().__init__(start, self._collector.add, on_end=self._collector.check_end)
-
-    def get_final(self) -> Generation:
-        """Read the rest of the stream and return the whole generation.
-
-        Raises :class:`RuntimeError` when the stream was closed before its last event.
-        """
-        self.until_done()
-        return self._collector.final(self.request_id, self.started, self.attempts)
-
-
-class AsyncGenerationStream(_CollectedText, AsyncStream[GenerationChunk]):
-    """The ``async`` twin of :class:`GenerationStream`: ``async with``, ``async for`` and
-    ``await stream.get_final()``. It opens on first use (``async with``, ``await`` or the first
-    ``async for`` step), so ``stream = await client.generate_stream(...)`` works too.
-
-    >>> async with client.generate_stream("tiny_gpt", "Hello") as stream:  # doctest: +SKIP
-    ...     async for chunk in stream:
-    ...         print(chunk.text, end="", flush=True)
-    """
-
-    def __init__(self, opener: Callable[[], Awaitable[AsyncStreamStart]]) -> None:
-        self._collector = _Collector()
-        super().__init__(opener, self._collector.add, on_end=self._collector.check_end)
-
-    async def get_final(self) -> Generation:
-        """Read the rest of the stream and return the whole generation."""
-        await self.until_done()
-        if self._start is None:
-            raise RuntimeError("the stream was closed before it opened")
-        return self._collector.final(self.request_id, self.started, self.attempts)

@@ -11,23 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import threading
+import warnings
+import weakref
 from contextlib import AbstractAsyncContextManager
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
-
-if TYPE_CHECKING:
-    from ._client import AsyncClient, Client
 
 __all__ = [
     "LOCAL_URL",
     "AsyncLocalTransport",
     "LocalTransport",
-    "attach_local",
-    "attach_local_async",
     "local_app",
 ]
 
@@ -83,9 +81,14 @@ class LocalTransport(httpx.BaseTransport):
         try:
             started.result()
         except BaseException:
-            self._shutdown_loop()
+            _shutdown_loop(self._loop, self._thread)
             raise
         self._closed = False
+        # Left open, the server is stopped at interpreter exit (or when the transport is
+        # collected), before the loop thread dies under its lifespan, with a ResourceWarning.
+        self._finalizer = weakref.finalize(
+            self, _close_left_open, self._loop, self._thread, self._stop, self._lifespan
+        )
 
     async def _run(self, started: concurrent.futures.Future[None]) -> None:
         self._stop = asyncio.Event()
@@ -123,19 +126,46 @@ class LocalTransport(httpx.BaseTransport):
         if self._closed:
             return
         self._closed = True
-        stop = self._stop
-        if stop is not None:
-            self._loop.call_soon_threadsafe(stop.set)
-        try:
-            self._lifespan.result(timeout=60)
-        finally:
-            self._shutdown_loop()
+        self._finalizer.detach()
+        _stop_server(self._loop, self._thread, self._stop, self._lifespan)
 
-    def _shutdown_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=30)
-        if not self._thread.is_alive():
-            self._loop.close()
+
+def _stop_server(
+    loop: asyncio.AbstractEventLoop,
+    thread: threading.Thread,
+    stop: asyncio.Event | None,
+    lifespan: concurrent.futures.Future[None],
+) -> None:
+    """End the app's lifespan, then its event loop and thread."""
+    if stop is not None:
+        loop.call_soon_threadsafe(stop.set)
+    try:
+        lifespan.result(timeout=60)
+    finally:
+        _shutdown_loop(loop, thread)
+
+
+def _close_left_open(
+    loop: asyncio.AbstractEventLoop,
+    thread: threading.Thread,
+    stop: asyncio.Event | None,
+    lifespan: concurrent.futures.Future[None],
+) -> None:
+    warnings.warn(
+        "a Client.local() was left open: its server is stopped now; close the client "
+        "(with Client.local(...) as client: ...) to stop it when you are done",
+        ResourceWarning,
+        stacklevel=1,
+    )
+    with contextlib.suppress(Exception):  # at exit, a failed shutdown has nobody to tell
+        _stop_server(loop, thread, stop, lifespan)
+
+
+def _shutdown_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=30)
+    if not thread.is_alive():
+        loop.close()
 
 
 class AsyncLocalTransport(httpx.AsyncBaseTransport):
@@ -173,23 +203,3 @@ class AsyncLocalTransport(httpx.AsyncBaseTransport):
         context, self._context = self._context, None
         if context is not None:
             await context.__aexit__(None, None, None)
-
-
-def attach_local(client: Client, app: Any) -> Client:
-    """Make ``client`` send everything to ``app`` in-process (it closes the app with itself)."""
-    previous = client._http, client._transport
-    client._transport = LocalTransport(app)
-    client._http = None
-    client._owns_http = True
-    for unused in previous:  # built with the client, never used: nothing to wait for
-        if unused is not None:
-            unused.close()
-    return client
-
-
-def attach_local_async(client: AsyncClient, app: Any) -> AsyncClient:
-    """The asynchronous twin of :func:`attach_local` (the app starts at the first request)."""
-    client._transport = AsyncLocalTransport(app)
-    client._http = None  # an unused lean transport or httpx client holds no connection yet
-    client._owns_http = True
-    return client

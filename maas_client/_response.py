@@ -9,19 +9,20 @@ requests made on the way (fetching metadata to check inputs) are parsed as usual
 from __future__ import annotations
 
 import contextvars
-import functools
 from collections.abc import Awaitable, Callable
-from typing import Generic, ParamSpec, TypeVar, cast
+from typing import Generic, ParamSpec, TypeVar
 
 import httpx
 
-from ._base import Answer
+from ._answers import Answer
 
 __all__ = [
+    "AsyncCall",
+    "Call",
     "RawResponse",
-    "async_to_raw_response_wrapper",
+    "begin_raw_call",
+    "end_raw_call",
     "raw_response_requested",
-    "to_raw_response_wrapper",
 ]
 
 _T = TypeVar("_T")
@@ -88,31 +89,18 @@ class RawResponse(Generic[_T]):
         return f"<RawResponse [{self.status_code}] {self.http_response.request.url}>"
 
 
-def to_raw_response_wrapper(func: Callable[_P, _T]) -> Callable[_P, RawResponse[_T]]:
-    """``func`` made to return its :class:`RawResponse`."""
-
-    @functools.wraps(func)
-    def wrapped(*args: _P.args, **kwargs: _P.kwargs) -> RawResponse[_T]:
-        token = _RAW_RESPONSE.set(True)
-        try:
-            return cast("RawResponse[_T]", func(*args, **kwargs))
-        finally:
-            _RAW_RESPONSE.reset(token)
-
-    return wrapped
+def begin_raw_call() -> contextvars.Token[bool]:
+    """Mark the call being made as made through ``with_raw_response`` (until
+    :func:`end_raw_call`)."""
+    return _RAW_RESPONSE.set(True)
 
 
-def async_to_raw_response_wrapper(
-    func: Callable[_P, Awaitable[_T]],
-) -> Callable[_P, Awaitable[RawResponse[_T]]]:
-    """The asynchronous twin of :func:`to_raw_response_wrapper`."""
+def end_raw_call(token: contextvars.Token[bool]) -> None:
+    _RAW_RESPONSE.reset(token)
 
-    @functools.wraps(func)
-    async def wrapped(*args: _P.args, **kwargs: _P.kwargs) -> RawResponse[_T]:
-        token = _RAW_RESPONSE.set(True)
-        try:
-            return cast("RawResponse[_T]", await func(*args, **kwargs))
-        finally:
-            _RAW_RESPONSE.reset(token)
 
-    return wrapped
+Call = Callable[_P, _T]
+"""A blocking call."""
+AsyncCall = Callable[_P, Awaitable[_T]]
+"""An asynchronous call (what ``_async`` code takes where the generated code takes a
+:data:`Call`)."""

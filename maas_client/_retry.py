@@ -1,4 +1,5 @@
-"""When and how long to wait before trying a call again, and the tenacity loops that do it.
+"""When and how long to wait before trying a call again (tenacity's settings; the loop is in
+``_async/_retrying.py``).
 
 The decisions follow openai-python's client: connection errors, timeouts and the statuses 408,
 429, 500, 502, 503 and 504 are retried; ``Retry-After`` (seconds or an HTTP date) and
@@ -11,8 +12,8 @@ when the server cannot have acted on them: the connection was never made, or the
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,12 +31,11 @@ __all__ = [
     "RetryEvent",
     "RetryPolicy",
     "RetryScope",
-    "async_retrying",
     "backoff_delay",
     "is_retryable",
     "next_delay",
     "retry_after_seconds",
-    "sync_retrying",
+    "retry_kwargs",
 ]
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -83,23 +83,37 @@ class RetryPolicy:
     random: Callable[[], float] = field(default=random.random, repr=False)
 
 
+def _seconds(text: str, scale: float = 1.0) -> float | None:
+    """A finite, non-negative number of seconds, or ``None`` (not a number, NaN, infinite or
+    negative: not a wait the client can honour)."""
+    try:
+        value = float(text) / scale
+    except ValueError:
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    return value
+
+
 def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """The wait a server asks for: ``retry-after-ms``, else ``Retry-After`` in seconds or as an
-    HTTP date; ``None`` when it asks for nothing readable. Never negative."""
+    HTTP date; ``None`` when it asks for nothing readable (NaN, infinite or negative numbers
+    included: the back-off applies then). Never negative; :func:`next_delay` caps it."""
     millis = headers.get("retry-after-ms")
     if millis is not None:
-        try:
-            return max(float(millis) / 1000.0, 0.0)
-        except ValueError:
-            pass
+        asked = _seconds(millis.strip(), 1000.0)
+        if asked is not None:
+            return asked
     value = headers.get("retry-after")
     if value is None:
         return None
     value = value.strip()
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -164,18 +178,25 @@ class RetryScope:
     """What the retries of one call go by (``deadline`` is on :func:`time.monotonic`'s clock).
 
     ``fail_over(error)`` says whether the next attempt goes at once to another server (then it
-    does not wait)."""
+    does not wait). The method, URL and request id that retries log and report come from the
+    failed attempt's error."""
 
     max_retries: int
     idempotent: bool
-    deadline: float | None
-    method: str
-    url: str
-    request_id: str | None
+    deadline: float | None = None
     fail_over: Callable[[BaseException], bool] | None = None
 
 
-def _retry_kwargs(policy: RetryPolicy, scope: RetryScope) -> dict[str, Any]:
+def _where(error: APIError) -> tuple[str, str]:
+    request = error.request
+    if request is None:
+        return "?", "?"
+    return request.method, str(request.url)
+
+
+def retry_kwargs(policy: RetryPolicy, scope: RetryScope) -> dict[str, Any]:
+    """Tenacity's settings for the retries of ``scope`` (the same for every call of a client
+    with one deadline-free scope: the pipeline keeps them)."""
     stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(scope.max_retries + 1)
     if scope.deadline is not None:
         stop = stop | _StopAtDeadline(scope.deadline)
@@ -185,26 +206,20 @@ def _retry_kwargs(policy: RetryPolicy, scope: RetryScope) -> dict[str, Any]:
         error = outcome.exception() if outcome is not None else None
         assert isinstance(error, APIError)
         delay = retry_state.upcoming_sleep
+        method, url = _where(error)
         logger.info(
             "retrying %s %s in %.2f s (attempt %d of %d failed: %s) [request id %s]",
-            scope.method,
-            scope.url,
+            method,
+            url,
             delay,
             retry_state.attempt_number,
             scope.max_retries + 1,
             error,
-            scope.request_id,
+            error.request_id,
         )
         if policy.on_retry is not None:
             policy.on_retry(
-                RetryEvent(
-                    retry_state.attempt_number,
-                    delay,
-                    error,
-                    scope.method,
-                    scope.url,
-                    scope.request_id,
-                )
+                RetryEvent(retry_state.attempt_number, delay, error, method, url, error.request_id)
             )
 
     return {
@@ -218,15 +233,3 @@ def _retry_kwargs(policy: RetryPolicy, scope: RetryScope) -> dict[str, Any]:
         "before_sleep": before_sleep,
         "reraise": True,
     }
-
-
-def sync_retrying(policy: RetryPolicy, scope: RetryScope) -> tenacity.Retrying:
-    """A fresh tenacity loop for one call."""
-    return tenacity.Retrying(sleep=policy.sleep or time.sleep, **_retry_kwargs(policy, scope))
-
-
-def async_retrying(policy: RetryPolicy, scope: RetryScope) -> tenacity.AsyncRetrying:
-    """The asynchronous twin of :func:`sync_retrying`."""
-    return tenacity.AsyncRetrying(
-        sleep=policy.async_sleep or asyncio.sleep, **_retry_kwargs(policy, scope)
-    )

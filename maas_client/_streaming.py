@@ -1,10 +1,13 @@
-"""Streams of server-sent events: opening one with retries, iterating typed items, closing it.
+"""Streams of server-sent events: what the two streams share that is not I/O (turning events
+into items or errors, the opened stream's state); the streams themselves are in
+``_async/_streams.py`` (and the blocking one generated from it).
 
-A stream is opened like any call, through the client's transport (the lean one or httpx), and
-its body is then read as it arrives. One attempt lasts until the first event: connection errors,
-timeouts and retryable statuses up to then are retried like any call (the same request id,
-back-off, ``Retry-After``, deadline). From the first event on nothing is retried, since part of
-the answer has been delivered: a connection lost later raises :class:`APIConnectionError`.
+A stream is opened like any call, by the client's pipeline (``open_stream``: send, stop at the
+first event), and its body is then read as it arrives. One attempt lasts until the first event:
+connection errors, timeouts and retryable statuses up to then are retried like any call (the
+same request id, back-off, ``Retry-After``, deadline). From the first event on nothing is
+retried, since part of the answer has been delivered: a connection lost later raises
+:class:`APIConnectionError`.
 
 Every event's data is JSON. An ``event: error``, or data holding an ``"error"`` key, raises
 :class:`APIStreamError` with the server's message; data the client cannot read raises
@@ -25,34 +28,29 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import httpx
 
-from ._base import (
-    REQUEST_ID_HEADER,
-    RequestPlan,
-    ResolvedOptions,
-    connection_error,
-)
-from ._endpoints import Endpoint, Route, start_async_probes, start_probes
 from ._exceptions import (
     APIConnectionError,
     APIResponseValidationError,
     APIStreamError,
 )
-from ._retry import async_retrying, sync_retrying
+from ._plans import REQUEST_ID_HEADER
 from ._sse import ServerSentEvent, SSEDecoder
-from ._types import CallOptions
+from ._status import connection_error
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-    from ._client import AsyncClient, Client
-
 __all__ = [
-    "AsyncStream",
+    "AsyncOpener",
     "AsyncStreamStart",
-    "Stream",
+    "Opener",
+    "OpensAtOnce",
+    "OpensOnFirstUse",
+    "StreamCore",
     "StreamStart",
-    "open_async_stream",
-    "open_stream",
+    "is_event_stream",
+    "not_an_event_stream",
+    "unreadable",
 ]
 
 _T = TypeVar("_T")
@@ -90,15 +88,21 @@ class AsyncStreamStart(_Start):
     chunks: AsyncIterator[bytes]
 
 
+Opener = Callable[[], StreamStart]
+"""What opens a blocking stream: the pipeline's ``open_stream`` for one call."""
+AsyncOpener = Callable[[], Awaitable[AsyncStreamStart]]
+"""What opens an asynchronous stream."""
+
+
 # --- opening ---------------------------------------------------------------------------------
 
 
-def _is_event_stream(response: httpx.Response) -> bool:
+def is_event_stream(response: httpx.Response) -> bool:
     kind = str(response.headers.get("content-type", ""))
     return kind.split(";", 1)[0].strip().lower() == "text/event-stream"
 
 
-def _not_an_event_stream(response: httpx.Response, request_id: str, attempts: int) -> Exception:
+def not_an_event_stream(response: httpx.Response, request_id: str, attempts: int) -> Exception:
     kind = response.headers.get("content-type", "none")
     return APIResponseValidationError(
         f"the server answered {response.status_code} with {kind!r}, not an event stream",
@@ -108,7 +112,7 @@ def _not_an_event_stream(response: httpx.Response, request_id: str, attempts: in
     )
 
 
-def _unreadable(
+def unreadable(
     response: httpx.Response, exc: ValueError, request_id: str, attempts: int
 ) -> APIResponseValidationError:
     return APIResponseValidationError(
@@ -116,146 +120,6 @@ def _unreadable(
         response=response,
         request_id=request_id,
         attempts=attempts,
-    )
-
-
-def open_stream(client: Client, plan: RequestPlan, options: CallOptions) -> StreamStart:
-    """Send ``plan`` and read up to its first event, retrying as any call is retried (a client
-    of several servers sends each attempt to one of them, as for any call)."""
-    resolved = client._resolve(options)
-    start, deadline_at, route = client._begin_call(resolved)
-    retrying = sync_retrying(
-        client.retry_policy, client._retry_scope(plan, resolved, deadline_at, route)
-    )
-    for attempt in retrying:
-        with attempt:
-            number = attempt.retry_state.attempt_number
-            if route is None:
-                return _attempt(client, plan, resolved, number, start, deadline_at)
-            endpoint = route.acquire()
-            start_probes(client)
-            try:
-                opened = _attempt(client, plan, resolved, number, start, deadline_at, endpoint.url)
-            except BaseException as exc:
-                route.release(endpoint, exc)
-                raise
-            opened.release = _releaser(route, endpoint)
-            return opened
-    raise AssertionError("tenacity ended without an outcome")  # pragma: no cover
-
-
-def _releaser(route: Route, endpoint: Endpoint) -> Callable[[BaseException | None], None]:
-    def release(error: BaseException | None) -> None:
-        route.release(endpoint, error)
-
-    return release
-
-
-def _attempt(
-    client: Client,
-    plan: RequestPlan,
-    options: ResolvedOptions,
-    number: int,
-    start: float,
-    deadline_at: float | None,
-    base_url: str | None = None,
-) -> StreamStart:
-    request, response, sent_at = client._open_attempt(plan, options, number, deadline_at, base_url)
-    try:
-        client._log_response(request, response, sent_at)
-        if not _is_event_stream(response):
-            raise _not_an_event_stream(response, options.request_id, number)
-        chunks = response.iter_bytes()
-        decoder = SSEDecoder()
-        events: list[ServerSentEvent] = []
-        ended = False
-        while not events and not ended:
-            chunk = next(chunks, None)
-            if chunk is None:
-                ended = True
-            else:
-                events = decoder.feed(chunk)
-    except httpx.TransportError as exc:
-        response.close()
-        raise connection_error(
-            exc, request, request_id=options.request_id, attempts=number
-        ) from exc
-    except ValueError as exc:
-        response.close()
-        raise _unreadable(response, exc, options.request_id, number) from None
-    except BaseException:
-        response.close()
-        raise
-    return StreamStart(response, decoder, events, ended, options.request_id, number, start, chunks)
-
-
-async def open_async_stream(
-    client: AsyncClient, plan: RequestPlan, options: CallOptions
-) -> AsyncStreamStart:
-    """The ``async`` twin of :func:`open_stream`."""
-    resolved = client._resolve(options)
-    start, deadline_at, route = client._begin_call(resolved)
-    retrying = async_retrying(
-        client.retry_policy, client._retry_scope(plan, resolved, deadline_at, route)
-    )
-    async for attempt in retrying:
-        with attempt:
-            number = attempt.retry_state.attempt_number
-            if route is None:
-                return await _async_attempt(client, plan, resolved, number, start, deadline_at)
-            endpoint = route.acquire()
-            start_async_probes(client)
-            try:
-                opened = await _async_attempt(
-                    client, plan, resolved, number, start, deadline_at, endpoint.url
-                )
-            except BaseException as exc:
-                route.release(endpoint, exc)
-                raise
-            opened.release = _releaser(route, endpoint)
-            return opened
-    raise AssertionError("tenacity ended without an outcome")  # pragma: no cover
-
-
-async def _async_attempt(
-    client: AsyncClient,
-    plan: RequestPlan,
-    options: ResolvedOptions,
-    number: int,
-    start: float,
-    deadline_at: float | None,
-    base_url: str | None = None,
-) -> AsyncStreamStart:
-    request, response, sent_at = await client._open_attempt(
-        plan, options, number, deadline_at, base_url
-    )
-    try:
-        client._log_response(request, response, sent_at)
-        if not _is_event_stream(response):
-            raise _not_an_event_stream(response, options.request_id, number)
-        chunks = response.aiter_bytes()
-        decoder = SSEDecoder()
-        events: list[ServerSentEvent] = []
-        ended = False
-        while not events and not ended:
-            chunk = await anext(chunks, None)
-            if chunk is None:
-                ended = True
-            else:
-                events = decoder.feed(chunk)
-    except httpx.TransportError as exc:
-        await response.aclose()
-        raise connection_error(
-            exc, request, request_id=options.request_id, attempts=number
-        ) from exc
-    except ValueError as exc:
-        await response.aclose()
-        raise _unreadable(response, exc, options.request_id, number) from None
-    except BaseException:
-        await response.aclose()
-        raise
-    return AsyncStreamStart(
-        response, decoder, events, ended, options.request_id, number, start, chunks
     )
 
 
@@ -273,7 +137,7 @@ def _error_message(data: Any) -> str | None:
     return error if isinstance(error, str) else str(error)
 
 
-class _StreamCore(Generic[_T]):
+class StreamCore(Generic[_T]):
     """What the two streams share: turning events into items or errors (no I/O)."""
 
     _start: _Start | None
@@ -383,200 +247,13 @@ class _StreamCore(Generic[_T]):
             release(self._lost_with)
 
 
-class Stream(_StreamCore[_T]):
-    """Items of type ``T`` parsed from the events of an open response; see the module's doc.
+class OpensOnFirstUse:
+    """An asynchronous stream opens on first use: ``async with``, ``await`` or ``async for``."""
 
-    Iterate it (``for item in stream``) or call ``next(stream)``. Leaving a ``for`` loop early
-    (``break``, an exception), :meth:`close` and the end of a ``with`` block close the response,
-    which tells the server the client is gone.
-    """
+    _ensure_open: Callable[[], Awaitable[None]]
 
-    def __init__(
-        self,
-        start: StreamStart,
-        parse: Callable[[Any], _T],
-        *,
-        on_end: Callable[[], None] | None = None,
-    ) -> None:
-        self._setup(parse, on_end)
-        self._begin(start)
-        self._chunks: Iterator[bytes] = start.chunks
-
-    def __next__(self) -> _T:
-        try:
-            while True:
-                item = self._item(self._next_event())
-                if item is not None:
-                    return item
-        except StopIteration:
-            raise
-        except BaseException:
-            self.close()
-            raise
-
-    def _next_event(self) -> ServerSentEvent:
-        start = self._opened()
-        while not self._pending:
-            if self._closed:
-                raise StopIteration
-            if self._ended:
-                self.close()
-                self._end()
-                raise StopIteration
-            try:
-                chunk = next(self._chunks, None)
-            except httpx.TransportError as exc:
-                raise self._lost(exc) from exc
-            if chunk is None:
-                self._ended = True
-                self._pending.extend(start.decoder.end())
-            else:
-                try:
-                    self._pending.extend(start.decoder.feed(chunk))
-                except ValueError as exc:
-                    raise self._invalid(f"the event stream cannot be read: {exc}", None) from None
-        return self._pending.popleft()
-
-    def __iter__(self) -> Iterator[_T]:
-        try:
-            while True:
-                try:
-                    item = next(self)
-                except StopIteration:
-                    return
-                yield item
-        finally:
-            # The loop was left (break, an exception) or the stream ended: either way the
-            # connection has nothing more to give.
-            self.close()
-
-    def until_done(self) -> None:
-        """Read the rest of the stream (raising what it reports)."""
-        for _ in self:
-            pass
-
-    def close(self) -> None:
-        """Close the response; the server sees the connection go. Safe to call again."""
-        if self._closed:
-            return
-        self._closed = True
-        self._pending.clear()
-        try:
-            close = getattr(self._chunks, "close", None)
-            if close is not None:
-                close()
-            self.response.close()
-        finally:
-            self._release()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-class AsyncStream(_StreamCore[_T]):
-    """The ``async`` twin of :class:`Stream`. It opens on first use: ``async with``, ``await``,
-    or the first ``async for`` step.
-
-    >>> async with client.generate_stream("tiny_gpt", "Hello") as stream:  # doctest: +SKIP
-    ...     async for chunk in stream:
-    ...         print(chunk.text, end="")
-
-    Leaving an ``async for`` loop early closes the response as soon as the event loop finalizes
-    the loop's iterator (at once on ``break`` inside ``async with``, which closes it itself).
-    """
-
-    def __init__(
-        self,
-        opener: Callable[[], Awaitable[AsyncStreamStart]],
-        parse: Callable[[Any], _T],
-        *,
-        on_end: Callable[[], None] | None = None,
-    ) -> None:
-        self._setup(parse, on_end)
-        self._opener: Callable[[], Awaitable[AsyncStreamStart]] | None = opener
-        self._chunks: AsyncIterator[bytes] | None = None
-
-    async def _ensure_open(self) -> None:
-        opener, self._opener = self._opener, None
-        if opener is not None:
-            start = await opener()
-            self._begin(start)
-            self._chunks = start.chunks
-
-    async def __anext__(self) -> _T:
-        if self._closed:
-            raise StopAsyncIteration
-        await self._ensure_open()
-        try:
-            while True:
-                item = self._item(await self._next_event())
-                if item is not None:
-                    return item
-        except StopAsyncIteration:
-            raise
-        except BaseException:
-            await self.close()
-            raise
-
-    async def _next_event(self) -> ServerSentEvent:
-        start = self._opened()
-        assert self._chunks is not None
-        while not self._pending:
-            if self._closed:
-                raise StopAsyncIteration
-            if self._ended:
-                await self.close()
-                self._end()
-                raise StopAsyncIteration
-            try:
-                chunk = await anext(self._chunks, None)
-            except httpx.TransportError as exc:
-                raise self._lost(exc) from exc
-            if chunk is None:
-                self._ended = True
-                self._pending.extend(start.decoder.end())
-            else:
-                try:
-                    self._pending.extend(start.decoder.feed(chunk))
-                except ValueError as exc:
-                    raise self._invalid(f"the event stream cannot be read: {exc}", None) from None
-        return self._pending.popleft()
-
-    async def __aiter__(self) -> AsyncIterator[_T]:
-        try:
-            while True:
-                try:
-                    item = await self.__anext__()
-                except StopAsyncIteration:
-                    return
-                yield item
-        finally:
-            await self.close()
-
-    async def until_done(self) -> None:
-        """Read the rest of the stream (raising what it reports)."""
-        async for _ in self:
-            pass
-
-    async def close(self) -> None:
-        """Close the response (a stream never opened is simply marked closed)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._opener = None
-        self._pending.clear()
-        try:
-            if self._chunks is not None:
-                aclose = getattr(self._chunks, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-            if self._start is not None:
-                await self._start.response.aclose()
-        finally:
-            self._release()
+    def _open_when_made(self) -> None:
+        return None
 
     def __await__(self) -> Generator[Any, None, Self]:
         return self._open_self().__await__()
@@ -585,9 +262,12 @@ class AsyncStream(_StreamCore[_T]):
         await self._ensure_open()
         return self
 
-    async def __aenter__(self) -> Self:
-        await self._ensure_open()
-        return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+class OpensAtOnce:
+    """A blocking stream is open when the call returns: errors until its first event are raised
+    there (the blocking twin of :class:`OpensOnFirstUse`, which the generated code uses)."""
+
+    _ensure_open: Callable[[], None]
+
+    def _open_when_made(self) -> None:
+        self._ensure_open()

@@ -259,6 +259,74 @@ def test_network_error_is_one_line_and_status_1() -> None:
     assert runner.invoke(app, ["models", "frobnicate"]).exit_code == 2
 
 
+UNREACHABLE = "http://127.0.0.1:9"
+
+
+def test_every_command_takes_the_global_options_after_its_name() -> None:
+    for path in _commands(typer.main.get_command(app), []):
+        text = ok(runner.invoke(app, [*path, "--help"]))
+        for option in ("--url", "--api-key", "--timeout", "--max-retries", "--debug"):
+            assert option in text, (path, option)
+    bad = runner.invoke(app, ["models", "list", "--timeout", "-1"])
+    assert bad.exit_code == 2 and "--timeout" in bad.output  # validated as before the command
+
+
+def test_global_options_before_or_after_the_command(server_url: str) -> None:
+    before = json.loads(ok(runner.invoke(app, ["--url", server_url, "models", "list", "--json"])))
+    after = json.loads(ok(runner.invoke(app, ["models", "list", "--json", "--url", server_url])))
+    assert after == before and {row["name"] for row in after} >= {"mlp"}
+    data = json.dumps({"input": X.tolist()})
+    predicted = ok(
+        runner.invoke(app, ["predict", "mlp", "--data", data, "--json", "--url", server_url])
+    )
+    assert json.loads(predicted)["model_name"] == "mlp"
+    assert "mlp" in ok(runner.invoke(app, ["models", "--url", server_url, "list"]))  # after a group
+    assert "live: yes" in ok(runner.invoke(app, ["health", f"--url={server_url}"]))
+    failed = runner.invoke(app, ["health", "--url", UNREACHABLE, "--max-retries", "0", "--debug"])
+    assert failed.exit_code == 1 and "Traceback" in failed.stderr  # --debug after the command
+
+
+def test_global_options_after_the_command_win(server_url: str) -> None:
+    # over the same option before the command
+    won = runner.invoke(app, ["--url", UNREACHABLE, "models", "list", "--url", server_url])
+    assert "mlp" in ok(won)
+    lost = runner.invoke(
+        app, ["--url", server_url, "models", "list", "--url", UNREACHABLE, "--max-retries", "0"]
+    )
+    assert lost.exit_code == 1 and "127.0.0.1:9" in lost.stderr
+    # the innermost wins: root, then the group, then the command
+    nested = ["--url", UNREACHABLE, "models", "--url", UNREACHABLE, "list", "--url", server_url]
+    assert "mlp" in ok(runner.invoke(app, nested))
+    # over the environment
+    env = {"MAAS_BASE_URL": UNREACHABLE, "MAAS_MAX_RETRIES": "0"}
+    assert "mlp" in ok(runner.invoke(app, ["models", "list", "--url", server_url], env=env))
+    # and the ones not repeated after the command still apply
+    kept = runner.invoke(app, ["--max-retries", "0", "--debug", "health", "--url", UNREACHABLE])
+    assert kept.exit_code == 1 and "Traceback" in kept.stderr
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    root = tmp_path_factory.mktemp("cli-keyed-repository")
+    models.save(models.mlp_model(), root / "mlp" / "1" / "model.onnx")
+    running = start_server(Settings(repository=root, admin_api_key="k-admin"))
+    yield running
+    running.stop()
+
+
+def test_api_key_after_the_command_wins(keyed_server: RunningServer) -> None:
+    url = keyed_server.url
+    refused = runner.invoke(app, ["--url", url, "models", "list", "--api-key", "wrong"])
+    assert refused.exit_code == 1 and "error: " in refused.stderr
+    listed = ["--url", url, "--api-key", "wrong", "models", "list", "--api-key", "k-admin"]
+    assert "mlp" in ok(runner.invoke(app, listed))
+    overridden = ["--api-key", "k-admin", "models", "list", "--url", url, "--api-key", "wrong"]
+    assert runner.invoke(app, overridden).exit_code == 1
+    env = {"MAAS_API_KEY": "wrong"}
+    by_env = runner.invoke(app, ["models", "list", "--url", url, "--api-key", "k-admin"], env=env)
+    assert "mlp" in ok(by_env)
+
+
 # --- the commands shown in the docs ------------------------------------------------------------
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"

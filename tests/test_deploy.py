@@ -319,13 +319,12 @@ def test_servicemonitor_scrapes_the_service_port_with_a_key() -> None:
 
 
 class Served(Exception):
-    """Raised in place of uvicorn's run: maas serve got that far with these arguments."""
+    """Raised in place of uvicorn.Server.run: maas serve got that far with these arguments."""
 
 
 @pytest.fixture
 def run_serve(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Run ``maas serve ARGS`` for real up to ``uvicorn.Server.run``, which records what
-    uvicorn was told."""
+    """Run ``maas serve ARGS`` for real up to uvicorn.Server.run, which records its settings."""
     import logging
 
     import uvicorn
@@ -339,7 +338,7 @@ def run_serve(monkeypatch: pytest.MonkeyPatch) -> Any:
         seen["settings"] = settings
         return object()
 
-    def fake_run(server: uvicorn.Server, sockets: object = None) -> None:
+    def fake_run(server: uvicorn.Server, *args: Any, **kwargs: Any) -> None:
         config = server.config
         seen.update(host=config.host, port=config.port, log_level=config.log_level)
         raise Served

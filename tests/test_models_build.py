@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 
 import numpy as np
 import onnx
@@ -188,3 +189,69 @@ def test_save_roundtrip(tmp_path: pathlib.Path) -> None:
     sess = ort.InferenceSession(str(target), providers=PROVIDERS)
     (y,) = sess.run(None, {"x": np.array(-4.0, dtype=np.float32)})
     assert y == np.float32(-8.0)
+
+
+# --- the bundled text-generation model (examples/build_tiny_lm.py) ----------------------------
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+TINY_GPT = EXAMPLES / "model_repository" / "tiny_gpt"
+MIT_START = "Permission is hereby"
+
+
+def _byte_decoder() -> dict[str, int]:
+    """The byte-level BPE alphabet (GPT-2's ``bytes_to_unicode``), character -> byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    chars = list(printable)
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+def _greedy(session: ort.InferenceSession, prompt: list[int], steps: int) -> list[int]:
+    """Greedy decoding without the KV cache (the whole sequence again at every step)."""
+    past = {
+        i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+        for i in session.get_inputs()
+        if i.name.startswith("past_key_values.")
+    }
+    tokens = list(prompt)
+    for _ in range(steps):
+        ids = np.array([tokens], dtype=np.int64)
+        feeds = {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids),
+            "position_ids": np.arange(len(tokens), dtype=np.int64)[None, :],
+            **past,
+        }
+        (logits,) = session.run(["logits"], feeds)
+        tokens.append(int(logits[0, -1].argmax()))
+    return tokens[len(prompt) :]
+
+
+@pytest.mark.parametrize(
+    "prompt", [MIT_START, "Licensed under the Apache License", "Redistribution and use"]
+)
+def test_bundled_tiny_gpt_continues_the_license_texts(prompt: str) -> None:
+    """The bundled decoder is trained on its corpus: greedy output is valid UTF-8 made of the
+    corpus's words (random weights gave bytes such as 'Wex\\ufffdow purposes modifORromcl')."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(TINY_GPT / "tokenizer.json"))
+    session = _session(onnx.load(str(TINY_GPT / "1" / "model.onnx")))
+    ids = _greedy(session, tokenizer.encode(prompt).ids, 32)
+    assert 0 not in ids  # no end of text this early
+    pieces = [tokenizer.id_to_token(i) for i in ids]
+    byte_of = _byte_decoder()
+    text = bytes(byte_of[c] for piece in pieces for c in piece).decode("utf-8")  # strict
+    assert text == tokenizer.decode(ids)
+    corpus = "\n".join(p.read_text() for p in sorted((EXAMPLES / "tiny_lm_corpus").glob("*.txt")))
+    vocabulary = set(re.findall(r"[A-Za-z]+", corpus))
+    words = re.findall(r"[A-Za-z]+", text)
+    assert len(words) >= 12, text
+    assert set(words) <= vocabulary, (text, set(words) - vocabulary)
+    if prompt == MIT_START:  # word for word, as the MIT license goes on
+        assert text.startswith(" granted, free of charge, to any person obtaining a copy\nof this")

@@ -7,15 +7,14 @@
   router, for answers that a real maas server does not give (Triton, MLServer, 429...).
 - ``generation_server``: a real uvicorn over the example repository (``tiny_gpt``), as the
   generation tests of the server use; ``make_generation_client``: clients of it on the lean
-  transport and on an injected httpx client (the test runs once with each); ``slow_engine``:
-  its ``tiny_gpt`` engine with every decode step slowed to 10 ms, so that a generation lasts
-  long enough to be cut short.
+  transport and on an injected httpx client (the test runs once with each); ``engine_gate``:
+  its ``tiny_gpt`` engine behind a :class:`~tests.waiting.StepGate`, which a test closes to
+  keep a generation running until it has cut it short.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,11 @@ import respx
 
 from maas_client import AsyncClient, Client, RetryPolicy
 from maas_server import Settings, default_repository
-from maas_server.generation import GenerationEngine, GenerationService
+from maas_server.generation import GenerationService
 from tests import models
-from tests.conftest import RunningServer, start_server
+from tests.conftest import RunningServer, start_server, wait_for
 from tests.server.conftest import engine_of
+from tests.waiting import StepGate
 
 BASE = "http://maas.test"
 SERVER_METADATA = {"name": "maas", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
@@ -153,16 +153,10 @@ def make_generation_client(
 
 
 @pytest.fixture
-def slow_engine(
-    generation_server: RunningServer, monkeypatch: pytest.MonkeyPatch
-) -> GenerationEngine:
+def engine_gate(generation_server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> StepGate:
+    """The ``tiny_gpt`` engine (``.engine``) behind a :class:`StepGate`, open until a test calls
+    ``pause_after``; waits until the engine is idle first."""
     service: GenerationService = generation_server.server.config.app.state.generation
     engine = engine_of(service, generation_server.url, "tiny_gpt")
-    original = engine._execute
-
-    def slow(*args: Any) -> Any:
-        time.sleep(0.01)
-        return original(*args)
-
-    monkeypatch.setattr(engine, "_execute", slow)
-    return engine
+    wait_for(lambda: engine.active_sequences == 0)
+    return StepGate.install(engine, monkeypatch, allow=10**9)

@@ -28,7 +28,8 @@ def secured(
     models.save(models.mlp_model(), root / "repository" / "mlp" / "1" / "model.onnx")
     keys_file = root / "keys.json"
     reader, _ = add_key(keys_file, "reader", ["read", "infer"])
-    limited, _ = add_key(keys_file, "limited", ["read", "infer"], rate=20.0, burst=1)
+    # 4/s: a request that follows another within 250 ms (however busy the machine) gets a 429
+    limited, _ = add_key(keys_file, "limited", ["read", "infer"], rate=4.0, burst=1)
     running = start_server(
         Settings(
             repository=Path(root / "repository"),
@@ -87,8 +88,8 @@ def test_rate_limit_is_retried_after_the_servers_wait(
     policy = RetryPolicy(jitter=0.0, sleep=sleep)
     with Client(server.url, api_key=keys["limited"], retry_policy=policy) as client:
         results = [client.infer("mlp", X, validate=False) for _ in range(3)]
-    assert any(r.timing.attempts > 1 for r in results)  # 20/s with a burst of 1: some wait
-    assert waits and all(0 < w <= 0.06 for w in waits)  # retry-after-ms (50 ms), not 1 s
+    assert any(r.timing.attempts > 1 for r in results)  # 4/s with a burst of 1: some wait
+    assert waits and all(0 < w <= 0.26 for w in waits)  # retry-after-ms (250 ms), not 1 s
 
 
 async def test_rate_limit_async(secured: tuple[RunningServer, dict[str, str]]) -> None:
@@ -96,4 +97,4 @@ async def test_rate_limit_async(secured: tuple[RunningServer, dict[str, str]]) -
     async with AsyncClient(server.url, api_key=keys["limited"]) as aclient:
         answers = [await aclient.with_raw_response.models.get("mlp") for _ in range(3)]
     assert all(a.parse().name == "mlp" for a in answers)
-    assert any(a.attempts > 1 for a in answers)  # a 429 was retried, after ~50 ms
+    assert any(a.attempts > 1 for a in answers)  # a 429 was retried, after <= 250 ms

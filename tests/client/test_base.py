@@ -12,8 +12,10 @@ import orjson
 import pytest
 
 from maas_client import (
+    APIConnectionError,
     APIResponseValidationError,
     APIStatusError,
+    APITimeoutError,
     AsyncClient,
     Client,
     InputError,
@@ -21,14 +23,12 @@ from maas_client import (
     NotFoundError,
     ServiceUnavailableError,
 )
-from maas_client._base import (
-    BodyStream,
-    clamp_timeout,
-    make_status_error,
-    model_path,
-    plan_load,
-)
+from maas_client._answers import infer_call
+from maas_client._body import BodyBuffer, BodyStream, known_length
 from maas_client._exceptions import APIError, MaasError
+from maas_client._options import clamp_timeout
+from maas_client._plans import model_path, plan_load
+from maas_client._status import connection_error, make_status_error
 from maas_client.codec import HEADER_LENGTH
 from maas_client.protocol import decode_request
 from maas_client.types import ModelMetadata, TensorMetadata
@@ -41,7 +41,7 @@ META = ModelMetadata(
 
 
 def infer_request(client: Client, x: Any, **kwargs: Any) -> httpx.Request:
-    call = client._infer_call(
+    call = infer_call(
         "m",
         None,
         x,
@@ -52,7 +52,8 @@ def infer_request(client: Client, x: Any, **kwargs: Any) -> httpx.Request:
         id=None,
         parameters=None,
     )
-    return client._build_request(call.plan, client._resolve(kwargs), None, None)
+    pipeline = client._pipeline
+    return pipeline.build_request(call.plan, pipeline.resolve(kwargs), None)
 
 
 # --- bodies ------------------------------------------------------------------------------------
@@ -120,10 +121,9 @@ def test_default_headers_and_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
         assert headers["user-agent"].startswith("maas-client/")
         assert headers["host"] == "maas.test"
         assert "sk-secret" not in repr(c)
-        extra = c._build_request(
+        extra = c._pipeline.build_request(
             plan_load("m", None),
-            c._resolve({"extra_headers": {"X-Team": "b", "Accept-Encoding": "gzip"}}),
-            None,
+            c._pipeline.resolve({"extra_headers": {"X-Team": "b", "Accept-Encoding": "gzip"}}),
             None,
         )
         assert extra.headers["x-team"] == "b" and extra.headers["accept-encoding"] == "gzip"
@@ -133,7 +133,8 @@ def test_default_headers_and_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_injected_client_headers_come_under_ours() -> None:
     http = httpx.Client(headers={"X-Tenant": "t1", "Accept-Encoding": "br"})
     with Client("http://maas.test", http_client=http) as client:
-        request = client._build_request(plan_load("m", None), client._resolve({}), None, http)
+        pipeline = client._pipeline
+        request = pipeline.build_request(plan_load("m", None), pipeline.resolve({}), None)
     assert request.headers["x-tenant"] == "t1"
     assert request.headers["accept-encoding"] == "identity"
     http.close()
@@ -260,8 +261,48 @@ async def test_with_options_async(monkeypatch: pytest.MonkeyPatch) -> None:
         )
         assert copy._default_headers["Authorization"] == "Bearer new"
         assert client.max_retries == 1 and "Authorization" not in client._default_headers
-        assert copy.server._client is copy and copy.models._client is copy
+        assert copy.server._pipeline is copy._pipeline and copy.models._pipeline is copy._pipeline
         elsewhere = client.with_options(base_url="http://other")
         assert elsewhere._state is not client._state  # what it learns is about another server
         await copy.close()
-        assert client._transport is not None and not client._transport._closed
+        assert (
+            not client._pipeline.closed and copy._pipeline.transport is client._pipeline.transport
+        )
+
+
+# --- one table of transport errors, bounded answer buffers -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "cls", "sent"),
+    [
+        (httpx.ConnectError("refused"), APIConnectionError, False),
+        (httpx.ConnectTimeout("slow connect"), APITimeoutError, False),
+        (httpx.PoolTimeout("pool full"), APITimeoutError, False),
+        (httpx.ReadTimeout("slow answer"), APITimeoutError, True),
+        (httpx.WriteTimeout("slow body"), APITimeoutError, True),
+        (httpx.RemoteProtocolError("reset"), APIConnectionError, True),
+        (httpx.ReadError("broken"), APIConnectionError, True),
+    ],
+)
+def test_transport_errors_map_through_one_table(
+    exc: httpx.TransportError, cls: type[APIConnectionError], sent: bool
+) -> None:
+    request = httpx.Request("POST", "http://maas.test/v2/models/m/infer")
+    error = connection_error(exc, request, request_id="r", attempts=2)
+    assert type(error) is cls and error.sent is sent
+    assert error.request is request and error.request_id == "r" and error.attempts == 2
+    assert "POST http://maas.test/v2/models/m/infer" in str(error)
+
+
+def test_answer_buffer_is_not_sized_from_an_absurd_content_length() -> None:
+    buffer = BodyBuffer(1 << 50)  # a server announcing a petabyte
+    buffer.add(b"abc")
+    buffer.add(b"def")
+    assert buffer.result() == bytearray(b"abcdef")
+    assert known_length(httpx.Response(200, headers=[(b"content-length", "²".encode())])) is None
+    assert known_length(httpx.Response(200, headers={"content-length": "9" * 5000})) is None
+    whole = bytearray(b"xyz")
+    exact = BodyBuffer(3)
+    exact.add(whole)
+    assert exact.result() is whole  # a body read whole is taken as it is

@@ -20,5 +20,7 @@ def test_client_overhead_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     data = json.loads(out.read_text())
     clients = {(row["case"], row["client"]) for row in data["rows"]}
     assert ("mlp 1x64", "maas_client") in clients
+    assert ("image 1x3x224x224", "maas_client/httpx") in clients  # the httpx transport, compared
+    assert "maas lean transport / httpx transport" in printed
     assert all(row["cpu_us"] > 0 and row["wall_us"] > 0 for row in data["rows"])
     assert data["rates"]["async_per_s"] > 0 and data["rates"]["sync_per_s"] > 0

@@ -12,8 +12,7 @@ from typer.testing import CliRunner
 
 from maas_cli import app
 from maas_client import Client
-from maas_server.generation import GenerationEngine
-from tests.conftest import wait_for
+from tests.waiting import StepGate
 
 PROMPT = "Licensed under the"
 
@@ -76,10 +75,8 @@ def test_errors_go_to_stderr(generation_url: str) -> None:
     assert code == 1 and err.startswith("error: connection error")
 
 
-def test_tokens_are_printed_as_they_arrive(
-    slow_engine: GenerationEngine, generation_url: str
-) -> None:
-    wait_for(lambda: slow_engine.active_sequences == 0)
+def test_tokens_are_printed_as_they_arrive(engine_gate: StepGate, generation_url: str) -> None:
+    engine = engine_gate.engine
     with Client(generation_url) as client:
         expected = client.generate("tiny_gpt", "Copyright", max_tokens=120).text
     command = [
@@ -89,12 +86,14 @@ def test_tokens_are_printed_as_they_arrive(
     # no PYTHONUNBUFFERED: the command itself flushes each piece
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     env["PYTHONIOENCODING"] = "utf-8"
+    engine_gate.pause_after(10)  # the engine pauses after 10 of the 120 steps
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as proc:
         assert proc.stdout is not None
         # a raw read (a buffered one would keep bytes that communicate() then misses)
         first = os.read(proc.stdout.fileno(), 1)  # blocks until the command prints something
-        # 120 steps of at least 10 ms each: the model is still at work when the text shows
-        assert first and slow_engine.active_sequences == 1 and proc.poll() is None
+        # the model is still at work (paused) when the text shows
+        assert first and engine.active_sequences == 1 and proc.poll() is None
+        engine_gate.open()
         rest, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert (first + rest).decode() == expected + "\n"

@@ -24,6 +24,7 @@ from maas_client import (
     PayloadTooLargeError,
     RawResponse,
 )
+from maas_client._raw import CLIENT_CALLS, public_methods
 from maas_client.codec import DATATYPES
 from maas_client.types import ModelConfiguration, ModelMetadata, RepositoryModel, ServerMetadata
 from tests import models
@@ -302,12 +303,39 @@ async def test_raw_response_async(aclient: AsyncClient) -> None:
     assert isinstance(index.http_response.json(), list)
 
 
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+def test_raw_variants_expose_every_public_method(cls: type[Client] | type[AsyncClient]) -> None:
+    client = cls("http://maas.test")
+    raw = client.with_raw_response
+    for resource in ("server", "models"):
+        methods = public_methods(type(getattr(client, resource)))
+        assert methods  # the mirror is built from these: a new call has its raw variant
+        for name in methods:
+            assert callable(getattr(getattr(raw, resource), name)), (resource, name)
+    # the client's own calls: each sends one request (mirrored) or says why it has no raw form
+    no_single_answer = {"close", "generate_stream", "infer_batched", "local", "with_options"}
+    assert set(public_methods(cls)) == set(CLIENT_CALLS) | no_single_answer
+    for name in CLIENT_CALLS:
+        assert callable(getattr(raw, name))
+    assert callable(raw.server.openapi) and callable(raw.generate)  # the two that had drifted
+
+
+def test_raw_openapi(client: Client) -> None:
+    raw = client.with_raw_response.server.openapi()
+    assert raw.status_code == 200 and raw.parse()["openapi"].startswith("3.")
+
+
+async def test_raw_openapi_async(aclient: AsyncClient) -> None:
+    raw = await aclient.with_raw_response.server.openapi()
+    assert raw.status_code == 200 and "paths" in raw.parse()
+
+
 def test_with_options_shares_the_pool(client: Client) -> None:
     client.infer("mlp", X)
     copy = client.with_options(timeout=5.0, max_retries=0, headers={"X-Team": "vision"})
     assert copy.timeout == httpx.Timeout(5.0) and copy.max_retries == 0
     assert client.max_retries == 2 and client.timeout != copy.timeout
-    assert copy._transport is client._transport  # one connection pool
+    assert copy._pipeline.transport is client._pipeline.transport  # one connection pool
     assert copy._state is client._state  # one metadata cache
     raw = copy.with_raw_response.infer("mlp", X)
     assert raw.http_response.request.headers["x-team"] == "vision"

@@ -18,7 +18,13 @@ import orjson
 import pytest
 import respx
 
-from maas_client import BadRequestError, InputError, ModelNotFoundError, NotFoundError
+from maas_client import (
+    BadRequestError,
+    EndpointNotSupportedError,
+    InputError,
+    ModelNotFoundError,
+    NotFoundError,
+)
 from maas_client.codec import HEADER_LENGTH
 from maas_client.protocol import decode_request
 from tests.client.conftest import AsyncClientFactory, ClientFactory
@@ -279,6 +285,7 @@ def mlserver(router: respx.Router) -> respx.Router:
     router.get("/v2/models/iris/config").respond(404, json={"detail": "Not Found"})
     router.post("/v2/models/iris/infer").mock(side_effect=mlserver_infer)
     router.get("/v2/models/nope").respond(404, json={"error": "Model nope not found"})
+    router.get("/v2/models/nope/config").respond(404, json={"detail": "Not Found"})
     router.post("/v2/repository/index").respond(
         json=[{"name": "iris", "version": "v0.1.0", "state": "READY", "reason": ""}]
     )
@@ -304,6 +311,49 @@ def test_mlserver_every_call(mlserver: respx.Router, routed_client: ClientFactor
     with pytest.raises(NotFoundError) as missing:
         client.models.config("iris")
     assert missing.value.error == "Not Found"
+
+
+def test_mlserver_has_no_config_endpoint(
+    mlserver: respx.Router, routed_client: ClientFactory
+) -> None:
+    client = routed_client()
+    with pytest.raises(EndpointNotSupportedError) as info:
+        client.models.config("iris")  # iris exists: it is the endpoint that is missing
+    error = info.value
+    assert isinstance(error, NotFoundError) and not isinstance(error, ModelNotFoundError)
+    assert error.endpoint == "config" and error.model == "iris" and error.status_code == 404
+    assert "no config endpoint" in str(error) and "'iris' exists" in str(error)
+    assert "no config endpoint" in error.hint
+    with pytest.raises(ModelNotFoundError) as missing:
+        client.models.config("nope")  # a model the server does not know stays that
+    assert not isinstance(missing.value, EndpointNotSupportedError)
+    assert client.models.get("iris").name == "iris"  # a good request still works
+
+
+async def test_mlserver_has_no_config_endpoint_async(
+    mlserver: respx.Router, routed_async_client: AsyncClientFactory
+) -> None:
+    client = routed_async_client()
+    with pytest.raises(EndpointNotSupportedError):
+        await client.models.config("iris")
+    with pytest.raises(ModelNotFoundError):
+        await client.models.config("nope")
+    assert (await client.models.get("iris")).name == "iris"
+
+
+def test_infer_batched_without_config_says_what_is_unknown(
+    mlserver: respx.Router, routed_client: ClientFactory
+) -> None:
+    client = routed_client()
+    rows = np.tile(IRIS_ROWS, (3, 1))
+    with pytest.raises(InputError) as info:
+        client.infer_batched("iris", rows, progress=False)
+    message = str(info.value)
+    assert "declares no batch dimension" not in message  # it may well have one: [-1, 4]
+    assert "unknown" in message and "no configuration endpoint" in message
+    assert "batch_size=" in message and "[-1, 4]" in message
+    result = client.infer_batched("iris", rows, batch_size=2, progress=False)
+    assert result["predict"].shape == (6, 1) and len(result.chunks) == 3
 
 
 def test_mlserver_json_inference(mlserver: respx.Router, routed_client: ClientFactory) -> None:

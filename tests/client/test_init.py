@@ -25,6 +25,7 @@ PUBLIC = {
     "ChunkFailure",
     "Client",
     "ConflictError",
+    "EndpointNotSupportedError",
     "Endpoints",
     "GenerateOptions",
     "Generation",

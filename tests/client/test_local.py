@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ X = np.random.default_rng(3).standard_normal((5, 64)).astype(np.float32)
 
 def test_local_client_runs_the_same_calls(repository: Path) -> None:
     with Client.local(repository, max_retries=0) as client:
-        transport = client._transport
+        transport = client._pipeline.transport
         assert isinstance(transport, LocalTransport)
         assert client.base_url == LOCAL_URL  # never resolved: nothing leaves the process
         assert client.server.live() is True
@@ -65,3 +68,43 @@ def test_local_bundled_examples_and_bad_arguments(tmp_path: Path) -> None:
         Client.local(tmp_path / "missing")
     with pytest.raises(ValueError, match="not both"):
         Client.local(tmp_path, settings=Settings(repository=tmp_path))
+
+
+def test_local_client_left_open_is_closed_quietly_at_exit() -> None:
+    # Before: at interpreter exit the loop thread died under the lifespan, printing
+    # "RuntimeError: no running event loop" and "Task was destroyed but it is pending".
+    script = (
+        "from maas_client import Client\n"
+        "client = Client.local()\n"
+        "assert client.server.live() is True\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-W", "always::ResourceWarning", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=root,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "Task was destroyed" not in done.stderr, done.stderr
+    assert "no running event loop" not in done.stderr, done.stderr
+    assert "ResourceWarning" in done.stderr and "Client.local() was left open" in done.stderr
+    quiet = subprocess.run(  # by default (ResourceWarning ignored) nothing at all is printed
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
+    closed = subprocess.run(  # a client closed in time warns of nothing
+        [sys.executable, "-W", "always::ResourceWarning", "-c", script + "client.close()\n"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert closed.returncode == 0 and "ResourceWarning" not in closed.stderr, closed.stderr

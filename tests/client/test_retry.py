@@ -6,6 +6,7 @@ delays are asserted exactly; the server's answers come from a respx router.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
 import time
@@ -18,8 +19,10 @@ from maas_client import (
     APIConnectionError,
     APIStatusError,
     APITimeoutError,
+    AsyncClient,
     AuthenticationError,
     BadRequestError,
+    Client,
     ConflictError,
     InternalServerError,
     NotFoundError,
@@ -362,13 +365,15 @@ def test_deadline_stops_waits_that_would_overrun_it(
 
 def test_deadline_bounds_real_retries(router: respx.Router, routed_client: ClientFactory) -> None:
     route = router.get("/v2/models/m").mock(return_value=_status(500))
-    policy = RetryPolicy(initial_delay=0.1, max_delay=0.1, jitter=0.0)  # really sleeps
+    # Really sleeps; the waits are long enough that a busy machine's slower attempts (up to
+    # ~0.4 s each) do not change the count.
+    policy = RetryPolicy(initial_delay=0.5, max_delay=0.5, jitter=0.0)
     started = time.monotonic()
     with pytest.raises(InternalServerError):
-        routed_client(retry_policy=policy, max_retries=50).models.get("m", deadline=0.35)
+        routed_client(retry_policy=policy, max_retries=50).models.get("m", deadline=1.75)
     elapsed = time.monotonic() - started
-    assert 0.2 <= elapsed < 0.35 + 0.1
-    # attempts start at about 0, 0.1, 0.2 (and 0.3) s; none once its wait would pass the deadline
+    assert 1.0 <= elapsed < 1.75 + 0.5
+    # attempts start at about 0, 0.5, 1.0 (and 1.5) s; none once its wait would pass the deadline
     assert 3 <= route.call_count <= 4
 
 
@@ -376,11 +381,11 @@ async def test_deadline_async(
     router: respx.Router, routed_async_client: AsyncClientFactory
 ) -> None:
     router.get("/v2/models/m").mock(return_value=_status(500))
-    policy = RetryPolicy(initial_delay=0.05, max_delay=0.05, jitter=0.0)
+    policy = RetryPolicy(initial_delay=0.25, max_delay=0.25, jitter=0.0)  # really sleeps
     started = time.monotonic()
     with pytest.raises(InternalServerError) as info:
-        await routed_async_client(retry_policy=policy, max_retries=50).models.get("m", deadline=0.2)
-    assert time.monotonic() - started < 0.3
+        await routed_async_client(retry_policy=policy, max_retries=50).models.get("m", deadline=1.0)
+    assert time.monotonic() - started < 1.5
     assert 3 <= info.value.attempts <= 5
 
 
@@ -450,3 +455,79 @@ def test_rate_limit_error_class(router: respx.Router, routed_client: ClientFacto
     with pytest.raises(RateLimitError) as info:
         routed_client().models.get("m")
     assert info.value.attempts == 3
+
+
+# --- Retry-After values that are not a wait (issue 11) -----------------------------------------
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "1e999", "-5"])
+def test_unreadable_retry_after_ms_is_ignored(value: str) -> None:
+    assert retry_after_seconds(httpx.Headers({"retry-after-ms": value})) is None
+    # then Retry-After (if any) is read, as if retry-after-ms were absent
+    both = httpx.Headers({"retry-after-ms": value, "retry-after": "2"})
+    assert retry_after_seconds(both) == 2.0
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e999"])
+def test_unreadable_retry_after_is_ignored(value: str) -> None:
+    assert retry_after_seconds(httpx.Headers({"retry-after": value})) is None
+
+
+def test_absurd_retry_after_is_capped() -> None:
+    policy = RetryPolicy(jitter=0.0, max_retry_after=60.0)
+    request = httpx.Request("GET", "http://maas.test/v2")
+    huge = httpx.Response(503, headers={"retry-after-ms": "1e300"}, request=request)
+    error = ServiceUnavailableError("busy", response=huge, error="busy")
+    assert next_delay(policy, error, 0) == 60.0
+    nan = httpx.Response(503, headers={"retry-after-ms": "nan"}, request=request)
+    error = ServiceUnavailableError("busy", response=nan, error="busy")
+    assert next_delay(policy, error, 0) == policy.initial_delay  # back-off instead
+
+
+def _nan_then_ok(router: respx.Router) -> respx.Route:
+    route = router.get("/v2")
+    ok = {"name": "maas", "version": "1", "extensions": []}
+    route.side_effect = [_status(503, **{"retry-after-ms": "nan"}), httpx.Response(200, json=ok)]
+    return route
+
+
+def test_retry_after_nan_sync_really_sleeps_back_off() -> None:
+    # The policy's own sleep (time.sleep): before the fix, time.sleep(nan) raised ValueError.
+    router = respx.Router(base_url="http://maas.test", assert_all_called=False)
+    route = _nan_then_ok(router)
+    http = httpx.Client(transport=httpx.MockTransport(router.handler))
+    policy = RetryPolicy(initial_delay=0.01, jitter=0.0)
+    with Client("http://maas.test", http_client=http, retry_policy=policy) as client:
+        assert client.server.metadata().name == "maas"
+        assert route.call_count == 2
+    http.close()
+
+
+async def test_retry_after_nan_async_does_not_wait_forever() -> None:
+    # asyncio.sleep(nan) never returns: the call must end, by the back-off delay.
+    router = respx.Router(base_url="http://maas.test", assert_all_called=False)
+    route = _nan_then_ok(router)
+    http = httpx.AsyncClient(transport=httpx.MockTransport(router.async_handler))
+    policy = RetryPolicy(initial_delay=0.01, jitter=0.0)
+    async with AsyncClient("http://maas.test", http_client=http, retry_policy=policy) as client:
+        metadata = await asyncio.wait_for(client.server.metadata(), timeout=10)
+        assert metadata.name == "maas" and route.call_count == 2
+    await http.aclose()
+
+
+async def test_concurrent_calls_retry_independently(
+    router: respx.Router, routed_async_client: AsyncClientFactory, delays: Delays
+) -> None:
+    # The calls of one client share their retry settings: each still counts its own attempts.
+    seen: dict[str, int] = {}
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        rid = request.headers["x-request-id"]
+        seen[rid] = seen.get(rid, 0) + 1
+        return _status(503) if seen[rid] == 1 else httpx.Response(200, json=METADATA)
+
+    router.get("/v2/models/m").mock(side_effect=flaky)
+    client = routed_async_client()
+    results = await asyncio.gather(*(client.models.get("m") for _ in range(50)))
+    assert all(r.name == "m" for r in results)
+    assert sorted(seen.values()) == [2] * 50 and len(delays) == 50

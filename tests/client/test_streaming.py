@@ -1,7 +1,7 @@
 """Event streams: closing (the server stops generating), errors sent inside a stream, and what
 is retried (everything before the first event, nothing after).
 
-Real servers where they can show it: a ``tiny_gpt`` engine whose steps are slowed shows that a
+Real servers where they can show it: a ``tiny_gpt`` engine paused after a few steps shows that a
 stream left early stops its sequence at once; an engine made to fail mid-generation sends a real
 ``event: error``; a server started on a port only after the first attempt was refused shows a
 retried connection. Scripted answers (respx) cover what maas does not send: statuses to retry,
@@ -10,8 +10,6 @@ a connection lost before or after the first event, OpenAI-shaped errors, malform
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -34,31 +32,52 @@ from maas_server.generation import GenerationEngine, GenerationService
 from tests.client.conftest import AsyncClientFactory, ClientFactory, Delays
 from tests.conftest import RunningServer, free_port, start_server, wait_for
 from tests.server.conftest import engine_of
+from tests.waiting import StepGate, until
 
 LONG = {"max_tokens": 200, "parameters": {"ignore_eos": True}}
 STREAM_PATH = "/v2/models/tiny_gpt/generate_stream"
+PAUSE_AFTER = 8
+"""Steps a generation of ``LONG`` gets before the engine pauses: it lasts until the test lets go."""
 
 
 # --- closing the stream stops the generation ---------------------------------------------------
 
 
+def stopped_early(gate: StepGate, cancels: int, before: int) -> None:
+    """Wait until the server has cancelled the sequence because its client closed the stream
+    (the engine paused, nothing more to send), then let the engine go: the sequence ends after
+    the step in progress, and the engine is ready for the next one."""
+    wait_for(lambda: gate.cancels == cancels)
+    gate.open()
+    wait_for(lambda: gate.engine.active_sequences == 0)
+    assert gate.engine.tokens - before <= PAUSE_AFTER + 1
+    gate.pause_after(PAUSE_AFTER)
+
+
+async def stopped_early_async(gate: StepGate, cancels: int, before: int) -> None:
+    """:func:`stopped_early` for a test on the event loop (which must go on running)."""
+    await until(lambda: gate.cancels == cancels)
+    gate.open()
+    await until(lambda: gate.engine.active_sequences == 0)
+    assert gate.engine.tokens - before <= PAUSE_AFTER + 1
+    gate.pause_after(PAUSE_AFTER)
+
+
 def test_breaking_out_of_the_loop_closes_the_connection(
-    slow_engine: GenerationEngine, make_generation_client: ClientFactory
+    engine_gate: StepGate, make_generation_client: ClientFactory
 ) -> None:
-    wait_for(lambda: slow_engine.active_sequences == 0)
-    before = slow_engine.tokens
+    engine = engine_gate.engine
+    engine_gate.pause_after(PAUSE_AFTER)
+    before = engine.tokens
     with make_generation_client() as client:
         stream = client.generate_stream("tiny_gpt", "Copyright", **LONG)  # type: ignore[arg-type]
         for chunk in stream:
             if chunk.index == 2:
-                assert slow_engine.active_sequences == 1
+                assert engine.active_sequences == 1
                 break
-        left = time.monotonic()
         # no with block and no close(): leaving the loop is enough
-        wait_for(lambda: slow_engine.active_sequences == 0, timeout=5)
-        assert time.monotonic() - left < 1.0
-        generated = slow_engine.tokens - before
-        assert generated < 100
+        stopped_early(engine_gate, 1, before)
+        engine_gate.open()
         assert stream.text  # what arrived stays readable
         assert list(stream) == []
         with pytest.raises(RuntimeError, match="closed before its last event"):
@@ -68,64 +87,67 @@ def test_breaking_out_of_the_loop_closes_the_connection(
 
 
 def test_close_and_the_with_block_close_the_connection(
-    slow_engine: GenerationEngine, make_generation_client: ClientFactory
+    engine_gate: StepGate, make_generation_client: ClientFactory
 ) -> None:
-    wait_for(lambda: slow_engine.active_sequences == 0)
+    engine = engine_gate.engine
+    engine_gate.pause_after(PAUSE_AFTER)
     with make_generation_client() as client:
+        before = engine.tokens
         stream = client.generate_stream("tiny_gpt", "Copyright", **LONG)  # type: ignore[arg-type]
         first, second = next(stream), next(stream)
         assert (first.index, second.index) == (0, 1)
-        assert slow_engine.active_sequences == 1
+        assert engine.active_sequences == 1
         stream.close()
-        wait_for(lambda: slow_engine.active_sequences == 0, timeout=1)
+        stopped_early(engine_gate, 1, before)
         stream.close()  # again: nothing happens
         with pytest.raises(StopIteration):
             next(stream)
 
+        before = engine.tokens
         with client.generate_stream("tiny_gpt", "Copyright", **LONG) as stream:  # type: ignore[arg-type]
             next(stream)
-            assert slow_engine.active_sequences == 1
-        wait_for(lambda: slow_engine.active_sequences == 0, timeout=1)
+            assert engine.active_sequences == 1
+        stopped_early(engine_gate, 2, before)
 
         # an exception inside the loop leaves it, which closes the stream too
+        before = engine.tokens
         with pytest.raises(KeyError):
             for _ in client.generate_stream("tiny_gpt", "Copyright", **LONG):  # type: ignore[arg-type]
                 raise KeyError("the caller's own failure")
-        wait_for(lambda: slow_engine.active_sequences == 0, timeout=1)
+        stopped_early(engine_gate, 3, before)
+    engine_gate.open()
 
 
 @pytest.mark.parametrize("kind", ["lean", "httpx"])
 async def test_async_streams_close_the_connection(
-    slow_engine: GenerationEngine, generation_url: str, kind: str
+    engine_gate: StepGate, generation_url: str, kind: str
 ) -> None:
-    async def idle(timeout: float = 1.0) -> None:
-        deadline = time.monotonic() + timeout
-        while slow_engine.active_sequences:
-            assert time.monotonic() < deadline, "the sequence still runs"
-            await asyncio.sleep(0.01)
-
-    await idle(5)
+    engine = engine_gate.engine
+    engine_gate.pause_after(PAUSE_AFTER)
     http = httpx.AsyncClient(timeout=30.0) if kind == "httpx" else None
     async with AsyncClient(generation_url, http_client=http) as aclient:
+        before = engine.tokens
         async with aclient.generate_stream("tiny_gpt", "Copyright", **LONG) as stream:  # type: ignore[arg-type]
             async for chunk in stream:
                 if chunk.index == 2:
-                    assert slow_engine.active_sequences == 1
+                    assert engine.active_sequences == 1
                     break
-        await idle()
+        await stopped_early_async(engine_gate, 1, before)
         assert stream.text
 
         # leaving the loop alone closes it too (once the event loop finalizes the iterator)
+        before = engine.tokens
         stream = aclient.generate_stream("tiny_gpt", "Copyright", **LONG)  # type: ignore[arg-type]
         async for chunk in stream:
             if chunk.index == 2:
                 break
-        await idle()
+        await stopped_early_async(engine_gate, 2, before)
 
+        before = engine.tokens
         stream = await aclient.generate_stream("tiny_gpt", "Copyright", **LONG)  # type: ignore[arg-type]
         await stream.__anext__()
         await stream.close()
-        await idle()
+        await stopped_early_async(engine_gate, 3, before)
         with pytest.raises(StopAsyncIteration):
             await stream.__anext__()
         with pytest.raises(RuntimeError, match="closed before its last event"):
@@ -135,6 +157,8 @@ async def test_async_streams_close_the_connection(
         never = aclient.generate_stream("tiny_gpt", "Copyright")
         await never.close()
         assert [chunk async for chunk in never] == []
+        assert engine_gate.cancels == 3
+    engine_gate.open()
     if http is not None:
         await http.aclose()
 

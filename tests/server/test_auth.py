@@ -46,6 +46,7 @@ from maas_server.keys_file import (
 from maas_server.stats import Rejections
 from tests.conftest import start_server, wait_for
 from tests.server.apps import asgi_app, bearer, mlp_request
+from tests.waiting import until
 
 
 class FakeClock:
@@ -410,8 +411,10 @@ async def _call(app: Any, path: str, key: str) -> tuple[int, dict[bytes, bytes]]
     return start["status"], dict(start["headers"])
 
 
-def _ok_app(release: asyncio.Event | None = None) -> Any:
+def _ok_app(release: asyncio.Event | None = None, entered: list[Scope] | None = None) -> Any:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if entered is not None:
+            entered.append(scope)
         if release is not None:
             await release.wait()
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -447,15 +450,17 @@ async def test_concurrency_quota(tmp_path: Path) -> None:
     key, _ = add_key(path, "one-at-a-time", ["read"], concurrency=1)
     other, _ = add_key(path, "other", ["read"], concurrency=1)
     release = asyncio.Event()
+    entered: list[Scope] = []
     access = AccessControl(KeyStore(path))
-    middleware = RequestGuard(_ok_app(release), access=access)
+    middleware = RequestGuard(_ok_app(release, entered), access=access)
     first = asyncio.create_task(_call(middleware, "/v2", key))
-    await asyncio.sleep(0.01)
+    await until(lambda: len(entered) == 1)  # the first request holds the key's only slot
     # The same key state in front of an app that answers at once.
     status, headers = await _call(RequestGuard(_ok_app(), access=access), "/v2", key)
     assert status == 429 and headers[b"retry-after"] == b"1"
     other_task = asyncio.create_task(_call(middleware, "/v2", other))  # its own quota
-    await asyncio.sleep(0.01)
+    await until(lambda: len(entered) == 2)  # admitted while the first one is still held
+    assert not first.done()
     release.set()
     assert (await first)[0] == 200 and (await other_task)[0] == 200
     assert (await _call(middleware, "/v2", key))[0] == 200  # the slot was given back

@@ -107,7 +107,7 @@ async def test_preferred_batch_size_dispatches_without_waiting(tmp_path: Path) -
     config = {
         "max_batch_size": 8,
         "dynamic_batching": {
-            "max_queue_delay_microseconds": 5_000_000,
+            "max_queue_delay_microseconds": 60_000_000,
             "preferred_batch_size": [4],
         },
     }
@@ -115,7 +115,8 @@ async def test_preferred_batch_size_dispatches_without_waiting(tmp_path: Path) -
     start = time.monotonic()
     xs = [np.full((1, 2), i, dtype=np.float32) for i in range(4)]
     await asyncio.gather(*[model.scheduler.infer({"x": x}, ["y"]) for x in xs])
-    assert time.monotonic() - start < 2.0
+    # Far below the 60 s delay (a busy machine still runs 4 rows well within it).
+    assert time.monotonic() - start < 20.0
     assert model.stats.batches.keys() == {4}
 
 
@@ -200,7 +201,9 @@ async def test_timeout_reject(tmp_path: Path) -> None:
     started = time.monotonic()
     with pytest.raises(QueueTimeoutError, match="timed out after waiting"):
         await model.scheduler.infer(slow_input(0.01), ["y"])
-    assert time.monotonic() - started < 0.25  # answered when the timeout ran out, not later
+    assert time.monotonic() - started >= 0.05
+    # Answered when the timeout ran out, not when an instance came free: the blocker still runs.
+    assert not blocker.done()
     gate.open()
     await blocker
     assert model.stats.rejected["timeout"] == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -305,26 +306,36 @@ def test_bytes_element_length_overruns(http: httpx.Client) -> None:
     assert_error(response, 400, "declares 1000 bytes")
 
 
-def test_bytes_huge_shape_is_refused_without_allocating(http: httpx.Client) -> None:
+@pytest.mark.parametrize("rows", [2**40, 2**21])
+def test_bytes_huge_shape_is_refused_without_allocating(http: httpx.Client, rows: int) -> None:
+    """One element of data for a shape of ``rows`` x 3: refused before anything of the shape's
+    size is allocated. The server runs in this process, so tracemalloc sees its allocations
+    (numpy arrays and Python lists included); 2**21 x 3 elements would be a 48 MiB array of
+    object pointers, well within the element limit, so allocating first would show."""
     payload = (3).to_bytes(4, "little") + b"abc"
     header = json.dumps(
         {
             "inputs": [
                 {
                     "name": "x",
-                    "shape": [2**40, 3],
+                    "shape": [rows, 3],
                     "datatype": "BYTES",
                     "parameters": {"binary_data_size": len(payload)},
                 }
             ]
         }
     ).encode()
-    response = http.post(
-        "/v2/models/identity_bytes/infer",
-        content=header + payload,
-        headers={HEADER_LENGTH: str(len(header))},
-    )
+    content = header + payload
+    headers = {HEADER_LENGTH: str(len(header))}
+    tracemalloc.start()
+    try:
+        response = http.post("/v2/models/identity_bytes/infer", content=content, headers=headers)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
     assert_error(response, 400, "BYTES")
+    assert peak < 4 * 2**20, f"{peak} bytes allocated while refusing the request"
+    good_request(http)
 
 
 def test_non_utf8_bytes_for_string_model(http: httpx.Client) -> None:

@@ -5,7 +5,6 @@ no other test uses, so that its counts start at zero), then OpenAI requests on `
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
@@ -15,6 +14,7 @@ from maas_server.generation import GenerationService
 from tests.conftest import wait_for
 from tests.server.test_generation import generate, stream
 from tests.server.test_observability import model_labels, parse_metrics
+from tests.waiting import StepGate
 
 MODEL = "tiny_gpt_stats"
 
@@ -51,22 +51,20 @@ def test_generation_requests_in_statistics_and_metrics(
     wait_for(lambda: engine.active_sequences == 0)
     assert metrics(generation_url)[1]["nv_inference_pending_request_count"][labels] == 0
 
-    original = engine._execute
-
-    def slow(*args: Any) -> Any:
-        time.sleep(0.01)
-        return original(*args)
-
-    monkeypatch.setattr(engine, "_execute", slow)  # the left stream lasts beyond its first event
+    # The left stream lasts beyond its first event: the engine pauses after its second step.
+    gate = StepGate.install(engine, monkeypatch, allow=2)
     body = {"text_input": "Copyright", "max_tokens": 200, "ignore_eos": True}
     with httpx.stream(
         "POST", f"{generation_url}/v2/models/{MODEL}/generate_stream", json=body
     ) as response:
         lines = response.iter_lines()  # kept: dropping the iterator would close the stream
         assert next(lines).startswith("data:")
+        wait_for(lambda: gate.holding)
         running = metrics(generation_url)[1]
         assert running["nv_inference_pending_request_count"][labels] == 1
-    wait_for(lambda: engine.active_sequences == 0, timeout=5)
+    wait_for(lambda: gate.cancels == 1)  # the server saw the client leave
+    gate.open()
+    wait_for(lambda: engine.active_sequences == 0)
 
     stats = model_stats(generation_url, MODEL)
     inference = stats["inference_stats"]

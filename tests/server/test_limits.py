@@ -83,18 +83,22 @@ async def test_header_size_limit(repository: Path) -> None:
 
 async def test_request_deadline(repository: Path) -> None:
     settings = Settings(repository=repository, request_timeout_s=0.3)
+    rest_of_body = asyncio.Event()  # set once the answer is in: only the deadline can end it
 
     async def slow_body() -> AsyncIterator[bytes]:
         request = mlp_request()
         yield request["content"][:10]
-        await asyncio.sleep(2)
+        await rest_of_body.wait()
         yield request["content"][10:]
 
     async with asgi_app(settings) as (app, client):
         headers = mlp_request()["headers"]
-        answer = await asyncio.wait_for(
-            client.post("/v2/models/mlp/infer", content=slow_body(), headers=headers), 5
-        )
+        try:
+            answer = await asyncio.wait_for(
+                client.post("/v2/models/mlp/infer", content=slow_body(), headers=headers), 5
+            )
+        finally:
+            rest_of_body.set()
         assert answer.status_code == 504
         assert "deadline of 0.3 s" in answer.json()["error"]
         assert app.state.rejections.snapshot() == {"deadline_exceeded": 1}

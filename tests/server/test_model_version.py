@@ -46,8 +46,10 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 1.0) -> bool:
     return True
 
 
-def threads_of(name: str) -> list[str]:
-    return [t.name for t in threading.enumerate() if f"-{name}-" in t.name]
+def threads_of(name: str, before: frozenset[threading.Thread] = frozenset()) -> list[str]:
+    """The names of the threads serving model ``name``, less those in ``before`` (threads that
+    other tests' servers of a model of the same name may still be closing)."""
+    return [t.name for t in threading.enumerate() if f"-{name}-" in t.name and t not in before]
 
 
 def mlp_feeds() -> dict[str, np.ndarray[Any, Any]]:
@@ -129,6 +131,7 @@ async def test_a_closed_version_refuses_new_requests_with_503(tmp_path: Path) ->
 
 async def test_unload_stops_the_generation_engine(tmp_path: Path, no_gc: None) -> None:
     shutil.copytree(TINY_GPT, tmp_path / "tiny_gpt")
+    before = frozenset(threading.enumerate())
     repo = ModelRepository(tmp_path)
     repo.load("tiny_gpt")
     service = GenerationService(repo)
@@ -138,11 +141,13 @@ async def test_unload_stops_the_generation_engine(tmp_path: Path, no_gc: None) -
     assert result.completion_tokens == 4
     version: ModelVersion = repo.get("tiny_gpt")
     assert version.engine is engine
-    assert [n for n in threads_of("tiny_gpt") if n.startswith("maas-generate")]
+    assert [n for n in threads_of("tiny_gpt", before) if n.startswith("maas-generate")]
     session_refs = [weakref.ref(s) for s in version.onnx.sessions]
     del version
 
     await asyncio.to_thread(repo.unload, "tiny_gpt")
 
-    assert await asyncio.to_thread(wait_until, lambda: not threads_of("tiny_gpt"))
+    assert await asyncio.to_thread(wait_until, lambda: not threads_of("tiny_gpt", before)), (
+        threads_of("tiny_gpt", before)
+    )
     assert all(r() is None for r in session_refs)

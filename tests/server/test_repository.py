@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from maas_server.config import ConfigError, load_config
 from maas_server.repository import ModelRepository
 from tests import models
 from tests.conftest import free_port
+from tests.waiting import DEADLINE_S, Gate
 
 
 def put(root: Path, name: str, model: Any, config: Any = None, version: int = 1) -> Path:
@@ -34,12 +36,17 @@ def put(root: Path, name: str, model: Any, config: Any = None, version: int = 1)
 
 
 async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async for _, client in app_and_client_for(settings):
+        yield client
+
+
+async def app_and_client_for(settings: Settings) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
     app = create_app(settings)
     async with (
         LifespanManager(app) as manager,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=manager.app), base_url="http://t") as c,
     ):
-        yield c
+        yield app, c
 
 
 def mlp_body(rows: int = 1) -> dict[str, Any]:
@@ -179,7 +186,8 @@ async def test_strict_readiness_reports_failed_models(repository: Path) -> None:
 
 async def test_load_swaps_atomically_while_serving(tmp_path: Path) -> None:
     put(tmp_path, "slow", models.slow_model(0.4), {"max_batch_size": 256})
-    async for client in client_for(Settings(repository=tmp_path)):
+    async for app, client in app_and_client_for(Settings(repository=tmp_path)):
+        gate = Gate(app.state.dataplane.repository.get("slow"))
         rows = models.SLOW_MODEL_BATCH
         body = {
             "inputs": [
@@ -192,13 +200,14 @@ async def test_load_swaps_atomically_while_serving(tmp_path: Path) -> None:
             ]
         }
         in_flight = asyncio.create_task(client.post("/v2/models/slow/infer", json=body))
-        await asyncio.sleep(0.05)
+        await gate.wait_started()  # running on the version about to be replaced
         override = json.dumps({"max_batch_size": 512})
         loaded = await client.post(
             "/v2/repository/models/slow/load", json={"parameters": {"config": override}}
         )
         assert loaded.status_code == 200, loaded.text
-        assert not in_flight.done() or (await in_flight).status_code == 200
+        assert not in_flight.done()  # the swap did not wait for it, nor cut it
+        gate.open()
         response = await in_flight
         assert response.status_code == 200, response.text
         assert len(response.json()["outputs"][0]["data"]) == rows * models.SLOW_MODEL_WIDTH
@@ -299,7 +308,15 @@ def test_sigterm_finishes_in_flight_requests(tmp_path: Path) -> None:
                         headers={HEADER_LENGTH: str(body.header_length)},
                     )
                 )
-                await asyncio.sleep(0.15)
+                # SIGTERM once the server runs the request (its pending count says so).
+                pending = re.compile(
+                    r'^nv_inference_pending_request_count\{[^}]*"slow"[^}]*\} 1', re.M
+                )
+                deadline = time.monotonic() + DEADLINE_S
+                while not pending.search((await client.get("/metrics")).text):
+                    assert time.monotonic() < deadline, "the request never reached the server"
+                    assert not task.done(), "the request ended before the SIGTERM"
+                    await asyncio.sleep(0.005)
                 proc.send_signal(signal.SIGTERM)
                 return await task
 

@@ -4,7 +4,6 @@ HTTPS with client certificates. Also the buffered access log handler on its own.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -13,6 +12,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -31,6 +31,7 @@ from maas_server.access_log import (
 from maas_server.keys_file import add_key
 from tests import models
 from tests.server.apps import bearer, mlp_request
+from tests.waiting import until
 
 
 def free_port() -> int:
@@ -321,15 +322,29 @@ def test_configured_logger_takes_entries_without_log_records() -> None:
         logger.setLevel(logging.NOTSET)
 
 
+class _WriterRecordingIO(io.StringIO):
+    """A text buffer that remembers which threads wrote into it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writers: set[threading.Thread] = set()
+
+    def write(self, text: str) -> int:
+        self.writers.add(threading.current_thread())
+        return super().write(text)
+
+
 async def test_the_event_loop_flushes_what_it_wrote() -> None:
-    out = io.StringIO()
+    out = _WriterRecordingIO()
     logger = configure_access_logger(out, flush_interval=0.01)
     try:
         log = AccessLog("json", logger)
         scope = {"type": "http", "method": "GET", "path": "/v2", "headers": [], "client": None}
         log.write(scope, log.request_id(scope), 200, 3, 0.001)
-        assert out.getvalue() == ""  # the thread flushes only every second
-        await asyncio.sleep(0.1)
+        assert out.getvalue() == ""  # nothing written before a flush
+        await until(lambda: out.getvalue())
+        # Written by the loop itself, not by the handler's background thread.
+        assert out.writers == {threading.current_thread()}
         (line,) = out.getvalue().splitlines()
         entry = json.loads(line)
         assert entry["path"] == "/v2" and entry["status"] == 200 and entry["client"] == "-"

@@ -1,0 +1,7 @@
+"""The client's I/O, written once, asynchronous: ``scripts/unasync.py`` generates the blocking
+twin in ``maas_client/_sync`` from these modules (do not edit that one)."""
+
+from ._client import AsyncClient
+from ._streams import AsyncGenerationStream, AsyncStream
+
+__all__ = ["AsyncClient", "AsyncGenerationStream", "AsyncStream"]

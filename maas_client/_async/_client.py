@@ -1,0 +1,265 @@
+"""The client: one class over its pipeline, written once for ``async``/``await``
+(:class:`AsyncClient`); the blocking :class:`~maas_client.Client` is generated from it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from .._answers import infer_call
+from .._batch_result import BatchResult
+from .._batched import (
+    NO_CONFIG_STATUSES,
+    ProgressLike,
+    async_infer_batched,
+    check_concurrency,
+    declared_max_batch_size,
+    plan_batch,
+)
+from .._core import ClientCore, EventHooks
+from .._exceptions import APIStatusError, BadRequestError, NotFoundError
+from .._generation import Generation, parse_generation, plan_generate
+from .._inputs import Output, needs_metadata
+from .._local import AsyncLocalTransport
+from .._raw import CLIENT_CALLS, RawMirror
+from .._result import InferResult
+from .._types import CallOptions, VersionLike
+from ..types import ModelConfiguration
+from ._pipeline import AsyncPipeline
+from ._raw_calls import async_to_raw_response_wrapper
+from ._resources import AsyncModels, AsyncServer
+from ._streams import AsyncGenerationStream
+from ._transports import open_transport
+
+if TYPE_CHECKING:
+    from typing_extensions import Self, Unpack
+
+    from .._generation import GenerateOptions
+
+__all__ = ["AsyncClient"]
+
+
+class AsyncClient(ClientCore[httpx.AsyncClient]):
+    """A client of an Open Inference Protocol server (maas, Triton, MLServer, KServe).
+
+    >>> with Client("http://127.0.0.1:8000") as client:  # doctest: +SKIP
+    ...     result = client.infer("digits", x)
+    >>> async with AsyncClient("http://127.0.0.1:8000") as client:  # doctest: +SKIP
+    ...     result = await client.infer("digits", x)
+
+    Settings left out come from ``MAAS_BASE_URL``, ``MAAS_API_KEY``, ``MAAS_TIMEOUT`` and
+    ``MAAS_MAX_RETRIES``. ``http_client`` injects an :class:`httpx.Client` (an
+    :class:`httpx.AsyncClient` for :class:`AsyncClient`: proxies, TLS, transports); the client
+    then never closes it. ``limits`` caps the connection pool and ``event_hooks`` are called
+    with each request and response, as httpx's. Several URLs (a list, or
+    :class:`~maas_client.Endpoints`) spread the requests over several servers, and :meth:`local`
+    runs a server in-process.
+    """
+
+    server: AsyncServer
+    models: AsyncModels
+
+    def _open(
+        self,
+        http_client: httpx.AsyncClient | None,
+        limits: httpx.Limits | None,
+        hooks: EventHooks,
+        verify: Any,
+    ) -> None:
+        transport = open_transport(self.base_url, http_client, limits, verify)
+        self._pipeline = AsyncPipeline(
+            self,
+            transport,
+            state=self._state,
+            pool=self._pool,
+            default_headers=self._default_headers,
+            base_headers=http_client.headers if http_client is not None else {},
+            hooks=hooks,
+            owns_transport=http_client is None,
+        )
+        self._attach()
+
+    def _copied(self) -> None:
+        self._pipeline = self._pipeline.derive(
+            self, state=self._state, pool=self._pool, default_headers=self._default_headers
+        )
+        self._attach()
+
+    def _attach(self) -> None:
+        self.server = AsyncServer(self._pipeline)
+        self.models = AsyncModels(self._pipeline)
+
+    def _serve_in_process(self, app: Any) -> None:
+        self._pipeline.use_transport(AsyncLocalTransport(app))
+
+    # --- lifetime ------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the connection pool, unless it was injected or belongs to the original client."""
+        await self._pipeline.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} base_url={self.base_url!r}>"
+
+    @cached_property
+    def with_raw_response(self) -> RawMirror:
+        """The same calls, returning a :class:`~maas_client.RawResponse` each."""
+        return RawMirror(self, async_to_raw_response_wrapper, CLIENT_CALLS)
+
+    # --- inference -----------------------------------------------------------------------------
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        version: VersionLike = None,
+        outputs: Sequence[str | Output] | None = None,
+        binary: bool | None = None,
+        validate: bool | None = None,
+        id: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        **options: Unpack[CallOptions],
+    ) -> InferResult:
+        """Run ``model`` on ``inputs`` and return its outputs as numpy arrays.
+
+        ``inputs`` is a bare array or list (models with one input), a ``{name: array}`` mapping
+        or a list of :class:`~maas_client.Input`. They are checked against the model's metadata
+        (fetched once, cached) unless ``validate=False``. ``binary`` picks the encoding (default:
+        binary when the server supports it); ``outputs`` limits what comes back; ``id`` and
+        ``parameters`` go into the request as the protocol defines them.
+        """
+        pipeline = self._pipeline
+        use_binary = await pipeline.use_binary(binary, options)
+        check = self.validate if validate is None else validate
+        metadata = None
+        if check or needs_metadata(inputs):
+            metadata = await pipeline.model_metadata(model, version, options)
+        call = infer_call(
+            model,
+            version,
+            inputs,
+            metadata,
+            check=check,
+            binary=use_binary,
+            outputs=outputs,
+            id=id,
+            parameters=parameters,
+        )
+        try:
+            return await pipeline.call(call.plan, options, call.parse)
+        except (BadRequestError, NotFoundError):
+            pipeline.state.forget_model(model)  # the model may have changed under its name
+            raise
+
+    async def infer_batched(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        batch_size: int | None = None,
+        concurrency: int = 4,
+        progress: ProgressLike = True,
+        version: VersionLike = None,
+        outputs: Sequence[str | Output] | None = None,
+        binary: bool | None = None,
+        validate: bool | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        **options: Unpack[CallOptions],
+    ) -> BatchResult:
+        """Run ``model`` on many rows: split, sent ``concurrency`` requests at a time, joined.
+
+        ``inputs`` are what :meth:`infer` takes, or a pandas DataFrame, with any number of rows
+        (their first dimension). Each request carries at most the model's ``max_batch_size``
+        rows, or ``batch_size``. The outputs come back in input order; ``progress`` shows a
+        bar (in a notebook or a terminal; ``"always"``: also elsewhere). A request that still
+        fails after its retries raises :class:`~maas_client.BatchError` once the others are
+        done, carrying their outputs.
+
+        >>> result = client.infer_batched("digits", x, concurrency=8)  # doctest: +SKIP
+        """
+        check_concurrency(concurrency)
+        started = time.monotonic()
+        pipeline = self._pipeline
+        metadata = await pipeline.model_metadata(model, version, options)
+        config: ModelConfiguration | None = None
+        has_config = True
+        if declared_max_batch_size(metadata) is None:
+            try:
+                config = await self.models.config(model, version, **options)
+            except APIStatusError as exc:
+                if exc.status_code not in NO_CONFIG_STATUSES:
+                    raise
+                has_config = False  # MLServer, KServe: the batch size may be unknown
+        batch = plan_batch(inputs, metadata, config, batch_size, has_config=has_config)
+        return await async_infer_batched(
+            self.infer,
+            model,
+            batch,
+            started=started,
+            concurrency=concurrency,
+            progress=progress,
+            version=version,
+            outputs=outputs,
+            binary=await pipeline.use_binary(binary, options),
+            validate=validate,
+            parameters=parameters,
+            options=options,
+        )
+
+    # --- text generation -----------------------------------------------------------------------
+
+    async def generate(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        version: VersionLike = None,
+        **params: Unpack[GenerateOptions],
+    ) -> Generation:
+        """Generate text from ``prompt`` with a text-generation ``model`` (Triton's generate
+        extension) and return it whole.
+
+        The keyword arguments are the sampling parameters (``max_tokens``, ``temperature``,
+        ``top_k``, ``top_p``, ``seed``, ``stop``; left out: the model's defaults),
+        ``return_token_ids``, ``id``, ``parameters`` (anything else the server understands) and
+        the call options (``timeout``, ``max_retries``...).
+
+        >>> client.generate("tiny_gpt", "Licensed under the", max_tokens=16).text  # doctest: +SKIP
+        """
+        plan, options = plan_generate(model, version, prompt, params, stream=False)
+        return await self._pipeline.call(plan, options, parse_generation)
+
+    def generate_stream(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        version: VersionLike = None,
+        **params: Unpack[GenerateOptions],
+    ) -> AsyncGenerationStream:
+        """Like :meth:`generate`, as a stream of chunks that arrive while the model runs.
+
+        Errors until the first chunk are retried like any call. A :class:`Client`'s stream is
+        open when the call returns (its errors are raised there); an :class:`AsyncClient`'s
+        opens when used: ``async with client.generate_stream(...) as stream``, or ``await`` it.
+        Leaving the block, or the loop over the chunks, closes the connection and the server
+        stops generating.
+
+        >>> with client.generate_stream("tiny_gpt", "Hello") as stream:  # doctest: +SKIP
+        ...     for chunk in stream:
+        ...         print(chunk.text, end="", flush=True)
+        """
+        plan, options = plan_generate(model, version, prompt, params, stream=True)
+        pipeline = self._pipeline
+        return AsyncGenerationStream(lambda: pipeline.open_stream(plan, options))
