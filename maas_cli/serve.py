@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import math
 import os
 import ssl
 from pathlib import Path
@@ -29,20 +30,32 @@ def _loopback(host: str) -> bool:
 def serve(
     repository: Annotated[
         Path | None,
-        typer.Argument(help="Model repository folder (default: the bundled examples)."),
+        typer.Argument(
+            envvar="MAAS_SERVER_REPOSITORY",
+            help="Model repository folder (default: the bundled examples).",
+        ),
     ] = None,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    host: Annotated[
+        str, typer.Option(envvar="MAAS_SERVER_HOST", help="Address to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="MAAS_SERVER_PORT", help="Port to listen on.")] = 8000,
     model_control: Annotated[
         str,
         typer.Option(
+            envvar="MAAS_SERVER_MODEL_CONTROL",
             help="'none': load every model at start; 'explicit': only through the API; "
-            "'poll': load at start, then follow changes of the repository folder."
+            "'poll': load at start, then follow changes of the repository folder.",
         ),
     ] = "none",
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_level: Annotated[
+        str, typer.Option(envvar="MAAS_SERVER_LOG_LEVEL", help="debug, info, warning or error.")
+    ] = "info",
     max_body_size: Annotated[
-        int, typer.Option(help="Largest request body accepted, in bytes (413 above it).")
+        int,
+        typer.Option(
+            envvar="MAAS_SERVER_MAX_BODY_SIZE",
+            help="Largest request body accepted, in bytes (413 above it).",
+        ),
     ] = 64 * 1024 * 1024,
     api_keys_file: Annotated[
         Path | None,
@@ -53,57 +66,119 @@ def serve(
         ),
     ] = None,
     protect_health: Annotated[
-        bool, typer.Option(help="Require a key for /v2/health/live and /ready too.")
+        bool,
+        typer.Option(
+            envvar="MAAS_SERVER_PROTECT_HEALTH",
+            help="Require a key for /v2/health/live and /ready too.",
+        ),
     ] = False,
     ssl_certfile: Annotated[
-        Path | None, typer.Option(help="TLS certificate chain (PEM): serve HTTPS.")
+        Path | None,
+        typer.Option(
+            envvar="MAAS_SERVER_SSL_CERTFILE", help="TLS certificate chain (PEM): serve HTTPS."
+        ),
     ] = None,
-    ssl_keyfile: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    ssl_keyfile: Annotated[
+        Path | None, typer.Option(envvar="MAAS_SERVER_SSL_KEYFILE", help="TLS private key (PEM).")
+    ] = None,
     ssl_ca_certs: Annotated[
         Path | None,
-        typer.Option(help="CA bundle (PEM) for client certificates: clients must present one."),
+        typer.Option(
+            envvar="MAAS_SERVER_SSL_CA_CERTS",
+            help="CA bundle (PEM) for client certificates: clients must present one.",
+        ),
     ] = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(
+            envvar="MAAS_SERVER_METRICS_PORT",
             help="Serve /metrics on this port instead of the main one: without API key or TLS, "
-            "so on --metrics-host only."
+            "so on --metrics-host only.",
         ),
     ] = None,
     metrics_host: Annotated[
         str,
         typer.Option(
+            envvar="MAAS_SERVER_METRICS_HOST",
             help="Address of --metrics-port (default loopback; another address exposes the "
-            "metrics, unauthenticated and in clear, to whoever reaches it)."
+            "metrics, unauthenticated and in clear, to whoever reaches it).",
         ),
     ] = "127.0.0.1",
     access_log: Annotated[
-        str, typer.Option(help="One line per request on stderr: text, json or off.")
+        str,
+        typer.Option(
+            envvar="MAAS_SERVER_ACCESS_LOG",
+            help="One line per request on stderr: text, json or off.",
+        ),
     ] = "text",
     cors_origin: Annotated[
         list[str] | None,
-        typer.Option(help="An origin browsers may call from (repeat it); CORS is off without."),
+        typer.Option(
+            envvar="MAAS_SERVER_CORS_ORIGIN",
+            help="An origin browsers may call from (repeat it); CORS is off without.",
+        ),
     ] = None,
     max_tensor_elements: Annotated[
-        int, typer.Option(help="Most elements in one input tensor (413 above; 0: no limit).")
+        int,
+        typer.Option(
+            envvar="MAAS_SERVER_MAX_TENSOR_ELEMENTS",
+            help="Most elements in one input tensor (413 above; 0: no limit).",
+        ),
     ] = 64 * 1024 * 1024,
     max_bytes_element_size: Annotated[
-        int, typer.Option(help="Longest BYTES element, in bytes (413 above; 0: no limit).")
+        int,
+        typer.Option(
+            envvar="MAAS_SERVER_MAX_BYTES_ELEMENT_SIZE",
+            help="Longest BYTES element, in bytes (413 above; 0: no limit).",
+        ),
     ] = 16 * 1024 * 1024,
     max_header_size: Annotated[
-        int, typer.Option(help="Largest request headers, in bytes (431 above; 0: no limit).")
+        int,
+        typer.Option(
+            envvar="MAAS_SERVER_MAX_HEADER_SIZE",
+            help="Largest request headers, in bytes (431 above; 0: no limit).",
+        ),
     ] = 16 * 1024,
     root_path: Annotated[
         str,
         typer.Option(
+            envvar="MAAS_SERVER_ROOT_PATH",
             help="Path prefix a proxy serves maas under (e.g. /maas), which the proxy strips; "
-            "routes and API keys see paths without it."
+            "routes and API keys see paths without it.",
         ),
     ] = "",
     request_timeout: Annotated[
         float,
-        typer.Option(help="Seconds a request may take before its answer starts (504; 0: none)."),
+        typer.Option(
+            envvar="MAAS_SERVER_REQUEST_TIMEOUT",
+            help="Seconds a request may take before its answer starts (504; 0: none).",
+        ),
     ] = 300.0,
+    graceful_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="MAAS_SERVER_GRACEFUL_TIMEOUT",
+            help="On SIGTERM or Ctrl-C: seconds the requests in flight have to finish while "
+            "readiness is false and new requests get 503; then they are cancelled and maas "
+            "exits.",
+        ),
+    ] = 30.0,
+    max_queue_size: Annotated[
+        int,
+        typer.Option(
+            envvar="MAAS_SERVER_MAX_QUEUE_SIZE",
+            help="Requests that may wait in each queue of a model whose configuration sets no "
+            "max_queue_size (503 + Retry-After above; 0: no limit).",
+        ),
+    ] = 512,
+    max_inflight_body_bytes: Annotated[
+        int,
+        typer.Option(
+            envvar="MAAS_SERVER_MAX_INFLIGHT_BODY_BYTES",
+            help="Request body bytes held at once across all requests (503 + Retry-After "
+            "above; 0: no limit).",
+        ),
+    ] = 4 * 64 * 1024 * 1024,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2 / Triton).
 
@@ -112,6 +187,7 @@ def serve(
     try:
         import uvicorn
 
+        from maas_cli._graceful import GracefulServer
         from maas_server import Settings, create_app, default_repository
         from maas_server.access_log import configure_access_logger
         from maas_server.keys_file import KeysFileError
@@ -127,6 +203,14 @@ def serve(
         raise typer.BadParameter("use 'text', 'json' or 'off'", param_hint="--access-log")
     if root_path and (not root_path.startswith("/") or root_path.endswith("/")):
         raise typer.BadParameter("start it with '/', without a final '/'", param_hint="--root-path")
+    for value, flag in (
+        (graceful_timeout, "--graceful-timeout"),
+        (request_timeout, "--request-timeout"),
+        (max_queue_size, "--max-queue-size"),
+        (max_inflight_body_bytes, "--max-inflight-body-bytes"),
+    ):
+        if not value >= 0:  # also refuses nan
+            raise typer.BadParameter("give 0 or more", param_hint=flag)
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise typer.BadParameter("give both --ssl-certfile and --ssl-keyfile")
     if ssl_ca_certs is not None and ssl_certfile is None:
@@ -149,6 +233,8 @@ def serve(
         max_bytes_element_size=max_bytes_element_size,
         max_header_bytes=max_header_size,
         request_timeout_s=request_timeout,
+        max_queue_size=max_queue_size,
+        max_inflight_body_bytes=max_inflight_body_bytes,
         cors_origins=tuple(cors_origin or ()),
         metrics_port=metrics_port,
         metrics_host=metrics_host,
@@ -185,12 +271,13 @@ def serve(
         ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
         ssl_ca_certs=str(ssl_ca_certs) if ssl_ca_certs else None,
         ssl_cert_reqs=ssl.CERT_REQUIRED if ssl_ca_certs else ssl.CERT_NONE,
+        timeout_graceful_shutdown=math.ceil(graceful_timeout),
     )
     config.load()
     if config.ssl is not None:
         tls_floor(config.ssl)
-    server = uvicorn.Server(config)
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: uvicorn has shut down already
+    server = GracefulServer(config, app, graceful_timeout)
+    with contextlib.suppress(KeyboardInterrupt):  # a Ctrl-C while the event loop starts or ends
         server.run()
     if not server.started:
         raise typer.Exit(3)  # as uvicorn.run: it could not start (the log says why)

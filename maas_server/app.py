@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from .access_log import AccessLog
+from .asgi import SCOPE_REQUEST_ID
 from .auth import AccessControl, KeyStore
 from .dataplane import DataPlane
 from .errors import ServerError
@@ -31,6 +33,7 @@ from .publish_routes import publish_routes
 from .repository import ModelRepository
 from .routes import JSONBytesResponse, routes
 from .settings import Settings
+from .shutdown import Shutdown, ShutdownGuard
 from .stats import Rejections
 
 __all__ = ["build_middleware", "create_app"]
@@ -55,15 +58,34 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    logger.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONBytesResponse({"error": f"internal server error: {exc}"}, status_code=500)
+    """A fault no route expected: the caller gets a plain 500 and the request id, the log gets
+    the details and the traceback under that id (never the caller: the text of an exception
+    may name files, settings or data of other requests)."""
+    given = request.scope.get(SCOPE_REQUEST_ID)  # the access log's id, when it is on
+    request_id = given.decode("ascii", "replace") if isinstance(given, bytes) else uuid.uuid4().hex
+    logger.error(
+        "unexpected error on %s %s (request id %s)",
+        request.method,
+        request.url.path,
+        request_id,
+        exc_info=exc,
+    )
+    return JSONBytesResponse(
+        {"error": "internal server error", "request_id": request_id},
+        status_code=500,
+        headers={"X-Request-ID": request_id},
+    )
 
 
 def build_middleware(
-    settings: Settings, rejections: Rejections, keys: KeyStore | None
+    settings: Settings,
+    rejections: Rejections,
+    keys: KeyStore | None,
+    shutdown: Shutdown | None = None,
 ) -> list[Middleware]:
     """The middleware stack, outermost first: CORS (only with origins; preflights carry no key),
-    then one :class:`RequestGuard` (request ids, header limit, API keys, deadline, access log)."""
+    then one :class:`RequestGuard` (request ids, header limit, API keys, deadline, access log),
+    then the :class:`ShutdownGuard` (requests in flight; 503 while the server drains)."""
     stack: list[Middleware] = []
     if settings.cors_origins:
         stack.append(
@@ -88,6 +110,8 @@ def build_middleware(
                 rejections=rejections,
             )
         )
+    if shutdown is not None:
+        stack.append(Middleware(ShutdownGuard, shutdown=shutdown, rejections=rejections))
     return stack
 
 
@@ -118,6 +142,12 @@ def create_app(settings: Settings) -> Starlette:
         extra_routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
     generation = GenerationService(repository)
     poller = RepositoryPoller(repository, settings.poll_interval_s)
+    shutdown = Shutdown()
+
+    def not_ready() -> None:  # the first thing the drain does (see maas_server.shutdown)
+        dataplane.started = False
+
+    shutdown.subscribe(not_ready)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -149,7 +179,7 @@ def create_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         routes=[*routes, *publish_routes, *generate_routes, *openai_routes, *extra_routes],
-        middleware=build_middleware(settings, rejections, keys),
+        middleware=build_middleware(settings, rejections, keys, shutdown),
         lifespan=lifespan,
         exception_handlers={
             ServerError: _server_error,
@@ -162,6 +192,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.publisher = Publisher(repository)
     app.state.poller = poller
     app.state.settings = settings
+    app.state.shutdown = shutdown
     app.state.rejections = rejections
     app.state.keys = keys
     app.state.metrics_registry = registry

@@ -13,6 +13,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = [
+    "SCOPE_REQUEST_ID",
     "ASGIApp",
     "Message",
     "Receive",
@@ -22,6 +23,10 @@ __all__ = [
     "header",
     "send_error",
 ]
+
+
+SCOPE_REQUEST_ID = "maas.request_id"
+"""Scope key of the request id (bytes) that the access log gives the request, when it is on."""
 
 
 class Refusal(NamedTuple):

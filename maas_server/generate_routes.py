@@ -105,7 +105,8 @@ async def generate(request: Request) -> Response:
 
 
 async def generate_stream(request: Request) -> Response:
-    deadline = StreamDeadline(request.app.state.settings.request_timeout_s)
+    state = request.app.state
+    deadline = StreamDeadline(state.settings.request_timeout_s, state.shutdown)
     body = await read_message(request, GenerateRequest)
     engine, stream = _start(request, body)
     return_ids = body.wants_token_ids

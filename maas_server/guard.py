@@ -22,7 +22,7 @@ import asyncio
 import time
 
 from .access_log import AccessLog
-from .asgi import ASGIApp, Message, Receive, Scope, Send, send_error
+from .asgi import SCOPE_REQUEST_ID, ASGIApp, Message, Receive, Scope, Send, send_error
 from .auth import AccessControl, ApiKey
 from .limits import header_refusal
 from .stats import Rejections
@@ -57,6 +57,8 @@ class RequestGuard:
         log = self.access_log
         start = time.perf_counter()
         request_id = log.request_id(scope) if log is not None else None
+        if request_id is not None:
+            scope[SCOPE_REQUEST_ID] = request_id  # for the answer to an unexpected error
         status = 0
         sent = 0
         started = False

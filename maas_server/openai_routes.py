@@ -56,8 +56,13 @@ def _error_body(exc: ServerError) -> dict[str, Any]:
 
 
 def _deadline_error(deadline: StreamDeadline) -> dict[str, Any]:
-    message = deadline.message
-    return {"error": {"message": message, "type": "timeout", "param": None, "code": None}}
+    message, kind = deadline.message, deadline.error_type
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+def _stream_deadline(request: Request) -> StreamDeadline:
+    state = request.app.state
+    return StreamDeadline(state.settings.request_timeout_s, state.shutdown)
 
 
 def _openai_errors(endpoint: Endpoint) -> Endpoint:
@@ -260,7 +265,7 @@ async def _event_stream(
 
 
 async def completions(request: Request) -> Response:
-    deadline = StreamDeadline(request.app.state.settings.request_timeout_s)
+    deadline = _stream_deadline(request)
     body = await read_message(request, CompletionRequest)
     engine = _engine(request, body)
     _check_supported(body)
@@ -303,7 +308,7 @@ async def completions(request: Request) -> Response:
 
 
 async def chat_completions(request: Request) -> Response:
-    deadline = StreamDeadline(request.app.state.settings.request_timeout_s)
+    deadline = _stream_deadline(request)
     body = await read_message(request, ChatCompletionRequest)
     engine = _engine(request, body)
     _check_supported(body)

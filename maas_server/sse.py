@@ -19,6 +19,8 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from .shutdown import SHUTDOWN_MESSAGE, Shutdown
+
 __all__ = ["EventStreamResponse", "StreamDeadline", "sse_event", "watch_disconnect"]
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -85,38 +87,58 @@ class EventStreamResponse(Response):
 
 
 class StreamDeadline:
-    """The request deadline (``request_timeout_s``) for a stream that has started.
+    """The request deadline (``request_timeout_s``) for a stream that has started, and the
+    server's shutdown.
 
     The request guard answers 504 when no answer has started within the deadline, but an event
     stream starts with its first event. This timer, counted from when the route starts (the
-    request has just arrived), ends the stream when the deadline passes: ``on_expire`` stops the
+    request has just arrived), ends the stream when the deadline passes or when the server
+    begins to shut down (``shutdown``, see :mod:`maas_server.shutdown`): ``on_expire`` stops the
     generation, and the stream sends :attr:`message` as its last (error) event. ``timeout_s``
     0: no deadline.
 
-    >>> deadline = StreamDeadline(30.0)
+    >>> deadline = StreamDeadline(30.0, app.state.shutdown)
     >>> deadline.start(stream.cancel)  # once the first event is out
     """
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, shutdown: Shutdown | None = None) -> None:
         self.timeout_s = timeout_s
+        self.shutdown = shutdown
         self.arrival = time.monotonic()
         self.expired = False
+        self.shutting_down = False
         self._handle: asyncio.TimerHandle | None = None
+        self._unsubscribe: Callable[[], None] | None = None
 
     @property
     def message(self) -> str:
+        if self.shutting_down:
+            return f"{SHUTDOWN_MESSAGE}; the stream was cut"
         return (
             f"the request deadline of {self.timeout_s:g} s passed; the stream was cut "
             "(the server's request_timeout_s)"
         )
 
+    @property
+    def error_type(self) -> str:
+        """The OpenAI error type of :attr:`message`."""
+        return "service_unavailable" if self.shutting_down else "timeout"
+
     def start(self, on_expire: Callable[[], None]) -> None:
+        def cut() -> None:
+            if not self.expired:
+                self.expired = self.shutting_down = True
+                on_expire()
+
+        if self.shutdown is not None:
+            self._unsubscribe = self.shutdown.subscribe(cut)
         if not self.timeout_s:
             return
 
         def expire() -> None:
-            self.expired = True
-            on_expire()
+            if not self.expired:
+                self.expired = True
+                on_expire()
 
         remaining = self.arrival + self.timeout_s - time.monotonic()
         self._handle = asyncio.get_running_loop().call_later(max(0.0, remaining), expire)
@@ -125,3 +147,6 @@ class StreamDeadline:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None

@@ -16,6 +16,7 @@ from .._transport_pool import DEFAULT_LIMITS
 
 __all__ = ["AsyncClientAdapter", "open_transport"]
 
+
 class AsyncClientAdapter(httpx.AsyncBaseTransport):
     """A transport sending through an :class:`httpx.AsyncClient` (its auth, proxies, mounts,
     cookies and hooks apply); closing it closes the client only when ``owned``."""

@@ -3,7 +3,9 @@ serving: after every case below the next good request still succeeds."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -391,3 +393,47 @@ def test_oversized_body_is_413(repository: Path) -> None:
             assert http.post("/v2/models/mlp/infer", json=small).status_code == 400
     finally:
         running.stop()
+
+
+# --- a fault no route expected ------------------------------------------------------------------
+
+SECRET = "/srv/secrets/db.conf: password=hunter2"
+
+
+async def _explode(request: Any) -> Any:
+    raise RuntimeError(f"cannot open {SECRET}")
+
+
+@pytest.mark.parametrize("access_log", ["json", "off"])
+async def test_unexpected_error_is_a_plain_500_with_the_request_id(
+    repository: Path, access_log: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from asgi_lifespan import LifespanManager
+    from starlette.routing import Route
+
+    from maas_server import create_app
+
+    settings = Settings(repository=repository, model_control="explicit", access_log=access_log)
+    app = create_app(settings)
+    app.router.routes.append(Route("/explode", _explode, methods=["GET"]))
+    async with LifespanManager(app) as manager:
+        await asyncio.to_thread(app.state.dataplane.repository.load, "mlp")
+        transport = httpx.ASGITransport(app=manager.app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://maas.test") as client:
+            with caplog.at_level(logging.ERROR, logger="maas_server"):
+                answer = await client.get("/explode", headers={"X-Request-ID": "req-42"})
+            assert answer.status_code == 500
+            body = answer.json()
+            assert body["error"] == "internal server error"
+            assert "hunter2" not in answer.text and "RuntimeError" not in answer.text
+            request_id = body["request_id"]
+            assert answer.headers.get_list("x-request-id") == [request_id]
+            if access_log == "json":
+                assert request_id == "req-42"  # the access log's id for the request
+            (record,) = [r for r in caplog.records if "unexpected error" in r.getMessage()]
+            assert request_id in record.getMessage() and "GET /explode" in record.getMessage()
+            assert record.exc_info is not None and SECRET in str(record.exc_info[1])
+            # the next good request still works
+            good = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                                "data": [0.5] * 64}]}  # fmt: skip
+            assert (await client.post("/v2/models/mlp/infer", json=good)).status_code == 200
