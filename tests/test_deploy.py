@@ -448,7 +448,7 @@ def test_image_settings_from_the_environment(
 def test_image_refuses_a_bad_setting(run_serve: Any, entrypoint_args: Any) -> None:
     """A wrong value in the environment reaches maas serve's own checks (no silent default)."""
     args = entrypoint_args({"MAAS_SERVER_MODEL_CONTROL": "sometimes"}, [])
-    with pytest.raises(typer.BadParameter, match="use 'none' or 'explicit'"):
+    with pytest.raises(typer.BadParameter, match="use 'none', 'explicit' or 'poll'"):
         run_serve(args)
 
 
