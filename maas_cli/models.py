@@ -1,4 +1,5 @@
-"""``maas models list|show|config|stats|load|unload``: the server's model repository."""
+"""``maas models list|show|config|stats|load|unload|push|versions|delete|default``: the
+server's model repository and publishing."""
 
 from __future__ import annotations
 
@@ -27,6 +28,22 @@ Model = Annotated[str, typer.Argument(help="The model's name.")]
 
 def _dump(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2))
+
+
+def _config_option(config: str | None) -> Any:
+    """``--config``: JSON, or ``@FILE`` (or a path to a file) holding JSON; None when absent."""
+    if config is None:
+        return None
+    if config.startswith("@"):
+        text = Path(config[1:]).read_text()
+    elif not config.lstrip().startswith("{") and Path(config).is_file():
+        text = Path(config).read_text()
+    else:
+        text = config
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint="--config") from None
 
 
 @models_app.command("list")
@@ -146,13 +163,7 @@ def load(
 
     Example: maas models load digits --config '{"max_batch_size": 64}'
     """
-    override: Any = None
-    if config is not None:
-        text = Path(config[1:]).read_text() if config.startswith("@") else config
-        try:
-            override = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise typer.BadParameter(f"not JSON: {exc}", param_hint="--config") from None
+    override = _config_option(config)
     with client_from(ctx) as client, reporting_errors(ctx):
         client.models.load(model, config=override)
     typer.echo(f"loaded {model}")
@@ -167,3 +178,97 @@ def unload(ctx: typer.Context, model: Model) -> None:
     with client_from(ctx) as client, reporting_errors(ctx):
         client.models.unload(model)
     typer.echo(f"unloaded {model}")
+
+
+@models_app.command("push")
+def push(
+    ctx: typer.Context,
+    model: Model,
+    path: Annotated[Path, typer.Argument(help="An .onnx file, or a version folder.")],
+    version: Annotated[
+        str | None, typer.Option("--version", "-v", help="Version number (default: the next).")
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option("--config", help="The model's configuration: JSON, FILE or @FILE."),
+    ] = None,
+    no_default: Annotated[
+        bool,
+        typer.Option("--no-default", help="Publish without making it the default version."),
+    ] = False,
+) -> None:
+    """Publish a model version (streamed, checked by the server before it serves).
+
+    Example: maas models push digits model.onnx --config config.json
+    """
+    settings = _config_option(config)
+    with client_from(ctx) as client, reporting_errors(ctx):
+        meta = client.models.upload(
+            model, path, version=version, config=settings, make_default=not no_default
+        )
+    typer.echo(f"published {model} version {(meta.versions or ['?'])[-1]}")
+
+
+@models_app.command("versions")
+def versions(ctx: typer.Context, model: Model, as_json: AsJson = False) -> None:
+    """List a model's versions with their state, size, sha256, creation time and provenance.
+
+    Example: maas models versions digits
+    """
+    with client_from(ctx) as client, reporting_errors(ctx):
+        found = client.models.versions(model)
+    if as_json:
+        _dump(found.model_dump(mode="json"))
+        return
+    from rich.table import Table
+
+    table = Table("version", "state", "default", "size", "sha256", "created", "framework", "by")
+    for entry in found.versions:
+        table.add_row(
+            entry.version,
+            entry.state,
+            "*" if entry.default else "",
+            str(entry.size or ""),
+            (entry.sha256 or "")[:12],
+            entry.created or "",
+            entry.framework or "",
+            entry.key_name or "",
+        )
+    console().print(table)
+    for attempt in found.failed_attempts:
+        console().print(f"failed {attempt.created}: {attempt.reason}")
+
+
+@models_app.command("delete")
+def delete(
+    ctx: typer.Context,
+    model: Model,
+    version: Annotated[
+        str | None, typer.Option("--version", "-v", help="Only this version.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Also the only serving version, or a whole model.")
+    ] = False,
+) -> None:
+    """Delete a model version, or a whole model.
+
+    Example: maas models delete digits --version 2
+    """
+    with client_from(ctx) as client, reporting_errors(ctx):
+        client.models.delete(model, version, force=force)
+    typer.echo(f"deleted {model}" + (f" version {version}" if version else ""))
+
+
+@models_app.command("default")
+def default(
+    ctx: typer.Context,
+    model: Model,
+    version: Annotated[str, typer.Argument(help="The version unversioned requests reach.")],
+) -> None:
+    """Make a version the default: rollout and rollback are one command each.
+
+    Example: maas models default digits 1
+    """
+    with client_from(ctx) as client, reporting_errors(ctx):
+        client.models.set_default(model, version)
+    typer.echo(f"{model} now answers with version {version}")

@@ -244,9 +244,13 @@ def _in_notebook() -> bool:
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
-def progress_bar(progress: ProgressLike, total: int, description: str) -> Progress:
-    """A tqdm bar over ``total`` rows: the notebook widget in Jupyter (with ipywidgets), text on
-    stderr elsewhere; nothing when ``progress`` is false, or when nobody would see it."""
+def progress_bar(
+    progress: ProgressLike, total: int, description: str, unit: str = "rows"
+) -> Progress:
+    """A tqdm bar over ``total`` rows (or bytes, ``unit="B"``): the notebook widget in Jupyter
+    (with ipywidgets), text on stderr elsewhere; nothing when ``progress`` is false, or when
+    nobody would see it."""
+    scaled = unit == "B"
     if not progress:
         return _NoProgress()
     notebook = _in_notebook()
@@ -255,12 +259,17 @@ def progress_bar(progress: ProgressLike, total: int, description: str) -> Progre
     if notebook and importlib.util.find_spec("ipywidgets") is not None:
         from tqdm.notebook import tqdm as notebook_tqdm
 
-        bar: Progress = notebook_tqdm(total=total, desc=description, unit="rows")
+        bar: Progress = notebook_tqdm(total=total, desc=description, unit=unit, unit_scale=scaled)
         return bar
     from tqdm import tqdm
 
     text_bar: Progress = tqdm(
-        total=total, desc=description, unit="rows", file=sys.stderr, dynamic_ncols=True
+        total=total,
+        desc=description,
+        unit=unit,
+        unit_scale=scaled,
+        file=sys.stderr,
+        dynamic_ncols=True,
     )
     return text_bar
 

@@ -24,6 +24,7 @@ __all__ = [
     "REQUEST_ID_HEADER",
     "RequestPlan",
     "model_path",
+    "plan_delete",
     "plan_health",
     "plan_load",
     "plan_model_config",
@@ -31,9 +32,12 @@ __all__ = [
     "plan_model_ready",
     "plan_model_stats",
     "plan_openapi",
+    "plan_publish",
     "plan_repository_index",
     "plan_server_metadata",
+    "plan_set_default",
     "plan_unload",
+    "plan_versions",
     "version_text",
 ]
 
@@ -152,4 +156,67 @@ def plan_unload(name: str) -> RequestPlan:
         headers=JSON_HEADERS,
         idempotent=False,
         model=name,
+    )
+
+
+def _repository_model(name: str) -> str:
+    model_path(name, None)
+    return f"/v2/repository/models/{quote(name, safe='')}"
+
+
+def plan_publish(
+    name: str,
+    version: VersionLike,
+    content: BodyStream,
+    headers: Mapping[str, str],
+    make_default: bool,
+) -> RequestPlan:
+    """``PUT .../versions/{version}``, or ``POST .../versions`` (the next number), streamed.
+
+    Only a publish under a given version number is retried once sent: sending it twice
+    publishes the same bytes under the same number, where a second POST would add a version.
+    """
+    path = _repository_model(name) + "/versions"
+    if version is not None and version != "":
+        path += f"/{quote(str(version), safe='')}"
+    if not make_default:
+        path += "?default=false"
+    return RequestPlan(
+        "PUT" if version_text(version) else "POST",
+        path,
+        content=content,
+        headers=headers,
+        idempotent=version_text(version) is not None,
+        model=name,
+        version=version_text(version),
+    )
+
+
+def plan_versions(name: str) -> RequestPlan:
+    return RequestPlan("GET", _repository_model(name) + "/versions", model=name)
+
+
+def plan_delete(name: str, version: VersionLike, force: bool) -> RequestPlan:
+    path = _repository_model(name)
+    if version_text(version) is not None:
+        path += f"/versions/{quote(str(version), safe='')}"
+    if force:
+        path += "?force=true"
+    # Not retried once sent: a second DELETE of what the first removed would answer 404.
+    return RequestPlan(
+        "DELETE", path, idempotent=False, model=name, version=version_text(version)
+    )
+
+
+def plan_set_default(name: str, version: VersionLike) -> RequestPlan:
+    text = version_text(version)
+    if text is None:
+        raise InputError("set_default needs a version")
+    return RequestPlan(
+        "PUT",
+        _repository_model(name) + "/default",
+        content=orjson.dumps({"version": text}),
+        headers=JSON_HEADERS,
+        model=name,
+        version=text,
     )

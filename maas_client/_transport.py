@@ -67,15 +67,19 @@ class _Body:
     """What a request sends after its head: ``pieces`` in memory (which can be sent again), or
     a ``stream`` of unknown length sent once, in chunked coding."""
 
-    __slots__ = ("pieces", "stream")
+    __slots__ = ("chunked", "pieces", "stream")
 
     def __init__(
         self,
         pieces: list[bytes] | None,
         stream: Iterable[bytes] | AsyncIterable[bytes] | None = None,
+        chunked: bool = True,
     ) -> None:
         self.pieces = pieces
         self.stream = stream
+        self.chunked = chunked
+        """A stream without ``Content-Length`` goes out in chunked encoding; one with it (a
+        file uploaded from disk) as it is read."""
 
     @property
     def replayable(self) -> bool:
@@ -88,11 +92,19 @@ def _streamed(request: httpx.Request) -> bool:
     )
 
 
+def _from_source(stream: object) -> bool:
+    """A body read from its source as it is sent (``stream_from_source``: an upload from disk),
+    rather than held in memory first; it has a ``Content-Length`` and is not resent."""
+    return bool(getattr(stream, "stream_from_source", False))
+
+
 def _body(request: httpx.Request) -> _Body:
     stream = request.stream
     assert isinstance(stream, Iterable)
     if _streamed(request):
         return _Body(None, stream)
+    if _from_source(stream):
+        return _Body(None, stream, chunked=False)
     return _Body([chunk for chunk in stream if len(chunk)])
 
 
@@ -100,6 +112,8 @@ async def _abody(request: httpx.Request) -> _Body:
     stream = request.stream
     if _streamed(request):
         return _Body(None, stream)
+    if _from_source(stream):
+        return _Body(None, stream, chunked=False)
     if isinstance(stream, httpx.SyncByteStream):  # in memory already (bytes, BodyStream)
         return _Body([chunk for chunk in stream if len(chunk)])
     assert isinstance(stream, httpx.AsyncByteStream)
@@ -367,8 +381,9 @@ class LeanTransport(httpx.BaseTransport):
                 sock.sendall(head)
                 for data in body.stream:
                     if len(data):
-                        sock.sendall(_chunk(data))
-                sock.sendall(_LAST_CHUNK)
+                        sock.sendall(_chunk(data) if body.chunked else data)
+                if body.chunked:
+                    sock.sendall(_LAST_CHUNK)
         except TimeoutError:
             raise httpx.WriteTimeout("timed out sending the request") from None
         except OSError as exc:
@@ -583,10 +598,12 @@ class _AsyncConnection(asyncio.BufferedProtocol):
             stream = body.stream
             assert isinstance(stream, AsyncIterable)
             async for data in stream:
-                if len(data) and not await self._write(_chunk(data), write_timeout):
+                framed = _chunk(data) if body.chunked else data
+                if len(data) and not await self._write(framed, write_timeout):
                     break
             else:
-                await self._write(_LAST_CHUNK, write_timeout)
+                if body.chunked:
+                    await self._write(_LAST_CHUNK, write_timeout)
         if self.error is not None and parser.head is None:
             raise self.error
 

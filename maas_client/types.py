@@ -9,6 +9,7 @@ from __future__ import annotations
 from maas_wire import types as _wire
 from maas_wire.types import (
     ErrorResponse,
+    FailedPublish,
     InferenceRequest,
     InferenceResponse,
     InferenceStatistics,
@@ -16,6 +17,8 @@ from maas_wire.types import (
     ModelConfiguration,
     ModelState,
     ModelStatistics,
+    ModelVersionInfo,
+    ModelVersions,
     RepositoryIndexRequest,
     RepositoryModel,
     RepositoryModelLoadRequest,
@@ -30,6 +33,7 @@ from ._display import model_metadata_html, model_metadata_repr
 
 __all__ = [
     "ErrorResponse",
+    "FailedPublish",
     "InferenceRequest",
     "InferenceResponse",
     "InferenceStatistics",
@@ -38,6 +42,8 @@ __all__ = [
     "ModelMetadata",
     "ModelState",
     "ModelStatistics",
+    "ModelVersionInfo",
+    "ModelVersions",
     "RepositoryIndexRequest",
     "RepositoryModel",
     "RepositoryModelLoadRequest",

@@ -60,6 +60,7 @@ REPLACEMENTS = {
     "start_async_probes": "start_probes",
     "async_infer_batched": "infer_batched",
     "async_to_raw_response_wrapper": "to_raw_response_wrapper",
+    "async_prepare_upload": "prepare_upload",
 }
 
 HEADER = "# generated from maas_client/_async/{name} by scripts/unasync.py; do not edit\n"

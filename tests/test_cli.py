@@ -367,3 +367,37 @@ def test_documented_commands_run(
     for words in commands:
         result = runner.invoke(app, words, env={"MAAS_BASE_URL": examples_server.url})
         assert result.exit_code == 0, (words, result.output)
+
+
+def test_models_push_versions_default_delete(tmp_path: Path) -> None:
+    root = tmp_path / "repository"
+    root.mkdir()
+    running = start_server(Settings(repository=root))
+    try:
+        url = running.url
+        first, second = tmp_path / "first.onnx", tmp_path / "second.onnx"
+        models.save(models.mlp_model(seed=1), first)
+        models.save(models.mlp_model(seed=2), second)
+        config = tmp_path / "config.json"
+        config.write_text(json.dumps({"max_batch_size": 16}))
+        assert "version 1" in ok(
+            maas(url, "models", "push", "m", str(first), "--config", str(config))
+        )
+        assert "version 2" in ok(maas(url, "models", "push", "m", str(second)))
+        ok(maas(url, "models", "push", "m", str(first), "--version", "5", "--no-default"))
+        listed = json.loads(ok(maas(url, "models", "versions", "m", "--json")))
+        assert [v["version"] for v in listed["versions"]] == ["1", "2", "5"]
+        assert listed["default"] == "2" and listed["serving"] == "2"
+        assert "now answers with version 1" in ok(maas(url, "models", "default", "m", "1"))
+        table = ok(maas(url, "models", "versions", "m"))
+        assert "READY" in table and "onnx" in table
+        ok(maas(url, "models", "delete", "m", "--version", "5"))
+        refused = maas(url, "models", "delete", "m")
+        assert refused.exit_code == 1 and "force" in refused.output
+        ok(maas(url, "models", "delete", "m", "--force"))
+        bad = tmp_path / "bad.onnx"
+        bad.write_bytes(models.corrupt_model_bytes())
+        failed = maas(url, "models", "push", "m2", str(bad))
+        assert failed.exit_code == 1 and "400" in failed.output
+    finally:
+        running.stop()

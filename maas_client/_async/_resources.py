@@ -13,13 +13,16 @@ from typing import TYPE_CHECKING, Any
 from .._answers import (
     parse_flag,
     parse_json_object,
+    parse_model,
     parse_model_config,
     parse_models,
     parse_nothing,
     parse_statistics,
 )
+from .._batched import ProgressLike
 from .._exceptions import ModelNotFoundError
 from .._plans import (
+    plan_delete,
     plan_health,
     plan_load,
     plan_model_config,
@@ -27,14 +30,25 @@ from .._plans import (
     plan_model_ready,
     plan_model_stats,
     plan_openapi,
+    plan_publish,
     plan_repository_index,
     plan_server_metadata,
+    plan_set_default,
     plan_unload,
+    plan_versions,
 )
 from .._result import RepositoryIndex
 from .._status import unsupported_endpoint
 from .._types import CallOptions, VersionLike
-from ..types import InferenceStatistics, ModelConfiguration, ModelMetadata, ServerMetadata
+from .._upload import async_prepare_upload
+from ..types import (
+    InferenceStatistics,
+    ModelConfiguration,
+    ModelMetadata,
+    ModelVersionInfo,
+    ModelVersions,
+    ServerMetadata,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -152,3 +166,80 @@ class AsyncModels:
         plan = plan_unload(name)
         self._pipeline.state.forget_model(name)
         return await self._pipeline.call(plan, options, parse_nothing)
+
+    async def upload(
+        self,
+        name: str,
+        source: Any,
+        *,
+        version: VersionLike = None,
+        config: Mapping[str, Any] | str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        make_default: bool = True,
+        example_inputs: Any = None,
+        progress: ProgressLike = True,
+        **options: Unpack[CallOptions],
+    ) -> ModelMetadata:
+        """Publish ``source`` as a version of ``name`` and return its metadata once it serves.
+
+        ``source`` is a path to an ``.onnx`` file or to a version folder (sent as a tar
+        archive: external data, tokenizer, labels, ``config.json``), the model's bytes, an
+        ``onnx.ModelProto``, a scikit-learn estimator or pipeline (converted with skl2onnx:
+        inputs ``input``, outputs ``label`` and ``probabilities`` for classifiers, with the
+        classes as labels; ``maas[sklearn]``), or a ``torch.nn.Module`` with
+        ``example_inputs=`` (exported with a dynamic batch dimension; ``maas[torch]``); a
+        converted model gets ``max_batch_size`` 1024 unless ``config`` says otherwise. The body
+        is streamed with its sha256, which the server checks; the server validates the model
+        (ONNX Runtime session and warmup) before it publishes it, atomically, and nothing is
+        published when it fails. ``version`` picks the number (default: the next one);
+        ``config`` is the model's configuration; ``metadata`` is recorded as provenance with
+        the framework and the API key's name; ``make_default=False`` publishes without moving
+        unversioned requests to it. A progress bar shows where someone can see it.
+        """
+        prepared = await async_prepare_upload(
+            source,
+            name=name,
+            config=config,
+            metadata=metadata,
+            example_inputs=example_inputs,
+            progress=progress,
+        )
+        plan = plan_publish(name, version, prepared.body, prepared.headers, make_default)
+        pipeline = self._pipeline
+        try:
+            entry = await pipeline.call(plan, options, parse_model(ModelVersionInfo))
+        finally:
+            prepared.body.close()
+        pipeline.state.forget_model(name)
+        return await self.get(name, entry.version, **options)
+
+    async def versions(self, name: str, **options: Unpack[CallOptions]) -> ModelVersions:
+        """``GET /v2/repository/models/{name}/versions`` (maas): every version with its state,
+        size, sha256, creation time and provenance, the default one, and failed publishes."""
+        return await self._pipeline.call(plan_versions(name), options, parse_model(ModelVersions))
+
+    async def delete(
+        self,
+        name: str,
+        version: VersionLike = None,
+        *,
+        force: bool = False,
+        **options: Unpack[CallOptions],
+    ) -> None:
+        """Delete one version of ``name``, or the whole model without ``version``.
+
+        The server refuses (409, :class:`~maas_client.ConflictError`) to delete the only
+        version serving, or a model that still has versions, unless ``force=True``.
+        """
+        plan = plan_delete(name, version, force)
+        self._pipeline.state.forget_model(name)
+        await self._pipeline.call(plan, options, parse_nothing)
+
+    async def set_default(
+        self, name: str, version: VersionLike, **options: Unpack[CallOptions]
+    ) -> None:
+        """Make ``version`` the one that requests without a version reach: rollout and rollback
+        are one call each (the old default serves until the new one is ready)."""
+        plan = plan_set_default(name, version)
+        self._pipeline.state.forget_model(name)
+        await self._pipeline.call(plan, options, parse_nothing)
