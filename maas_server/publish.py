@@ -37,6 +37,7 @@ from .errors import (
     BadRequestError,
     ConflictError,
     InsufficientStorageError,
+    InternalError,
     PayloadTooLargeError,
     ServerError,
 )
@@ -475,7 +476,7 @@ def _storage_error(exc: OSError) -> ServerError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return InsufficientStorageError("the server's disk is full: nothing of the upload was kept")
     logger.error("publishing failed on the server's disk: %s", exc)
-    return ServerError(f"the server cannot write the upload: {exc.strerror or exc}")
+    return InternalError(f"the server cannot write the upload: {exc.strerror or exc}")
 
 
 def _take_config(folder: Path, staged: Path) -> Path | None:
