@@ -6,6 +6,7 @@ import io
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -347,8 +348,11 @@ def documented_commands() -> list[list[str]]:
 
 
 @pytest.fixture(scope="module")
-def examples_server() -> Iterator[RunningServer]:
-    running = start_server(Settings(repository=default_repository()))
+def examples_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    # a copy: the CLI reference publishes and deletes models
+    repository = tmp_path_factory.mktemp("cli-docs") / "repository"
+    shutil.copytree(default_repository(), repository)
+    running = start_server(Settings(repository=repository))
     yield running
     running.stop()
 
@@ -363,6 +367,7 @@ def test_documented_commands_run(
     header = ",".join(f"px{i}" for i in range(64))
     np.savetxt(tmp_path / "images.csv", images, delimiter=",", header=header, comments="")
     (tmp_path / "request.json").write_text(json.dumps({"input": images.tolist()}))
+    shutil.copyfile(default_repository() / "digits" / "1" / "model.onnx", tmp_path / "model.onnx")
     monkeypatch.chdir(tmp_path)
     for words in commands:
         result = runner.invoke(app, words, env={"MAAS_BASE_URL": examples_server.url})
