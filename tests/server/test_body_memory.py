@@ -126,7 +126,7 @@ def test_sixteen_concurrent_64_mib_bodies_stay_within_the_budget(tmp_path: Path)
         growth_mib = (peak - before) / 1024
         bound_mib = 1.5 * BUDGET / MIB + 64
         served = answers.count(200)
-        print(f"peak RSS growth {growth_mib:.0f} MiB (bound {bound_mib:.0f}), {served} of 16 served")
+        print(f"peak RSS growth {growth_mib:.0f} MiB (bound {bound_mib:.0f}), {served}/16 served")
         assert growth_mib <= bound_mib, (growth_mib, bound_mib, answers)
         alone: list[int] = []
         _post(port, header, payload, alone)  # the budget is free again: served
