@@ -132,6 +132,8 @@ class ClientCore(Generic[_HttpT]):
         self._custom_headers = dict(headers or {})
         self._state = SharedState()
         self._build_default_headers()
+        self.lean = env.transport != "httpx"
+        """Plain ``http://`` goes through the lean transport (``MAAS_TRANSPORT=httpx``: httpx's)."""
         self._open(http_client, limits, event_hooks or {}, verify)
 
     def _open(

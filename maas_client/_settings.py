@@ -5,6 +5,8 @@
 - ``MAAS_TIMEOUT``: seconds for each network phase (default 60; connect 5).
 - ``MAAS_MAX_RETRIES``: retries after the first attempt (default 2).
 - ``MAAS_LOG``: ``info`` or ``debug`` turns on the ``maas_client`` logger.
+- ``MAAS_TRANSPORT``: ``httpx`` sends plain ``http://`` through httpx's own transport instead of
+  the lean one (``lean``, the default); the test suite runs once over each.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class EnvSettings:
     timeout: float | None = None
     max_retries: int | None = None
     log: str | None = None
+    transport: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> EnvSettings:
@@ -47,7 +50,17 @@ class EnvSettings:
             timeout=_number(env, "MAAS_TIMEOUT", float),
             max_retries=_integer(env, "MAAS_MAX_RETRIES"),
             log=(env.get("MAAS_LOG") or "").strip().lower() or None,
+            transport=_choice(env, "MAAS_TRANSPORT", ("lean", "httpx")),
         )
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    text = env.get(name, "").strip().lower()
+    if not text:
+        return None
+    if text not in choices:
+        raise ValueError(f"{name}={text!r} is not one of {', '.join(choices)}")
+    return text
 
 
 def _integer(env: Mapping[str, str], name: str) -> int | None:

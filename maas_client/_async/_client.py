@@ -70,7 +70,7 @@ class AsyncClient(ClientCore[httpx.AsyncClient]):
         hooks: EventHooks,
         verify: Any,
     ) -> None:
-        transport = open_transport(self.base_url, http_client, limits, verify)
+        transport = open_transport(self.base_url, http_client, limits, verify, self.lean)
         self._pipeline = AsyncPipeline(
             self,
             transport,

@@ -38,8 +38,10 @@ def open_transport(
     http_client: httpx.AsyncClient | None,
     limits: httpx.Limits | None,
     verify: Any,
+    lean: bool = True,
 ) -> httpx.AsyncBaseTransport:
-    """The transport of a client of ``base_url`` (owned by the client unless injected)."""
+    """The transport of a client of ``base_url`` (owned by the client unless injected); plain
+    ``http://`` through the lean transport unless ``lean`` is false."""
     if http_client is not None:
         return AsyncClientAdapter(http_client)
     pool_limits = limits if limits is not None else DEFAULT_LIMITS  # httpx's default caps
@@ -47,6 +49,6 @@ def open_transport(
         # httpx mounts the proxies named in the environment in front of the transport.
         proxied = httpx.AsyncClient(verify=verify, limits=pool_limits, trust_env=True)
         return AsyncClientAdapter(proxied, owned=True)
-    if base_url.startswith("http://"):
+    if lean and base_url.startswith("http://"):
         return AsyncLeanTransport(limits=pool_limits)  # the pool's caps (httpx's by default)
     return httpx.AsyncHTTPTransport(verify=verify, limits=pool_limits)

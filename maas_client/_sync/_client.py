@@ -71,7 +71,7 @@ class Client(ClientCore[httpx.Client]):
         hooks: EventHooks,
         verify: Any,
     ) -> None:
-        transport = open_transport(self.base_url, http_client, limits, verify)
+        transport = open_transport(self.base_url, http_client, limits, verify, self.lean)
         self._pipeline = Pipeline(
             self,
             transport,

@@ -39,8 +39,10 @@ def open_transport(
     http_client: httpx.Client | None,
     limits: httpx.Limits | None,
     verify: Any,
+    lean: bool = True,
 ) -> httpx.BaseTransport:
-    """The transport of a client of ``base_url`` (owned by the client unless injected)."""
+    """The transport of a client of ``base_url`` (owned by the client unless injected); plain
+    ``http://`` through the lean transport unless ``lean`` is false."""
     if http_client is not None:
         return ClientAdapter(http_client)
     pool_limits = limits if limits is not None else DEFAULT_LIMITS  # httpx's default caps
@@ -48,6 +50,6 @@ def open_transport(
         # httpx mounts the proxies named in the environment in front of the transport.
         proxied = httpx.Client(verify=verify, limits=pool_limits, trust_env=True)
         return ClientAdapter(proxied, owned=True)
-    if base_url.startswith("http://"):
+    if lean and base_url.startswith("http://"):
         return LeanTransport(limits=pool_limits)  # the pool's caps (httpx's by default)
     return httpx.HTTPTransport(verify=verify, limits=pool_limits)

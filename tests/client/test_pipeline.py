@@ -20,6 +20,13 @@ from maas_client._transport import AsyncLeanTransport, LeanTransport
 from maas_server import Settings
 from tests.conftest import RunningServer, start_server
 
+
+@pytest.fixture(autouse=True)
+def _lean_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the lean transport: they use it whatever MAAS_TRANSPORT says."""
+    monkeypatch.setenv("MAAS_TRANSPORT", "lean")
+
+
 X = np.random.default_rng(5).standard_normal((2, 64)).astype(np.float32)
 
 
@@ -156,3 +163,15 @@ def test_call_timeout_applies_over_https(
         with pytest.raises(APITimeoutError):
             client.infer("mlp", X, deadline=1e-9)
         assert client.server.live() is True
+
+
+def test_maas_transport_chooses_httpx_for_plain_http(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAAS_TRANSPORT", "httpx")
+    with Client("http://127.0.0.1:9", max_retries=0) as client:
+        assert isinstance(client._pipeline.transport, httpx.HTTPTransport)
+    monkeypatch.setenv("MAAS_TRANSPORT", "lean")
+    with Client("http://127.0.0.1:9", max_retries=0) as client:
+        assert isinstance(client._pipeline.transport, LeanTransport)
+    monkeypatch.setenv("MAAS_TRANSPORT", "fast")
+    with pytest.raises(ValueError, match="MAAS_TRANSPORT='fast' is not one of lean, httpx"):
+        Client("http://127.0.0.1:9")

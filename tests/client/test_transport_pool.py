@@ -16,6 +16,13 @@ from maas_client import AsyncClient, Client
 from maas_client._transport import DEFAULT_LIMITS, AsyncLeanTransport, LeanTransport
 from tests.client.scripted_server import ScriptedServer, Seen, ok, scripted_server, wait_until
 
+
+@pytest.fixture(autouse=True)
+def _lean_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the lean transport: they use it whatever MAAS_TRANSPORT says."""
+    monkeypatch.setenv("MAAS_TRANSPORT", "lean")
+
+
 LIVE = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 
 

@@ -18,6 +18,13 @@ from maas_client import APIConnectionError, AsyncClient, Client, InternalServerE
 from maas_client._transport import AsyncLeanTransport, LeanTransport
 from tests.client.scripted_server import RESET, Answer, ScriptedServer, Seen, ok, scripted_server
 
+
+@pytest.fixture(autouse=True)
+def _lean_transport(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the lean transport: they use it whatever MAAS_TRANSPORT says."""
+    monkeypatch.setenv("MAAS_TRANSPORT", "lean")
+
+
 LIVE = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 ERROR_500 = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 2\r\n\r\n{}"
 
