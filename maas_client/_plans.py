@@ -203,9 +203,7 @@ def plan_delete(name: str, version: VersionLike, force: bool) -> RequestPlan:
     if force:
         path += "?force=true"
     # Not retried once sent: a second DELETE of what the first removed would answer 404.
-    return RequestPlan(
-        "DELETE", path, idempotent=False, model=name, version=version_text(version)
-    )
+    return RequestPlan("DELETE", path, idempotent=False, model=name, version=version_text(version))
 
 
 def plan_set_default(name: str, version: VersionLike) -> RequestPlan:
