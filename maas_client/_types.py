@@ -6,22 +6,29 @@ switches the timeout off, ``timeout=NOT_GIVEN`` (the default) keeps the client's
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, Literal, TypedDict, TypeVar
 
 import httpx
 
 __all__ = [
     "NOT_GIVEN",
+    "AsyncAttempt",
     "CallOptions",
     "HeadersLike",
     "NotGiven",
+    "SyncAttempt",
     "TimeoutLike",
     "VersionLike",
     "given",
 ]
 
 _T = TypeVar("_T")
+
+AsyncAttempt = Callable[..., Awaitable[_T]]
+"""One attempt of a call in the asynchronous pipeline (its blocking twin: :data:`SyncAttempt`)."""
+SyncAttempt = Callable[..., _T]
+"""One attempt of a call in the blocking pipeline."""
 
 
 class NotGiven:

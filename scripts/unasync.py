@@ -61,6 +61,7 @@ REPLACEMENTS = {
     "async_infer_batched": "infer_batched",
     "async_to_raw_response_wrapper": "to_raw_response_wrapper",
     "async_prepare_upload": "prepare_upload",
+    "AsyncAttempt": "SyncAttempt",
 }
 
 HEADER = "# generated from maas_client/_async/{name} by scripts/unasync.py; do not edit\n"

@@ -43,7 +43,7 @@ from .._retry import RetryPolicy, RetryScope, retry_kwargs
 from .._sse import ServerSentEvent, SSEDecoder
 from .._status import connection_error, make_status_error
 from .._streaming import AsyncStreamStart, is_event_stream, not_an_event_stream, unreadable
-from .._types import CallOptions
+from .._types import AsyncAttempt, CallOptions
 from ..types import ModelMetadata, ServerMetadata
 from ._retrying import AsyncRetryLoop, async_retrying
 
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = ["AsyncPipeline", "internal", "read_buffer"]
 
 _T = TypeVar("_T")
+_A = TypeVar("_A")
 
 
 async def read_buffer(response: httpx.Response) -> bytearray:
@@ -364,6 +365,23 @@ class AsyncPipeline:
 
     async def send(self, plan: RequestPlan, options: ResolvedOptions) -> Answer:
         """Every attempt of a call, in one tenacity loop, until one is answered."""
+        return await self.attempts(plan, options, self.answer, _release_now)
+
+    async def open_stream(self, plan: RequestPlan, options: CallOptions) -> AsyncStreamStart:
+        """Send ``plan`` and read up to its first event, retrying as any call is retried (a
+        client of several servers counts the stream on its endpoint until it is closed)."""
+        return await self.attempts(plan, self.resolve(options), self.first_event, _release_later)
+
+    async def attempts(
+        self,
+        plan: RequestPlan,
+        options: ResolvedOptions,
+        attempt_once: AsyncAttempt[_A],
+        answered: Callable[[_A, Route, Endpoint], None],
+    ) -> _A:
+        """``attempt_once(plan, options, number, start, deadline_at, url)`` in one tenacity
+        loop until one succeeds. With several servers each attempt takes one endpoint, given
+        back with its failure, or by ``answered`` once it succeeded."""
         start = time.monotonic()
         deadline_at = None if options.deadline is None else start + options.deadline
         pool = self.pool
@@ -373,45 +391,17 @@ class AsyncPipeline:
             number = attempt.retry_state.attempt_number
             try:
                 if route is None:
-                    return await self.answer(plan, options, number, start, deadline_at, None)
+                    return await attempt_once(plan, options, number, start, deadline_at, None)
                 endpoint = self.acquire(route)
                 try:
-                    answer = await self.answer(
+                    result = await attempt_once(
                         plan, options, number, start, deadline_at, endpoint.url
                     )
                 except BaseException as exc:
                     route.release(endpoint, exc)
                     raise
-                route.release(endpoint, None)
-                return answer
-            except Exception:
-                with attempt:
-                    raise
-        raise AssertionError("tenacity ended without an outcome")  # pragma: no cover
-
-    async def open_stream(self, plan: RequestPlan, options: CallOptions) -> AsyncStreamStart:
-        """Send ``plan`` and read up to its first event, retrying as any call is retried (a
-        client of several servers counts the stream on its endpoint until it is closed)."""
-        resolved = self.resolve(options)
-        start = time.monotonic()
-        deadline_at = None if resolved.deadline is None else start + resolved.deadline
-        pool = self.pool
-        route = pool.route() if pool is not None else None
-        async for attempt in self.retrying(plan, resolved, deadline_at, route):
-            number = attempt.retry_state.attempt_number
-            try:
-                if route is None:
-                    return await self.first_event(plan, resolved, number, start, deadline_at, None)
-                endpoint = self.acquire(route)
-                try:
-                    opened = await self.first_event(
-                        plan, resolved, number, start, deadline_at, endpoint.url
-                    )
-                except BaseException as exc:
-                    route.release(endpoint, exc)
-                    raise
-                opened.release = _releaser(route, endpoint)
-                return opened
+                answered(result, route, endpoint)
+                return result
             except Exception:
                 with attempt:
                     raise
@@ -530,8 +520,15 @@ def internal(options: CallOptions) -> CallOptions:
     return inner
 
 
-def _releaser(route: Route, endpoint: Endpoint) -> Callable[[BaseException | None], None]:
+def _release_now(answer: Answer, route: Route, endpoint: Endpoint) -> None:
+    """A call's endpoint is free once its answer is read."""
+    route.release(endpoint, None)
+
+
+def _release_later(opened: AsyncStreamStart, route: Route, endpoint: Endpoint) -> None:
+    """A stream holds its endpoint until it is closed."""
+
     def release(error: BaseException | None) -> None:
         route.release(endpoint, error)
 
-    return release
+    opened.release = release
