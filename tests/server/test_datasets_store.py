@@ -246,8 +246,11 @@ def test_reopening_removes_what_a_crash_left_and_keeps_the_catalog(tmp_path: Pat
     (files / ".staging" / "half" / "upload.bin").write_bytes(b"partial")
     (files / "kept" / "2").mkdir()  # renamed into place, killed before its catalog row
     (files / "orphan" / "1").mkdir(parents=True)
+    (files / "kept" / "1" / ".download-half.csv").write_bytes(b"x,")  # a conversion cut short
     store = DatasetStore(tmp_path / "data")
     assert store.get("kept") == info
+    assert not list((files / "kept" / "1").glob(".download-*"))
+    assert (files / "kept" / "1" / "original.parquet").is_file()
     assert sorted(p.name for p in files.iterdir()) == ["kept"]
     assert [p.name for p in (files / "kept").iterdir()] == ["1"]
     assert store.create_from_columns("kept", {"x": np.arange(3)}, owner=None).version == 2
