@@ -134,7 +134,13 @@ def ingest(original: Path, format: str, folder: Path) -> Ingested:
 def _read_table_file(path: Path, format: str) -> pa.Table:
     try:
         if format == "csv":
-            return pa_csv.read_csv(path)
+            table = pa_csv.read_csv(path)
+            dated = [f.name for f in table.schema if pa.types.is_temporal(f.type)]
+            if not dated:
+                return table
+            # Dates and times stay the text they were, not pyarrow's rendering of its parse.
+            strings = pa_csv.ConvertOptions(column_types={name: pa.string() for name in dated})
+            return pa_csv.read_csv(path, convert_options=strings)
         if format == "jsonl":
             return pa_json.read_json(path)
         if format == "parquet":
@@ -316,6 +322,8 @@ def _store_arrays(arrays: dict[str, np.ndarray[Any, Any]], folder: Path) -> Inge
     target = folder / ARRAYS_DIR
     target.mkdir()
     for i, array in enumerate(arrays.values()):
+        if not array.dtype.isnative:  # reads hand out native arrays, as the codec expects
+            array = array.astype(array.dtype.newbyteorder("="))
         np.save(target / f"{i}.npy", array, allow_pickle=False)
     return Ingested("arrays", schema, rows)
 
