@@ -92,6 +92,7 @@ def test_metadata_shows_the_pipeline_and_the_raw_tensors(url: str) -> None:
     parameters = meta["parameters"]
     assert parameters["task"] == "embedding"
     assert parameters["pipeline"] is True
+    assert parameters["dimensions"] == 384 and parameters["matryoshka"] is False
     assert [t["name"] for t in parameters["raw_inputs"]] == [
         "input_ids",
         "attention_mask",
@@ -103,6 +104,8 @@ def test_metadata_shows_the_pipeline_and_the_raw_tensors(url: str) -> None:
     image = httpx.get(f"{url}/v2/models/ppocr_dir").json()
     assert image["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
     assert [o["name"] for o in image["outputs"]] == ["label", "score"]
+    assert image["parameters"]["labels"] == ["0", "180"]
+    assert image["parameters"]["top_k"] == 5
 
 
 def test_raw_mode_exposes_the_model_tensors(url: str) -> None:
