@@ -53,6 +53,7 @@ EXTENSIONS = [
 MAX_EMBEDDING_INPUTS = 2048
 """The most texts (or token lists) one ``/v1/embeddings`` request may hold, as OpenAI's."""
 
+_FINISH_OFFLOAD = 1 << 20  # output elements ranked (top-k) on a worker thread from this many
 _TEXT_OFFLOAD = 10_000  # BYTES elements converted to text on a worker thread from this many
 
 _CLIENT_FAULTS = (
@@ -268,7 +269,10 @@ class DataPlane:
             model.stats.record_failure(0, "invalid_request")
             raise
         results = await self._run_pipeline(model, feeds, priority, timeout_us, disconnected)
-        outputs = pipeline.finish(results, top)
+        if sum(a.size for a in results.values()) >= _FINISH_OFFLOAD:
+            outputs = await asyncio.to_thread(pipeline.finish, results, top)
+        else:
+            outputs = pipeline.finish(results, top)
         wanted = request.outputs or [RequestOutput(name=s.name) for s in pipeline.outputs]
         binary_default = bool((request.parameters or {}).get("binary_data_output", False))
         payloads = []
