@@ -193,6 +193,16 @@ def serve(
             help="The largest dataset upload in bytes (413 above).",
         ),
     ] = 8 * 1024 * 1024 * 1024,
+    allow_model_code: Annotated[
+        bool,
+        typer.Option(
+            "--allow-model-code",
+            envvar="MAAS_SERVER_ALLOW_MODEL_CODE",
+            help="Load pipeline models with Python hooks (pre.py, post.py in the version "
+            "folder): they run as code inside the server, so allow them for trusted models "
+            "only. Without it such a model fails to load.",
+        ),
+    ] = False,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2 / Triton).
 
@@ -256,6 +266,7 @@ def serve(
         access_log=access_log,  # type: ignore[arg-type]
         data_dir=data_dir,
         max_dataset_bytes=max_dataset_bytes,
+        allow_model_code=allow_model_code,
     )
     if not settings.auth_enabled and not _loopback(host):
         logging.getLogger("maas_server").warning(

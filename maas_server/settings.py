@@ -71,6 +71,9 @@ class Settings:
 
     ``data_dir``: the folder of datasets (and jobs); None: ``<repository>/.maas/data``, made on
     first use. ``max_dataset_bytes``: the largest dataset upload (413).
+    ``allow_model_code``: load pipeline models whose version folder holds Python hooks
+    (``pre.py``, ``post.py``), which run as code inside the server: trusted models only; off,
+    such a model fails to load.
     """
 
     repository: Path
@@ -97,6 +100,7 @@ class Settings:
     poll_interval_s: float = 5.0
     data_dir: Path | None = None
     max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES
+    allow_model_code: bool = False
 
     @property
     def data_root(self) -> Path:
