@@ -14,6 +14,7 @@ __all__ = [
     "AccessLogFormat",
     "ModelControl",
     "Settings",
+    "WorkerSettings",
     "default_repository",
 ]
 
@@ -35,6 +36,19 @@ def default_repository() -> Path:
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError("the bundled example model repository is missing from this install")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """This process is worker ``index`` of ``count`` (``maas serve --workers``), sharing the
+    control plane and the statistics through ``folder`` (see :mod:`maas_server.worker_sync`).
+    ``sync_timeout_s``: how long a change made through the API waits for every worker to
+    serve it before it answers 504."""
+
+    folder: Path
+    index: int
+    count: int
+    sync_timeout_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,9 @@ class Settings:
     ``request_timeout_s`` until the answer starts (504; 0: none). ``cors_origins``: CORS stays
     off unless origins are listed. ``metrics_port``: serve ``/metrics`` there instead of on the
     main port. ``access_log``: one line per request on logger ``maas_server.access``.
+    ``cpus``: the CPUs the models' ONNX Runtime threads share (None: all the process may use;
+    each of N workers gets its share). ``worker``: set in each process of ``maas serve
+    --workers N``.
     """
 
     repository: Path
@@ -88,6 +105,8 @@ class Settings:
     access_log: AccessLogFormat = "off"
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     poll_interval_s: float = 5.0
+    cpus: int | None = None
+    worker: WorkerSettings | None = None
 
     @property
     def auth_enabled(self) -> bool:

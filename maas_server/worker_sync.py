@@ -1,0 +1,228 @@
+"""One control plane over the worker processes of ``maas serve --workers N``.
+
+Each worker loads the repository on its own. A change made through the API (load, unload,
+publish, delete, default version) is made by the worker that received it, then appended to the
+shared log (:class:`~maas_server.worker_store.WorkerStore`) under the next *generation*; a
+thread of every worker looks at the log every :data:`TICK_S` and applies what is new, in order,
+then acknowledges the generation it reached. The API call answers once every serving worker has
+acknowledged its generation (:meth:`WorkerSync.changed`), or 504 after
+``WorkerSettings.sync_timeout_s``: the change is then made where it was received and the late
+workers apply it when they can.
+
+- A worker starting (or a replacement of one that died) first loads the repository as the
+  server's ``--model-control`` says, then applies the whole log, and only then joins the workers
+  that are waited for (in one transaction with a look at the log, so that no change is missed).
+- Changes of one model made at once through two workers end, on every worker, in the log's
+  order: a worker that applied a change of the same model after it began its own re-applies its
+  own after logging it (:meth:`WorkerSync.mark` tells when it began).
+- A worker leaves the waited-for set when it begins to drain, and the supervisor removes one
+  that died.
+
+The same thread answers requests for statistics: see :mod:`maas_server.worker_stats`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from .errors import ServerError
+from .repository import ModelRepository
+from .settings import WorkerSettings
+from .stats import Rejections
+from .worker_store import Change, WorkerStore
+
+__all__ = ["TICK_S", "WorkerSync", "WorkerSyncError", "pid_alive"]
+
+logger = logging.getLogger("maas_server")
+
+TICK_S = 0.02
+"""How often a worker looks at the shared log and at the requests for statistics."""
+
+
+class WorkerSyncError(ServerError):
+    """A change was made on the worker that received it, but not every worker applied it in
+    time."""
+
+    status_code = 504
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (a worker the supervisor has not reaped yet counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class WorkerSync:
+    """This worker's side of the control plane (see the module)."""
+
+    def __init__(
+        self, worker: WorkerSettings, repository: ModelRepository, rejections: Rejections
+    ) -> None:
+        self.worker = worker
+        self.repository = repository
+        self.rejections = rejections
+        self.store = WorkerStore(Path(worker.folder))
+        self.pid = os.getpid()
+        self.applied = 0
+        """The last generation of the log this worker serves."""
+        self.snapshot_seq = 0
+        """The last request for statistics this worker answered."""
+        self._lock = threading.Lock()  # one change at a time in this process
+        self._touched: dict[str, int] = {}  # model -> generation of its last change applied
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._joined = False
+
+    # --- start and stop ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Apply the whole log, join the serving workers, start the thread (blocking: call it
+        off the event loop, once the start-up loads are done)."""
+        while True:
+            with self._lock:
+                self._catch_up()
+                if self.store.register(self.worker.index, self.pid, self.applied):
+                    break
+        self._joined = True
+        logger.info(
+            "worker %d (pid %d) serving, at generation %d of the control plane",
+            self.worker.index,
+            self.pid,
+            self.applied,
+        )
+        self._thread = threading.Thread(target=self._run, name="maas-worker-sync", daemon=True)
+        self._thread.start()
+
+    def leave(self) -> None:
+        """Stop being waited for (the worker drains)."""
+        if self._joined:
+            self._joined = False
+            try:
+                self.store.leave(self.pid)
+            except Exception:
+                logger.exception("worker %d: leaving the control plane failed", self.worker.index)
+
+    def stop(self) -> None:
+        self.leave()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.store.close()
+
+    # --- changes made here ------------------------------------------------------------------
+
+    def mark(self) -> int:
+        """Call before making a change here; give the value to :meth:`changed`."""
+        return self.applied
+
+    async def changed(self, change: Change, since: int) -> None:
+        """Log ``change``, made here since :meth:`mark` returned ``since``, and wait until every
+        serving worker serves it; :class:`WorkerSyncError` (504) after the sync timeout."""
+        generation = await asyncio.to_thread(self._log, change, since)
+        await self._wait(generation)
+
+    def _log(self, change: Change, since: int) -> int:
+        with self._lock:
+            generation = self.store.append(change, self.worker.index)
+            self._catch_up(upto=generation - 1)
+            if self._touched.get(change.model, 0) > since:
+                # another change of this model was applied here after ours began, and the log
+                # puts ours last: make ours again so that this worker ends as the others do
+                self._apply(change)
+            self._touched[change.model] = generation
+            self.applied = generation
+            self.store.acknowledge(self.pid, generation)
+        return generation
+
+    async def _wait(self, generation: int) -> None:
+        deadline = time.monotonic() + self.worker.sync_timeout_s
+        while True:
+            rows = await asyncio.to_thread(self.store.serving)
+            behind = [
+                r for r in rows if r.applied < generation and r.pid != self.pid and pid_alive(r.pid)
+            ]
+            if not behind:
+                return
+            if time.monotonic() > deadline:
+                late = ", ".join(f"{r.worker} (pid {r.pid})" for r in behind)
+                raise WorkerSyncError(
+                    f"the change is made on worker {self.worker.index}, but worker(s) {late} did "
+                    f"not apply it within {self.worker.sync_timeout_s:g} s; they will serve it "
+                    "once they do (the server log says why they are late)"
+                )
+            await asyncio.sleep(TICK_S / 2)
+
+    # --- changes made elsewhere -------------------------------------------------------------
+
+    def _catch_up(self, upto: int | None = None) -> None:
+        """Apply the logged changes after :attr:`applied` (up to ``upto``); hold the lock."""
+        done = False
+        for change in self.store.changes_after(self.applied):
+            if upto is not None and change.generation > upto:
+                break
+            self._apply(change)
+            self._touched[change.model] = change.generation
+            self.applied = change.generation
+            done = True
+        if done and self._joined:
+            self.store.acknowledge(self.pid, self.applied)
+
+    def _apply(self, change: Change) -> None:
+        try:
+            if change.op == "load":
+                self.repository.load(change.model, change.config)
+            elif change.op == "unload":
+                self.repository.unload(change.model)
+            else:
+                self.repository.follow(change.model)
+        except ServerError as exc:  # e.g. the model's folder went meanwhile
+            logger.warning(
+                "worker %d: change %d (%s %s) not applied: %s",
+                self.worker.index,
+                change.generation,
+                change.op,
+                change.model,
+                exc,
+            )
+        except Exception:
+            logger.exception(
+                "worker %d: change %d (%s %s) failed",
+                self.worker.index,
+                change.generation,
+                change.op,
+                change.model,
+            )
+
+    def _run(self) -> None:
+        while not self._stop.wait(TICK_S):
+            try:
+                latest, wanted = self.store.poll()
+                if latest > self.applied:
+                    with self._lock:
+                        self._catch_up()
+                if wanted > self.snapshot_seq:
+                    self.store.put_snapshot(
+                        self.worker.index, self.pid, wanted, self.snapshot_json()
+                    )
+                    self.snapshot_seq = wanted
+            except Exception:
+                logger.exception("worker %d: following the control plane", self.worker.index)
+
+    def snapshot_json(self) -> str:
+        """This worker's statistics: each loaded version's counters and the refusals."""
+        models = [
+            {"name": name, "version": version, "stats": stats.snapshot()}
+            for name, version, stats in self.repository.version_stats()
+        ]
+        return json.dumps({"models": models, "rejections": self.rejections.snapshot()})
