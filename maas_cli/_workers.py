@@ -84,6 +84,7 @@ class WorkerSpec:
     graceful_timeout: float
     log_level: str
     access_log: bool
+    sync_timeout_s: float = 120.0
 
 
 def _watch_parent(parent: multiprocessing.connection.Connection) -> None:
@@ -167,7 +168,9 @@ class Supervisor:
     def _spec_for(self, index: int) -> WorkerSpec:
         from maas_server import settings as server_settings
 
-        worker = server_settings.WorkerSettings(self.folder, index, self.count)
+        worker = server_settings.WorkerSettings(
+            self.folder, index, self.count, self.spec.sync_timeout_s
+        )
         settings = dataclasses.replace(self.spec.settings, worker=worker, cpus=self.cpus)
         return dataclasses.replace(self.spec, settings=settings)
 

@@ -190,6 +190,14 @@ def serve(
             "(affinity and cgroup quota).",
         ),
     ] = "1",
+    worker_sync_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="MAAS_SERVER_WORKER_SYNC_TIMEOUT",
+            help="With --workers: seconds a load, unload or publication through the API waits "
+            "for every worker to serve it (504 after; the late workers catch up).",
+        ),
+    ] = 120.0,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2 / Triton).
 
@@ -219,6 +227,7 @@ def serve(
         (request_timeout, "--request-timeout"),
         (max_queue_size, "--max-queue-size"),
         (max_inflight_body_bytes, "--max-inflight-body-bytes"),
+        (worker_sync_timeout, "--worker-sync-timeout"),
     ):
         if not value >= 0:  # also refuses nan
             raise typer.BadParameter("give 0 or more", param_hint=flag)
@@ -288,7 +297,9 @@ def serve(
     if count > 1:
         from maas_cli._workers import WorkerSpec, serve_workers
 
-        spec = WorkerSpec(settings, options, graceful_timeout, log_level, access_log != "off")
+        spec = WorkerSpec(
+            settings, options, graceful_timeout, log_level, access_log != "off", worker_sync_timeout
+        )
         status = serve_workers(spec, count, host, port, 2048, ssl_certfile is not None)
         if status:
             raise typer.Exit(status)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -96,13 +95,8 @@ class DataPlane:
             "version": __version__,
             "extensions": EXTENSIONS,
         }
-        worker = self.settings.worker
-        if worker is not None:  # which process of maas serve --workers N answers
-            metadata["maas_worker"] = {
-                "index": worker.index,
-                "count": worker.count,
-                "pid": os.getpid(),
-            }
+        if self.sync is not None:  # which process of maas serve --workers N answers
+            metadata["maas_worker"] = {**self.sync.describe(), "cpus": self.settings.cpus}
         return metadata
 
     def ready(self) -> bool:

@@ -30,12 +30,13 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from .errors import ServerError
 from .repository import ModelRepository
 from .settings import WorkerSettings
 from .stats import Rejections
-from .worker_store import Change, WorkerStore
+from .worker_store import Change, WorkerRow, WorkerStore
 
 __all__ = ["TICK_S", "WorkerSync", "WorkerSyncError", "pid_alive"]
 
@@ -78,6 +79,8 @@ class WorkerSync:
         """The last generation of the log this worker serves."""
         self.snapshot_seq = 0
         """The last request for statistics this worker answered."""
+        self.serving: list[WorkerRow] = []
+        """The serving workers, as this one saw them at its last look."""
         self._lock = threading.Lock()  # one change at a time in this process
         self._touched: dict[str, int] = {}  # model -> generation of its last change applied
         self._stop = threading.Event()
@@ -95,6 +98,7 @@ class WorkerSync:
                 if self.store.register(self.worker.index, self.pid, self.applied):
                     break
         self._joined = True
+        self.serving = self.store.serving()
         logger.info(
             "worker %d (pid %d) serving, at generation %d of the control plane",
             self.worker.index,
@@ -208,6 +212,7 @@ class WorkerSync:
         while not self._stop.wait(TICK_S):
             try:
                 latest, wanted = self.store.poll()
+                self.serving = self.store.serving()
                 if latest > self.applied:
                     with self._lock:
                         self._catch_up()
@@ -218,6 +223,18 @@ class WorkerSync:
                     self.snapshot_seq = wanted
             except Exception:
                 logger.exception("worker %d: following the control plane", self.worker.index)
+
+    def describe(self) -> dict[str, Any]:
+        """This worker and the serving ones, for the server metadata (``GET /v2``)."""
+        return {
+            "index": self.worker.index,
+            "count": self.worker.count,
+            "pid": self.pid,
+            "generation": self.applied,
+            "serving": [
+                {"index": r.worker, "pid": r.pid, "generation": r.applied} for r in self.serving
+            ],
+        }
 
     def snapshot_json(self) -> str:
         """This worker's statistics: each loaded version's counters and the refusals."""
