@@ -48,7 +48,10 @@ from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from maas_server.worker_store import WorkerStore
 
 __all__ = ["RESTART_MAX_S", "Supervisor", "WorkerSpec", "serve_workers", "worker_count"]
 
@@ -164,6 +167,7 @@ class Supervisor:
         os.set_blocking(self._wake_r, False)
         self._failures: dict[int, int] = {}  # worker index -> replacements that died at start
         self._due: dict[int, float] = {}  # worker index -> when to start its replacement
+        self._store: WorkerStore | None = None
 
     def _spec_for(self, index: int) -> WorkerSpec:
         from maas_server import settings as server_settings
@@ -193,20 +197,15 @@ class Supervisor:
             os.write(self._wake_w, b"x")
 
     def _serving(self) -> set[int]:
-        from maas_server.worker_store import WorkerStore
-
-        store = WorkerStore(self.folder)
-        try:
-            return {row.pid for row in store.serving()}
-        finally:
-            store.close()
+        assert self._store is not None
+        return {row.pid for row in self._store.serving()}
 
     def run(self) -> int:
         """Serve until a signal; the exit status (0; 1 when a worker had to be killed; the
         status of a worker that could not start)."""
         from maas_server.worker_store import WorkerStore
 
-        WorkerStore(self.folder).close()  # the schema, before any worker
+        self._store = WorkerStore(self.folder)  # the schema, before any worker
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
@@ -220,6 +219,8 @@ class Supervisor:
                 signal.signal(sig, handler)
             os.close(self._wake_r)
             os.close(self._wake_w)
+            if self._store is not None:
+                self._store.close()
             if self._own_folder:
                 shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -273,13 +274,8 @@ class Supervisor:
         return None
 
     def _dead(self, pid: int) -> None:
-        from maas_server.worker_store import WorkerStore
-
-        store = WorkerStore(self.folder)
-        try:
-            store.process_dead(pid)
-        finally:
-            store.close()
+        assert self._store is not None
+        self._store.process_dead(pid)
 
     def _signal_all(self, sig: int) -> None:
         for worker in self._workers.values():

@@ -18,7 +18,7 @@ workers apply it when they can.
 - A worker leaves the waited-for set when it begins to drain, and the supervisor removes one
   that died.
 
-The same thread answers requests for statistics: see :mod:`maas_server.worker_stats`.
+Another thread answers the requests for statistics: see :mod:`maas_server.worker_stats`.
 """
 
 from __future__ import annotations
@@ -68,13 +68,19 @@ class WorkerSync:
     """This worker's side of the control plane (see the module)."""
 
     def __init__(
-        self, worker: WorkerSettings, repository: ModelRepository, rejections: Rejections
+        self,
+        worker: WorkerSettings,
+        repository: ModelRepository,
+        rejections: Rejections,
+        *,
+        pid: int | None = None,
     ) -> None:
         self.worker = worker
         self.repository = repository
         self.rejections = rejections
         self.store = WorkerStore(Path(worker.folder))
-        self.pid = os.getpid()
+        self.pid = pid if pid is not None else os.getpid()
+        """The process id this worker is known by (tests run two in one process)."""
         self.applied = 0
         """The last generation of the log this worker serves."""
         self.snapshot_seq = 0
@@ -84,7 +90,7 @@ class WorkerSync:
         self._lock = threading.Lock()  # one change at a time in this process
         self._touched: dict[str, int] = {}  # model -> generation of its last change applied
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._joined = False
 
     # --- start and stop ---------------------------------------------------------------------
@@ -105,8 +111,11 @@ class WorkerSync:
             self.pid,
             self.applied,
         )
-        self._thread = threading.Thread(target=self._run, name="maas-worker-sync", daemon=True)
-        self._thread.start()
+        # two threads: statistics are answered even while a long load is being applied
+        for target, name in ((self._follow, "maas-worker-sync"), (self._answer, "maas-stats")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def leave(self) -> None:
         """Stop being waited for (the worker drains)."""
@@ -120,8 +129,8 @@ class WorkerSync:
     def stop(self) -> None:
         self.leave()
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
         self.store.close()
 
     # --- changes made here ------------------------------------------------------------------
@@ -208,21 +217,28 @@ class WorkerSync:
                 change.model,
             )
 
-    def _run(self) -> None:
+    def _follow(self) -> None:
         while not self._stop.wait(TICK_S):
             try:
-                latest, wanted = self.store.poll()
+                latest, _wanted = self.store.poll()
                 self.serving = self.store.serving()
                 if latest > self.applied:
                     with self._lock:
                         self._catch_up()
+            except Exception:
+                logger.exception("worker %d: following the control plane", self.worker.index)
+
+    def _answer(self) -> None:
+        while not self._stop.wait(TICK_S):
+            try:
+                _latest, wanted = self.store.poll()
                 if wanted > self.snapshot_seq:
                     self.store.put_snapshot(
                         self.worker.index, self.pid, wanted, self.snapshot_json()
                     )
                     self.snapshot_seq = wanted
             except Exception:
-                logger.exception("worker %d: following the control plane", self.worker.index)
+                logger.exception("worker %d: writing its statistics", self.worker.index)
 
     def describe(self) -> dict[str, Any]:
         """This worker and the serving ones, for the server metadata (``GET /v2``)."""
