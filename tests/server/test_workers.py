@@ -290,10 +290,11 @@ def _metric(text: str, family: str, model: str) -> int:
 def test_metrics_and_statistics_count_the_requests_of_every_worker(
     launch: Callable[..., Served],
 ) -> None:
-    served = launch()
+    metrics_port = free_port()
+    served = launch("--metrics-port", str(metrics_port))  # served by worker 0 for all
 
     def counts() -> tuple[int, int]:
-        metrics = httpx.get(f"{served.url}/metrics", timeout=60).text
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=60).text
         stats = httpx.get(f"{served.url}/v2/models/add/stats", timeout=60).json()
         (entry,) = stats["model_stats"]
         return _metric(metrics, "nv_inference_request_success", "add"), entry["inference_count"]
@@ -414,3 +415,21 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "many"])
+def test_a_bad_worker_count_is_refused(value: str) -> None:
+    from typer.testing import CliRunner
+
+    from maas_cli._app import app
+
+    result = CliRunner().invoke(app, ["serve", "--workers", value])
+    assert result.exit_code == 2
+    assert "give a number of 1 or more, or 'auto'" in result.output
+
+
+def test_auto_counts_the_cpus_the_process_may_use() -> None:
+    from maas_cli._workers import worker_count
+
+    assert worker_count("auto") == available_cpus()
+    assert worker_count(" 3 ") == 3
