@@ -103,8 +103,10 @@ def _worker_main(
 ) -> None:
     """A worker process: one maas server on the supervisor's socket."""
     os.setpgrp()  # signals from a terminal reach the supervisor alone
+    index = spec.settings.worker.index
     logging.basicConfig(
-        level=spec.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=spec.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s %(name)s[w{index}]: %(message)s",
     )
     import uvicorn
 
