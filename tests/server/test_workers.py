@@ -36,6 +36,35 @@ from tests.conftest import _put, free_port, wait_for
 
 DEADLINE_S = 90.0  # two busy cores start two workers, each loading its models
 
+LAUNCHER = """
+import os
+import time
+from pathlib import Path
+
+from maas_server.runtime import OnnxModel
+
+# At the top level: the spawned workers run this file too (as __mp_main__), so a run of the
+# 'held' model with 2 rows, in any worker, creates entered-<pid> and waits until 'open' exists.
+gate = Path(os.environ["MAAS_TEST_GATE"])
+run_sync = OnnxModel.run_sync
+
+
+def held_run_sync(self, feeds, output_names):
+    if self.name == "held" and feeds["x"].shape[0] == 2:
+        (gate / f"entered-{os.getpid()}").touch()
+        while not (gate / "open").exists():
+            time.sleep(0.01)
+    return run_sync(self, feeds, output_names)
+
+
+OnnxModel.run_sync = held_run_sync
+
+if __name__ == "__main__":
+    from maas_cli import main
+
+    main()
+"""
+
 
 @dataclass
 class Served:
@@ -99,6 +128,7 @@ class Served:
 def workers_repository(root: Path) -> Path:
     _put(root, "mlp", models.mlp_model(), {"max_batch_size": 64})
     _put(root, "add", models.add_model(), {"max_batch_size": 8})
+    _put(root, "held", models.slow_model(0.05))
     return root
 
 
@@ -106,14 +136,24 @@ def workers_repository(root: Path) -> Path:
 def launch(tmp_path: Path) -> Iterator[Callable[..., Served]]:
     started: list[Served] = []
 
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(LAUNCHER)
+
     def start(*flags: str, headers: dict[str, str] | None = None) -> Served:
         repository = workers_repository(tmp_path / f"repository-{len(started)}")
         port = free_port()
         log = tmp_path / f"serve-{len(started)}.log"
-        command = [sys.executable, "-m", "maas_cli", "serve", str(repository)]
+        command = [sys.executable, str(launcher), "serve", str(repository)]
         command += ["--port", str(port), "--access-log", "off", "--workers", "2", *flags]
         with log.open("wb") as out:
-            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "MAAS_TEST_GATE": str(gate)},
+            )
         served = Served(process, f"http://127.0.0.1:{port}", log, headers or {})
         started.append(served)
 
@@ -128,6 +168,7 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., Served]]:
         return served
 
     yield start
+    (gate / "open").touch()  # no model thread left waiting
     for served in started:
         if served.process.poll() is None:
             served.process.send_signal(signal.SIGTERM)
@@ -381,16 +422,37 @@ def test_an_api_key_file_change_reaches_every_worker(
     )
 
 
-def test_sigterm_drains_every_worker_and_exits_0(launch: Callable[..., Served]) -> None:
-    served = launch("--graceful-timeout", "20")
+def test_sigterm_drains_every_worker_and_exits_0(
+    launch: Callable[..., Served], tmp_path: Path
+) -> None:
+    """A request is held in a model call on one worker; SIGTERM to the supervisor: both workers
+    drain (new requests 503), the held request completes, then everything exits 0."""
+    served = launch("--graceful-timeout", "30")
     pids = list(served.serving())
+    rows = np.ones((2, models.SLOW_MODEL_WIDTH), dtype=np.float32)
+    body = {"inputs": [{"name": "x", "shape": [2, models.SLOW_MODEL_WIDTH], "datatype": "FP32",
+                        "data": rows.ravel().tolist()}]}  # fmt: skip
+    held = InBackground(
+        lambda: httpx.post(f"{served.url}/v2/models/held/infer", json=body, timeout=60)
+    )
+    wait_for(lambda: any((tmp_path / "gate").glob("entered-*")), DEADLINE_S)
     started = time.monotonic()
     served.process.send_signal(signal.SIGTERM)
+    wait_for(lambda: served.text().count("shutting down: not ready") == 2, DEADLINE_S)
+    for _ in range(6):  # fresh connections, whichever worker takes them: refused
+        refused = httpx.get(f"{served.url}/v2/models/add", timeout=60)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "1"
+    assert not held.done and served.process.poll() is None
+    (tmp_path / "gate" / "open").touch()  # the held model call returns
+    wait_for(lambda: held.done, DEADLINE_S)
+    assert held.result is not None and held.result.status_code == 200, held.error
     assert served.process.wait(60) == 0, served.text()
-    assert time.monotonic() - started < 20
+    assert time.monotonic() - started < 30
     for pid in pids:
         wait_for(lambda pid=pid: not _alive(pid), DEADLINE_S)
     assert served.text().count("drained: no request in flight") == 2
+    assert "Traceback" not in served.text()
 
 
 def test_workers_whose_supervisor_is_killed_exit_by_themselves(
