@@ -203,6 +203,12 @@ class WorkerStore:
         )
         return int(rows[0][0]), int(rows[0][1])
 
+    def data_version(self) -> int:
+        """A number that changes whenever another connection commits (SQLite's
+        ``PRAGMA data_version``): a cheap look before the real one."""
+        rows = self._all("PRAGMA data_version")
+        return int(rows[0][0])
+
     def put_snapshot(self, worker: int, pid: int, seq: int, data: str) -> None:
         self._run(
             "INSERT OR REPLACE INTO snapshots (pid, worker, alive, seq, data) "

@@ -3,8 +3,9 @@
 Each worker loads the repository on its own. A change made through the API (load, unload,
 publish, delete, default version) is made by the worker that received it, then appended to the
 shared log (:class:`~maas_server.worker_store.WorkerStore`) under the next *generation*; a
-thread of every worker looks at the log every :data:`TICK_S` and applies what is new, in order,
-then acknowledges the generation it reached. The API call answers once every serving worker has
+thread of every worker looks for a commit every :data:`TICK_S` (``PRAGMA data_version``, one
+cheap query) and, when there is one, another applies what is new in the log, in order, then
+acknowledges the generation it reached. The API call answers once every serving worker has
 acknowledged its generation (:meth:`WorkerSync.changed`), or 504 after
 ``WorkerSettings.sync_timeout_s``: the change is then made where it was received and the late
 workers apply it when they can.
@@ -90,6 +91,8 @@ class WorkerSync:
         self._lock = threading.Lock()  # one change at a time in this process
         self._touched: dict[str, int] = {}  # model -> generation of its last change applied
         self._stop = threading.Event()
+        self._follow_due = threading.Event()
+        self._answer_due = threading.Event()
         self._threads: list[threading.Thread] = []
         self._joined = False
 
@@ -111,8 +114,12 @@ class WorkerSync:
             self.pid,
             self.applied,
         )
-        # two threads: statistics are answered even while a long load is being applied
-        for target, name in ((self._follow, "maas-worker-sync"), (self._answer, "maas-stats")):
+        # statistics are answered on a thread of their own, even while a long load is applied
+        for target, name in (
+            (self._watch, "maas-worker-watch"),
+            (self._follow, "maas-worker-sync"),
+            (self._answer, "maas-worker-stats"),
+        ):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -128,10 +135,16 @@ class WorkerSync:
 
     def stop(self) -> None:
         self.leave()
+        self.stop_threads()
+        self.store.close()
+
+    def stop_threads(self) -> None:
+        """Stop looking at the shared state (the worker stays registered, if it was)."""
         self._stop.set()
+        self._follow_due.set()
+        self._answer_due.set()
         for thread in self._threads:
             thread.join(timeout=10)
-        self.store.close()
 
     # --- changes made here ------------------------------------------------------------------
 
@@ -217,8 +230,24 @@ class WorkerSync:
                 change.model,
             )
 
-    def _follow(self) -> None:
+    def _watch(self) -> None:
+        """Every :data:`TICK_S`: one cheap look for a commit by another process, which wakes
+        the thread that follows the log and the one that answers requests for statistics."""
+        seen = None
         while not self._stop.wait(TICK_S):
+            try:
+                version = self.store.data_version()
+            except Exception:
+                logger.exception("worker %d: looking at the shared state", self.worker.index)
+                continue
+            if version != seen:
+                seen = version
+                self._follow_due.set()
+                self._answer_due.set()
+
+    def _follow(self) -> None:
+        while self._follow_due.wait() and not self._stop.is_set():
+            self._follow_due.clear()
             try:
                 latest, _wanted = self.store.poll()
                 self.serving = self.store.serving()
@@ -227,9 +256,12 @@ class WorkerSync:
                         self._catch_up()
             except Exception:
                 logger.exception("worker %d: following the control plane", self.worker.index)
+                if not self._stop.wait(TICK_S * 10):
+                    self._follow_due.set()  # look again, without waiting for another commit
 
     def _answer(self) -> None:
-        while not self._stop.wait(TICK_S):
+        while self._answer_due.wait() and not self._stop.is_set():
+            self._answer_due.clear()
             try:
                 _latest, wanted = self.store.poll()
                 if wanted > self.snapshot_seq:
@@ -239,6 +271,8 @@ class WorkerSync:
                     self.snapshot_seq = wanted
             except Exception:
                 logger.exception("worker %d: writing its statistics", self.worker.index)
+                if not self._stop.wait(TICK_S * 10):
+                    self._answer_due.set()
 
     def describe(self) -> dict[str, Any]:
         """This worker and the serving ones, for the server metadata (``GET /v2``)."""

@@ -86,9 +86,7 @@ def test_changes_of_one_model_through_two_workers_end_in_the_logs_order(pair: Pa
 
 def test_a_worker_that_does_not_follow_makes_the_change_answer_504(pair: Pair) -> None:
     a, b = pair.syncs
-    b._stop.set()  # b's threads stop looking at the log: b stays registered, and behind
-    for thread in b._threads:
-        thread.join()
+    b.stop_threads()  # b stops looking at the log: it stays registered, and behind
     since = a.mark()
     pair.repos[0].load("mlp")
     with pytest.raises(WorkerSyncError) as caught:
