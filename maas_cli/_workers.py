@@ -216,6 +216,9 @@ class Supervisor:
                 self._start(index)
             status = self._supervise()
             return self._shutdown() if status is None else status
+        except BaseException:
+            self._stop_all()  # no worker left behind by a supervisor that failed
+            raise
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

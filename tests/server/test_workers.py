@@ -507,3 +507,15 @@ def test_auto_counts_the_cpus_the_process_may_use() -> None:
 
     assert worker_count("auto") == available_cpus()
     assert worker_count(" 3 ") == 3
+
+
+def test_workers_that_cannot_start_stop_the_supervisor(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    keys.write_text("{not json", encoding="utf-8")
+    repository = workers_repository(tmp_path / "repository")
+    command = [sys.executable, "-m", "maas_cli", "serve", str(repository), "--workers", "2"]
+    command += ["--port", str(free_port()), "--api-keys-file", str(keys)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=DEADLINE_S)
+    assert done.returncode == 2, done.stderr
+    assert "maas serve: cannot start:" in done.stderr
+    assert "could not start (status 2)" in done.stderr
