@@ -185,6 +185,8 @@ def serve(
         str,
         typer.Option(
             envvar="MAAS_SERVER_WORKERS",
+            metavar="N|auto",
+            show_default=True,
             help="Server processes on the port, each loading the repository (ONNX Runtime's "
             "threads shared out between them); 'auto': one per CPU this process may use "
             "(affinity and cgroup quota).",
