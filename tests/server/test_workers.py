@@ -519,3 +519,28 @@ def test_workers_that_cannot_start_stop_the_supervisor(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert "maas serve: cannot start:" in done.stderr
     assert "could not start (status 2)" in done.stderr
+
+
+def test_the_workers_settings_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    import maas_cli._workers
+    from maas_cli._app import app
+
+    seen: dict[str, Any] = {}
+
+    def fake_serve_workers(spec: Any, count: int, host: str, port: int, *rest: Any) -> int:
+        seen.update(spec=spec, count=count, host=host, port=port)
+        return 0
+
+    monkeypatch.setattr(maas_cli._workers, "serve_workers", fake_serve_workers)
+    monkeypatch.setenv("MAAS_SERVER_WORKERS", "3")
+    monkeypatch.setenv("MAAS_SERVER_WORKER_SYNC_TIMEOUT", "7.5")
+    repository = workers_repository(tmp_path / "repository")
+    result = CliRunner().invoke(app, ["serve", str(repository), "--port", "9123"])
+    assert result.exit_code == 0, result.output
+    assert (seen["count"], seen["port"]) == (3, 9123)
+    assert seen["spec"].sync_timeout_s == 7.5
+    assert seen["spec"].settings.repository == repository
