@@ -28,6 +28,7 @@ LATENCY_BUCKETS_S = (
 )  # fmt: skip
 """Upper bounds of the request latency histogram (seconds); a last bucket takes the rest."""
 _LATENCY_BOUNDS_NS = tuple(int(b * 1e9) for b in LATENCY_BUCKETS_S)
+_DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
 
 
 @dataclass
@@ -194,14 +195,7 @@ class ModelStats:
             self.last_inference_ms = max(self.last_inference_ms, int(triton["last_inference"]))
             self.inference_count += int(triton["inference_count"])
             self.execution_count += int(triton["execution_count"])
-            for key in (
-                "success",
-                "fail",
-                "queue",
-                "compute_input",
-                "compute_infer",
-                "compute_output",
-            ):
+            for key in _DURATIONS:
                 _absorb(getattr(self, key), inference[key])
             for entry in triton["batch_stats"]:
                 batch = self.batches.setdefault(int(entry["batch_size"]), _BatchStats())
