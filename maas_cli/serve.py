@@ -9,9 +9,11 @@ import math
 import os
 import ssl
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from ._tls import TLS_MINIMUM_VERSION, tls_floor
 
 __all__ = ["TLS_MINIMUM_VERSION", "serve", "tls_floor"]
 
@@ -203,6 +205,25 @@ def serve(
             "only. Without it such a model fails to load.",
         ),
     ] = False,
+    workers: Annotated[
+        str,
+        typer.Option(
+            envvar="MAAS_SERVER_WORKERS",
+            metavar="N|auto",
+            show_default=True,
+            help="Server processes on the port, each loading the repository (ONNX Runtime's "
+            "threads shared out between them); 'auto': one per CPU this process may use "
+            "(affinity and cgroup quota).",
+        ),
+    ] = "1",
+    worker_sync_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="MAAS_SERVER_WORKER_SYNC_TIMEOUT",
+            help="With --workers: seconds a load, unload or publication through the API waits "
+            "for every worker to serve it (504 after; the late workers catch up).",
+        ),
+    ] = 120.0,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2 / Triton).
 
@@ -233,9 +254,18 @@ def serve(
         (max_queue_size, "--max-queue-size"),
         (max_inflight_body_bytes, "--max-inflight-body-bytes"),
         (max_dataset_bytes, "--max-dataset-bytes"),
+        (worker_sync_timeout, "--worker-sync-timeout"),
     ):
         if not value >= 0:  # also refuses nan
             raise typer.BadParameter("give 0 or more", param_hint=flag)
+    try:
+        from maas_cli._workers import worker_count
+
+        count = worker_count(workers)
+    except ValueError:
+        raise typer.BadParameter(
+            "give a number of 1 or more, or 'auto'", param_hint="--workers"
+        ) from None
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise typer.BadParameter("give both --ssl-certfile and --ssl-keyfile")
     if ssl_ca_certs is not None and ssl_certfile is None:
@@ -281,26 +311,36 @@ def serve(
             metrics_host,
             metrics_port,
         )
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "root_path": root_path,
+        "log_level": log_level.lower(),
+        "access_log": False,  # maas writes its own (--access-log)
+        "log_config": None,  # keep the logging set up above (uvicorn's would close its handlers)
+        "ssl_certfile": str(ssl_certfile) if ssl_certfile else None,
+        "ssl_keyfile": str(ssl_keyfile) if ssl_keyfile else None,
+        "ssl_ca_certs": str(ssl_ca_certs) if ssl_ca_certs else None,
+        "ssl_cert_reqs": ssl.CERT_REQUIRED if ssl_ca_certs else ssl.CERT_NONE,
+        "timeout_graceful_shutdown": math.ceil(graceful_timeout),
+    }
+    if count > 1:
+        from maas_cli._workers import WorkerSpec, serve_workers
+
+        spec = WorkerSpec(
+            settings, options, graceful_timeout, log_level, access_log != "off", worker_sync_timeout
+        )
+        status = serve_workers(spec, count, host, port, 2048, ssl_certfile is not None)
+        if status:
+            raise typer.Exit(status)
+        return
     try:
         app = create_app(settings)
     except (KeysFileError, FileNotFoundError) as exc:
         # No keys to fall back on at start: refuse to serve rather than serve without them.
         typer.echo(f"maas serve: cannot start: {exc}", err=True)
         raise typer.Exit(2) from None
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        root_path=root_path,
-        log_level=log_level.lower(),
-        access_log=False,  # maas writes its own (--access-log)
-        log_config=None,  # keep the logging set up above (uvicorn's would close its handlers)
-        ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
-        ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
-        ssl_ca_certs=str(ssl_ca_certs) if ssl_ca_certs else None,
-        ssl_cert_reqs=ssl.CERT_REQUIRED if ssl_ca_certs else ssl.CERT_NONE,
-        timeout_graceful_shutdown=math.ceil(graceful_timeout),
-    )
+    config = uvicorn.Config(app, **options)
     config.load()
     if config.ssl is not None:
         tls_floor(config.ssl)
@@ -309,15 +349,3 @@ def serve(
         server.run()
     if not server.started:
         raise typer.Exit(3)  # as uvicorn.run: it could not start (the log says why)
-
-
-TLS_MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
-"""The oldest TLS version ``maas serve`` accepts, whatever Python, OpenSSL or uvicorn allow."""
-
-
-def tls_floor(context: ssl.SSLContext) -> ssl.SSLContext:
-    """Refuse TLS versions before :data:`TLS_MINIMUM_VERSION` (and SSL) on ``context``."""
-    current = context.minimum_version  # MINIMUM_SUPPORTED is -2, MAXIMUM_SUPPORTED -1
-    if current != ssl.TLSVersion.MAXIMUM_SUPPORTED and current < TLS_MINIMUM_VERSION:
-        context.minimum_version = TLS_MINIMUM_VERSION
-    return context

@@ -36,6 +36,9 @@ from .routes import JSONBytesResponse, routes
 from .settings import Settings
 from .shutdown import Shutdown, ShutdownGuard
 from .stats import Rejections
+from .threads import ThreadBudget
+from .worker_stats import WorkerStats
+from .worker_sync import WorkerSync
 
 __all__ = ["build_middleware", "create_app"]
 
@@ -128,9 +131,15 @@ def create_app(settings: Settings) -> Starlette:
         inline_threshold_us=settings.inline_threshold_us,
         max_queue_size=settings.max_queue_size,
         allow_model_code=settings.allow_model_code,
+        threads=ThreadBudget(settings.cpus) if settings.cpus else None,
     )
     dataplane = DataPlane(repository, settings)
     rejections = Rejections()
+    sync = stats_source = None
+    if settings.worker is not None:  # one of the processes of maas serve --workers N
+        sync = WorkerSync(settings.worker, repository, rejections)
+        stats_source = WorkerStats(sync, repository, rejections)
+        dataplane.sync = sync
     keys = None
     if settings.auth_enabled:
         keys = KeyStore(
@@ -138,7 +147,7 @@ def create_app(settings: Settings) -> Starlette:
             settings.admin_api_key,
             reload_interval=settings.keys_reload_interval_s,
         )
-    registry = metrics_registry(repository, rejections)
+    registry = metrics_registry(repository, rejections, stats_source)
     extra_routes: list[BaseRoute] = []
     if settings.metrics_port is None:
         extra_routes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
@@ -150,6 +159,10 @@ def create_app(settings: Settings) -> Starlette:
         dataplane.started = False
 
     shutdown.subscribe(not_ready)
+    if sync is not None:
+        shutdown.subscribe(sync.leave)  # a worker that drains is not waited for
+    # with several workers, the first serves the metrics port (it reads them all)
+    metrics_here = settings.worker is None or settings.worker.index == 0
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -161,8 +174,10 @@ def create_app(settings: Settings) -> Starlette:
         elif settings.model_control == "poll":
             await asyncio.to_thread(poller.start)
             poll_task = asyncio.create_task(poller.run())
+        if sync is not None:
+            await asyncio.to_thread(sync.start)
         metrics_server = None
-        if settings.metrics_port is not None:
+        if settings.metrics_port is not None and metrics_here:
             metrics_server = MetricsServer(registry, settings.metrics_host, settings.metrics_port)
             metrics_server.start()
             app.state.metrics_server = metrics_server
@@ -176,6 +191,8 @@ def create_app(settings: Settings) -> Starlette:
             if metrics_server is not None:
                 metrics_server.stop()
             await asyncio.to_thread(generation.close)
+            if sync is not None:
+                await asyncio.to_thread(sync.stop)
             await asyncio.to_thread(repository.close)
             repository.bind_loop(None)
             close_dataset_store(app)
@@ -206,4 +223,6 @@ def create_app(settings: Settings) -> Starlette:
     app.state.rejections = rejections
     app.state.keys = keys
     app.state.metrics_registry = registry
+    app.state.sync = sync
+    app.state.stats_source = stats_source
     return app

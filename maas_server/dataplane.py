@@ -34,6 +34,8 @@ from .pipeline import Pipeline, wants_pipeline
 from .repository import ModelRepository
 from .runtime import TensorSpec
 from .settings import Settings
+from .worker_store import Change
+from .worker_sync import WorkerSync
 
 __all__ = ["EXTENSIONS", "MAX_EMBEDDING_INPUTS", "DataPlane", "Embeddings", "InferenceResult"]
 
@@ -94,13 +96,22 @@ class DataPlane:
         self.repository = repository
         self.settings = settings
         self.started = False
+        self.sync: WorkerSync | None = None
+        """With several workers: the control plane the repository changes go through."""
         self._inflight = 0
         self._drain = DrainRate()
 
     # --- server -----------------------------------------------------------------------------
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": "maas", "version": __version__, "extensions": EXTENSIONS}
+        metadata: dict[str, Any] = {
+            "name": "maas",
+            "version": __version__,
+            "extensions": EXTENSIONS,
+        }
+        if self.sync is not None:  # which process of maas serve --workers N answers
+            metadata["maas_worker"] = {**self.sync.describe(), "cpus": self.settings.cpus}
+        return metadata
 
     def ready(self) -> bool:
         if not self.started:
@@ -193,12 +204,18 @@ class DataPlane:
         return self.repository.index(ready_only)
 
     async def load_model(self, name: str, config_override: str | None) -> None:
+        since = self.sync.mark() if self.sync is not None else 0
         record = await asyncio.to_thread(self.repository.load, name, config_override)
+        if self.sync is not None:  # every worker serves what this one now does
+            await self.sync.changed(Change("load", name, config_override), since)
         if record.state != "READY":
             raise BadRequestError(f"failed to load model {name!r}: {record.reason}")
 
     async def unload_model(self, name: str) -> None:
+        since = self.sync.mark() if self.sync is not None else 0
         await asyncio.to_thread(self.repository.unload, name)
+        if self.sync is not None:
+            await self.sync.changed(Change("unload", name), since)
 
     # --- inference --------------------------------------------------------------------------
 

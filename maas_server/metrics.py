@@ -14,6 +14,7 @@ counter, so :func:`render` writes Triton's families under their own names.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Iterator
@@ -33,11 +34,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .repository import ModelRepository
-from .stats import LATENCY_BUCKETS_S, Rejections
+from .stats import LATENCY_BUCKETS_S, ModelStats, Rejections, ServerStats
 
 __all__ = [
     "CONTENT_TYPE",
     "TRITON_COUNTERS",
+    "LocalStats",
     "MetricsServer",
     "ServerCollector",
     "metrics_endpoint",
@@ -69,12 +71,22 @@ TRITON_COUNTERS: dict[str, str] = {
 """Triton's counter families and their help texts (``model`` and ``version`` labels)."""
 
 
-class ServerCollector(Collector):
-    """Metric families of every loaded model version, and the server's refused requests."""
+class LocalStats:
+    """The statistics of this process: its repository's loaded versions and its refusals."""
 
     def __init__(self, repository: ModelRepository, rejections: Rejections) -> None:
         self.repository = repository
         self.rejections = rejections
+
+    def read(self) -> tuple[list[tuple[str, int, ModelStats]], dict[str, int]]:
+        return self.repository.version_stats(), self.rejections.snapshot()
+
+
+class ServerCollector(Collector):
+    """Metric families of every loaded model version, and the server's refused requests."""
+
+    def __init__(self, source: ServerStats) -> None:
+        self.source = source
 
     def collect(self) -> Iterator[Metric]:
         counters = {name: Metric(name, text, "counter") for name, text in TRITON_COUNTERS.items()}
@@ -93,12 +105,11 @@ class ServerCollector(Collector):
             "Inference requests a model refused or failed, by reason",
             labels=["model", "version", "reason"],
         )
-        models = sorted(self.repository.loaded_models(), key=lambda m: (m.name, m.version))
-        for model in models:
-            stats = model.stats
-            version = str(model.version)
-            labels = {"model": model.name, "version": version}
-            triton = stats.as_triton(model.name, version)
+        models, refusals = self.source.read()
+        for name, number, stats in sorted(models, key=lambda entry: entry[:2]):
+            version = str(number)
+            labels = {"model": name, "version": version}
+            triton = stats.as_triton(name, version)
             inference = triton["inference_stats"]
             values = {
                 "nv_inference_request_success": inference["success"]["count"],
@@ -113,18 +124,18 @@ class ServerCollector(Collector):
                     inference["compute_output"]["ns"] // 1000
                 ),
             }
-            for name, value in values.items():
-                counters[name].add_sample(name, labels, value)
-            pending.add_metric([model.name, version], stats.pending)
+            for family, value in values.items():
+                counters[family].add_sample(family, labels, value)
+            pending.add_metric([name, version], stats.pending)
             counts, total_ns = stats.latency_counts()
             cumulative = 0
             buckets: list[tuple[str, float]] = []
             for bound, count in zip((*LATENCY_BUCKETS_S, float("inf")), counts, strict=True):
                 cumulative += count
                 buckets.append((_bound(bound), cumulative))
-            latency.add_metric([model.name, version], buckets, total_ns / 1e9)
+            latency.add_metric([name, version], buckets, total_ns / 1e9)
             for reason, count in sorted(stats.rejected_counts().items()):
-                rejected.add_metric([model.name, version, reason], count)
+                rejected.add_metric([name, version, reason], count)
         yield from counters.values()
         yield pending
         yield latency
@@ -134,7 +145,7 @@ class ServerCollector(Collector):
             "Requests the server refused before they reached a model, by reason",
             labels=["reason"],
         )
-        for reason, count in sorted(self.rejections.snapshot().items()):
+        for reason, count in sorted(refusals.items()):
             server_rejected.add_metric([reason], count)
         yield server_rejected
 
@@ -143,10 +154,13 @@ def _bound(bound: float) -> str:
     return "+Inf" if bound == float("inf") else repr(bound)
 
 
-def metrics_registry(repository: ModelRepository, rejections: Rejections) -> CollectorRegistry:
-    """A registry of its own (not prometheus_client's global one) for one app."""
+def metrics_registry(
+    repository: ModelRepository, rejections: Rejections, source: ServerStats | None = None
+) -> CollectorRegistry:
+    """A registry of its own (not prometheus_client's global one) for one app, reading
+    ``source`` (default: this process's statistics)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServerCollector(repository, rejections))
+    registry.register(ServerCollector(source or LocalStats(repository, rejections)))
     return registry
 
 
@@ -161,7 +175,8 @@ def render(registry: CollectorRegistry) -> bytes:
 async def metrics_endpoint(request: Request) -> Response:
     """Prometheus metrics of the server (Triton's names; text format 0.0.4)."""
     registry: CollectorRegistry = request.app.state.metrics_registry
-    return Response(render(registry), media_type=CONTENT_TYPE)
+    # off the event loop: with several workers, reading waits for the others' statistics
+    return Response(await asyncio.to_thread(render, registry), media_type=CONTENT_TYPE)
 
 
 class _BoundedHTTPServer(ThreadingHTTPServer):

@@ -20,7 +20,8 @@ All of them need the ``admin`` scope (they are under ``/v2/repository/``); an AP
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -32,6 +33,8 @@ from .auth import request_key
 from .errors import BadRequestError, UnsupportedMediaTypeError
 from .publish import Publisher, Upload
 from .request_body import read_json
+from .worker_store import Change
+from .worker_sync import WorkerSync
 
 __all__ = ["load_with_files", "publish_routes", "publisher"]
 
@@ -179,16 +182,44 @@ async def set_default(request: Request) -> Response:
 async def load_with_files(request: Request, config: str | None, files: dict[str, Any]) -> None:
     """Triton's load with ``file:<version>/<path>`` parameters: write them as a version
     (replacing one of the same number), validate it, then serve it."""
+    sync = _sync(request)
+    since = sync.mark() if sync is not None else 0
     upload = upload_for(request)
     await publisher(request).load_files(request.path_params["model"], config, files, upload)
+    if sync is not None:
+        await sync.changed(Change("follow", request.path_params["model"]), since)
+
+
+def _sync(request: Request) -> WorkerSync | None:
+    found: WorkerSync | None = getattr(request.app.state, "sync", None)
+    return found
+
+
+def _synced(
+    endpoint: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """``endpoint`` changes the model's folder or default version; with several workers, it
+    answers once every worker serves the model as the folder and the index now say."""
+
+    @functools.wraps(endpoint)
+    async def synced(request: Request) -> Response:
+        sync = _sync(request)
+        if sync is None:
+            return await endpoint(request)
+        since = sync.mark()
+        response = await endpoint(request)
+        await sync.changed(Change("follow", request.path_params["model"]), since)
+        return response
+
+    return synced
 
 
 _VERSIONS = "/v2/repository/models/{model}/versions"
 publish_routes: list[Route] = [
-    Route(_VERSIONS, publish_next_version, methods=["POST"]),
+    Route(_VERSIONS, _synced(publish_next_version), methods=["POST"]),
     Route(_VERSIONS, list_versions, methods=["GET"]),
-    Route(_VERSIONS + "/{version}", publish_version, methods=["PUT"]),
-    Route(_VERSIONS + "/{version}", delete_version, methods=["DELETE"]),
-    Route("/v2/repository/models/{model}/default", set_default, methods=["PUT"]),
-    Route("/v2/repository/models/{model}", delete_model, methods=["DELETE"]),
+    Route(_VERSIONS + "/{version}", _synced(publish_version), methods=["PUT"]),
+    Route(_VERSIONS + "/{version}", _synced(delete_version), methods=["DELETE"]),
+    Route("/v2/repository/models/{model}/default", _synced(set_default), methods=["PUT"]),
+    Route("/v2/repository/models/{model}", _synced(delete_model), methods=["DELETE"]),
 ]

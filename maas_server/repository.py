@@ -516,6 +516,24 @@ class ModelRepository:
         if previous is not None:
             self._retire(previous)
 
+    def follow(self, name: str) -> ModelRecord | None:
+        """Serve ``name`` as its folder and the model index say now: what another worker of
+        the same repository published, deleted or made the default (the versions whose files
+        did not change keep serving). None when the folder is gone (the model is dropped)."""
+        model_dir = self.root / name
+        if not model_dir.is_dir():
+            self.forget(name)
+            return None
+        with self._lock(name):
+            previous = self._records.get(name)
+            record = self._build(name, model_dir, None, reuse=previous)
+            if record.state != "READY" and not record.versions:
+                record = ModelRecord(name, "UNAVAILABLE", record.reason, record.config)
+            self._swap(name, record)
+        if previous is not None:
+            self._retire(previous, keep=record)
+        return record
+
     def forget(self, name: str) -> None:
         """Drop the record of a model whose folder is gone (the poll mode), retiring it."""
         with self._lock(name):

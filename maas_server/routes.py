@@ -196,7 +196,9 @@ async def repository_unload(request: Request) -> Response:
 async def model_statistics_endpoint(request: Request) -> Response:
     """Triton's statistics extension: every loaded model, one model's versions, or one version."""
     name: str | None = request.path_params.get("model")
-    stats = model_statistics(_dataplane(request).repository, name, _version(request))
+    # off the event loop: with several workers, it waits for the others' statistics
+    source = getattr(request.app.state, "stats_source", None) or _dataplane(request).repository
+    stats = await asyncio.to_thread(model_statistics, source, name, _version(request))
     if name is None:
         stats = [entry for entry in stats if model_allowed(request, entry["name"])]
     return JSONBytesResponse({"model_stats": stats})

@@ -15,6 +15,7 @@ __all__ = [
     "AccessLogFormat",
     "ModelControl",
     "Settings",
+    "WorkerSettings",
     "default_repository",
 ]
 
@@ -39,6 +40,19 @@ def default_repository() -> Path:
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError("the bundled example model repository is missing from this install")
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """This process is worker ``index`` of ``count`` (``maas serve --workers``), sharing the
+    control plane and the statistics through ``folder`` (see :mod:`maas_server.worker_sync`).
+    ``sync_timeout_s``: how long a change made through the API waits for every worker to
+    serve it before it answers 504."""
+
+    folder: Path
+    index: int
+    count: int
+    sync_timeout_s: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,9 @@ class Settings:
     ``allow_model_code``: load pipeline models whose version folder holds Python hooks
     (``pre.py``, ``post.py``), which run as code inside the server: trusted models only; off,
     such a model fails to load.
+    ``cpus``: the CPUs the models' ONNX Runtime threads share (None: all the process may use;
+    each of N workers gets its share). ``worker``: set in each process of ``maas serve
+    --workers N``.
     """
 
     repository: Path
@@ -101,6 +118,8 @@ class Settings:
     data_dir: Path | None = None
     max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES
     allow_model_code: bool = False
+    cpus: int | None = None
+    worker: WorkerSettings | None = None
 
     @property
     def data_root(self) -> Path:

@@ -17,6 +17,7 @@ __all__ = [
     "Duration",
     "ModelStats",
     "Rejections",
+    "ServerStats",
     "StatsSource",
     "model_statistics",
 ]
@@ -27,6 +28,7 @@ LATENCY_BUCKETS_S = (
 )  # fmt: skip
 """Upper bounds of the request latency histogram (seconds); a last bucket takes the rest."""
 _LATENCY_BOUNDS_NS = tuple(int(b * 1e9) for b in LATENCY_BUCKETS_S)
+_DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
 
 
 @dataclass
@@ -174,35 +176,76 @@ class ModelStats:
         with self._lock:
             return dict(self.rejected)
 
+    def snapshot(self) -> dict[str, Any]:
+        """Every counter, as JSON-ready data another process can :meth:`absorb`."""
+        with self._lock:
+            return {
+                "triton": self._triton("", ""),
+                "pending": self.pending,
+                "latency": list(self.latency),
+                "rejected": dict(self.rejected),
+            }
+
+    def absorb(self, snapshot: dict[str, Any], *, alive: bool = True) -> None:
+        """Add the counters of another process's :meth:`snapshot` to these (its ``pending``
+        gauge only while that process is ``alive``)."""
+        triton = snapshot["triton"]
+        inference = triton["inference_stats"]
+        with self._lock:
+            self.last_inference_ms = max(self.last_inference_ms, int(triton["last_inference"]))
+            self.inference_count += int(triton["inference_count"])
+            self.execution_count += int(triton["execution_count"])
+            for key in _DURATIONS:
+                _absorb(getattr(self, key), inference[key])
+            for entry in triton["batch_stats"]:
+                batch = self.batches.setdefault(int(entry["batch_size"]), _BatchStats())
+                _absorb(batch.compute_input, entry["compute_input"])
+                _absorb(batch.compute_infer, entry["compute_infer"])
+                _absorb(batch.compute_output, entry["compute_output"])
+            for reason, count in snapshot["rejected"].items():
+                self.rejected[reason] = self.rejected.get(reason, 0) + int(count)
+            if alive:
+                self.pending += int(snapshot["pending"])
+            for i, count in enumerate(snapshot["latency"][: len(self.latency)]):
+                self.latency[i] += int(count)
+
     def as_triton(self, name: str, version: str) -> dict[str, Any]:
         """This model's entry of ``GET /v2/models/stats``."""
         with self._lock:
-            return {
-                "name": name,
-                "version": version,
-                "last_inference": self.last_inference_ms,
-                "inference_count": self.inference_count,
-                "execution_count": self.execution_count,
-                "inference_stats": {
-                    "success": self.success.as_dict(),
-                    "fail": self.fail.as_dict(),
-                    "queue": self.queue.as_dict(),
-                    "compute_input": self.compute_input.as_dict(),
-                    "compute_infer": self.compute_infer.as_dict(),
-                    "compute_output": self.compute_output.as_dict(),
-                    "cache_hit": {"count": 0, "ns": 0},
-                    "cache_miss": {"count": 0, "ns": 0},
-                },
-                "batch_stats": [
-                    {
-                        "batch_size": size,
-                        "compute_input": b.compute_input.as_dict(),
-                        "compute_infer": b.compute_infer.as_dict(),
-                        "compute_output": b.compute_output.as_dict(),
-                    }
-                    for size, b in sorted(self.batches.items())
-                ],
-            }
+            return self._triton(name, version)
+
+    def _triton(self, name: str, version: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "version": version,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": self.success.as_dict(),
+                "fail": self.fail.as_dict(),
+                "queue": self.queue.as_dict(),
+                "compute_input": self.compute_input.as_dict(),
+                "compute_infer": self.compute_infer.as_dict(),
+                "compute_output": self.compute_output.as_dict(),
+                "cache_hit": {"count": 0, "ns": 0},
+                "cache_miss": {"count": 0, "ns": 0},
+            },
+            "batch_stats": [
+                {
+                    "batch_size": size,
+                    "compute_input": b.compute_input.as_dict(),
+                    "compute_infer": b.compute_infer.as_dict(),
+                    "compute_output": b.compute_output.as_dict(),
+                }
+                for size, b in sorted(self.batches.items())
+            ],
+        }
+
+
+def _absorb(duration: Duration, data: dict[str, Any]) -> None:
+    duration.count += int(data["count"])
+    duration.ns += int(data["ns"])
 
 
 class Rejections:
@@ -227,6 +270,15 @@ class StatsSource(Protocol):
         self, name: str | None, version: str | None
     ) -> list[tuple[str, int, ModelStats]]:
         """``(name, version, stats)`` of every loaded version, of ``name``'s, or of one."""
+        ...
+
+
+class ServerStats(Protocol):
+    """What the Prometheus collector reads: the statistics of every loaded version and the
+    server's refused requests (of this process, or summed over the workers)."""
+
+    def read(self) -> tuple[list[tuple[str, int, ModelStats]], dict[str, int]]:
+        """``(name, version, stats)`` of every loaded version, and the refusals by reason."""
         ...
 
 

@@ -94,3 +94,18 @@ def test_embeddings_benchmark_prints_its_table(
     assert all(row["embeddings_per_s"] > 0 for row in rows)
     assert report["ratio"] == rows[1]["embeddings_per_s"] / rows[0]["embeddings_per_s"]
     assert report["pass"] == (report["ratio"] >= embeddings.TARGET)
+
+
+def test_workers_benchmark_runs_one_and_two_workers(capsys: pytest.CaptureFixture[str]) -> None:
+    """``benchmarks/workers.py`` tiny: a row per worker count, no error, a ratio per row."""
+    from benchmarks import workers
+
+    code = workers.main(["--quick", "--workers-list", "1,2", "--no-pin", "--duration", "0.3"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[0] for row in rows] == ["1", "2"], out
+    assert all(float(row[1]) > 0 and row[4] == "0" for row in rows), out
+    assert float(rows[0][6]) == 1 / workers.TARGET  # one worker against 0.8 x itself
+    assert workers.parse_cpus("0-2,5") == [0, 1, 2, 5]
+    assert workers.default_split([0, 1, 2, 3, 4, 5, 6, 7]) == ([0, 1, 2, 3, 4, 5], [6, 7])

@@ -329,6 +329,7 @@ def run_serve(monkeypatch: pytest.MonkeyPatch) -> Any:
 
     import uvicorn
 
+    import maas_cli._workers
     import maas_server
     import maas_server.access_log
 
@@ -343,8 +344,15 @@ def run_serve(monkeypatch: pytest.MonkeyPatch) -> Any:
         seen.update(host=config.host, port=config.port, log_level=config.log_level)
         raise Served
 
+    def fake_workers(spec: Any, count: int, host: str, port: int, *args: Any) -> int:
+        # maas serve --workers N: the supervisor would start here
+        seen.update(settings=spec.settings, host=host, port=port, workers=count)
+        seen.update(log_level=spec.uvicorn["log_level"])
+        raise Served
+
     monkeypatch.setattr(maas_server, "create_app", fake_create_app)
     monkeypatch.setattr(uvicorn.Server, "run", fake_run)
+    monkeypatch.setattr(maas_cli._workers, "serve_workers", fake_workers)
     monkeypatch.setattr(maas_server.access_log, "configure_access_logger", lambda: None)
     monkeypatch.setattr(logging, "basicConfig", lambda **_: None)
     monkeypatch.delenv("MAAS_SERVER_API_KEYS_FILE", raising=False)
@@ -467,7 +475,10 @@ def test_deployment_arguments_are_accepted_by_maas_serve(
     keys = tmp_path / "keys.json"
     keys.write_text('{"keys": []}', encoding="utf-8")
     monkeypatch.setenv("MAAS_SERVER_API_KEYS_FILE", str(keys))
+    # and the workers setting, which it reads itself too
+    monkeypatch.setenv("MAAS_SERVER_WORKERS", env["MAAS_SERVER_WORKERS"])
     seen = run_serve(args)
+    assert seen.get("workers", 1) == int(env["MAAS_SERVER_WORKERS"])
     port = next(p for p in container["ports"] if p["name"] == "http")["containerPort"]
     assert (seen["host"], seen["port"]) == ("0.0.0.0", port)
     assert seen["settings"].repository == Path("/models")
