@@ -64,6 +64,8 @@ class Settings:
     ``request_timeout_s`` until the answer starts (504; 0: none). ``cors_origins``: CORS stays
     off unless origins are listed. ``metrics_port``: serve ``/metrics`` there instead of on the
     main port. ``access_log``: one line per request on logger ``maas_server.access``.
+    ``data_dir``: where datasets and jobs are kept (default ``<repository>/.maas/data``);
+    ``max_running_jobs``: jobs that run at once (the others wait in a queue).
     """
 
     repository: Path
@@ -88,6 +90,13 @@ class Settings:
     access_log: AccessLogFormat = "off"
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     poll_interval_s: float = 5.0
+    data_dir: Path | None = None
+    max_running_jobs: int = 2
+
+    @property
+    def data_path(self) -> Path:
+        """Where datasets and jobs live: ``data_dir``, or ``<repository>/.maas/data``."""
+        return self.data_dir if self.data_dir is not None else self.repository / ".maas" / "data"
 
     @property
     def auth_enabled(self) -> bool:
