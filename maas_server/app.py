@@ -146,7 +146,7 @@ def create_app(settings: Settings) -> Starlette:
     generation = GenerationService(repository)
     poller = RepositoryPoller(repository, settings.poll_interval_s)
     shutdown = Shutdown()
-    data_dir = settings.data_path
+    data_dir = settings.data_root
     datasets = None
     jobs = JobRunner(
         {"batch": BatchKind()},

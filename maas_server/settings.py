@@ -94,7 +94,7 @@ class Settings:
     max_running_jobs: int = 2
 
     @property
-    def data_path(self) -> Path:
+    def data_root(self) -> Path:
         """Where datasets and jobs live: ``data_dir``, or ``<repository>/.maas/data``."""
         return self.data_dir if self.data_dir is not None else self.repository / ".maas" / "data"
 
