@@ -22,6 +22,7 @@ from .asgi import SCOPE_REQUEST_ID
 from .auth import AccessControl, KeyStore
 from .batch_job import BatchKind
 from .dataplane import DataPlane
+from .datasets import DatasetStore
 from .errors import ServerError
 from .generate_routes import generate_routes
 from .generation import GenerationService
@@ -146,13 +147,11 @@ def create_app(settings: Settings) -> Starlette:
     generation = GenerationService(repository)
     poller = RepositoryPoller(repository, settings.poll_interval_s)
     shutdown = Shutdown()
-    data_dir = settings.data_root
-    datasets = None
     jobs = JobRunner(
         {"batch": BatchKind()},
         repository=repository,
-        datasets=datasets,
-        data_dir=data_dir,
+        datasets=None,
+        data_dir=settings.data_root,
         settings=settings,
     )
 
@@ -176,6 +175,9 @@ def create_app(settings: Settings) -> Starlette:
             metrics_server = MetricsServer(registry, settings.metrics_host, settings.metrics_port)
             metrics_server.start()
             app.state.metrics_server = metrics_server
+        if getattr(app.state, "datasets", None) is None:
+            app.state.datasets = await asyncio.to_thread(DatasetStore, settings.data_root)
+        jobs.datasets = app.state.datasets  # one store: jobs hold versions open against deletes
         await jobs.start()
         dataplane.started = True
         try:

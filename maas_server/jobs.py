@@ -33,6 +33,7 @@ from typing import Any, Literal, Protocol
 
 from maas_wire.jobs import TERMINAL_STATES, JobEvent, JobInfo, JobProgress
 
+from .datasets import DatasetStore
 from .errors import BadRequestError, ConflictError, ModelUnavailableError, ServerError
 from .job_store import JobStore, request_digest_of
 from .repository import ModelRepository
@@ -75,7 +76,7 @@ class ValidationContext:
 
     owner: str | None
     repository: ModelRepository
-    datasets: Any
+    datasets: DatasetStore | None
     settings: Settings
 
 
@@ -89,7 +90,7 @@ class JobContext:
         job: JobInfo,
         *,
         repository: ModelRepository,
-        datasets: Any,
+        datasets: DatasetStore,
         data_dir: Path,
     ) -> None:
         self.job_id = job.id
@@ -188,7 +189,7 @@ class JobRunner:
         kinds: Mapping[str, JobKind],
         *,
         repository: ModelRepository,
-        datasets: Any,
+        datasets: DatasetStore | None,
         data_dir: Path,
         settings: Settings,
     ) -> None:
@@ -225,6 +226,8 @@ class JobRunner:
         self._loop = asyncio.get_running_loop()
         if self._store is None:
             try:
+                if self.datasets is None:
+                    self.datasets = await asyncio.to_thread(DatasetStore, self.data_dir)
                 self._store = await asyncio.to_thread(JobStore, self.data_dir)
             except (OSError, sqlite3.Error) as exc:
                 self._unavailable = f"the data folder {self.data_dir} cannot be used: {exc}"
@@ -387,6 +390,7 @@ class JobRunner:
             if current is None or current.state in TERMINAL_STATES:
                 return
             kind = self.kinds[job.type]
+            assert self.datasets is not None  # made by start()
             scratch = self.data_dir / "jobs" / job.id
             scratch.mkdir(parents=True, exist_ok=True)
             ctx = JobContext(
