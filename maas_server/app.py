@@ -22,7 +22,7 @@ from .asgi import SCOPE_REQUEST_ID
 from .auth import AccessControl, KeyStore
 from .batch_job import BatchKind
 from .dataplane import DataPlane
-from .datasets import DatasetStore
+from .dataset_routes import close_dataset_store, dataset_routes, dataset_store
 from .errors import ServerError
 from .generate_routes import generate_routes
 from .generation import GenerationService
@@ -150,7 +150,7 @@ def create_app(settings: Settings) -> Starlette:
     jobs = JobRunner(
         {"batch": BatchKind()},
         repository=repository,
-        datasets=None,
+        datasets=lambda: dataset_store(app),
         data_dir=settings.data_root,
         settings=settings,
     )
@@ -175,9 +175,6 @@ def create_app(settings: Settings) -> Starlette:
             metrics_server = MetricsServer(registry, settings.metrics_host, settings.metrics_port)
             metrics_server.start()
             app.state.metrics_server = metrics_server
-        if getattr(app.state, "datasets", None) is None:
-            app.state.datasets = await asyncio.to_thread(DatasetStore, settings.data_root)
-        jobs.datasets = app.state.datasets  # one store: jobs hold versions open against deletes
         await jobs.start()
         dataplane.started = True
         try:
@@ -192,11 +189,13 @@ def create_app(settings: Settings) -> Starlette:
             await asyncio.to_thread(generation.close)
             await asyncio.to_thread(repository.close)
             repository.bind_loop(None)
+            close_dataset_store(app)
 
     app = Starlette(
         routes=[
             *routes,
             *publish_routes,
+            *dataset_routes,
             *generate_routes,
             *openai_routes,
             *job_routes,

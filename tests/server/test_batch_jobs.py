@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 from starlette.applications import Starlette
 
 from maas_server import Settings, create_app
+from maas_server.dataset_routes import dataset_store
 from maas_server.datasets import DatasetInUse, DatasetStore
 from maas_wire.jobs import JobInfo
 from tests.conftest import start_server
@@ -113,7 +114,7 @@ async def test_results_equal_onnxruntime_on_the_same_rows_of_an_npy_file(
 ) -> None:
     rows = np.random.default_rng(0).standard_normal((300, FEATURES)).astype(np.float32)
     async with batch_app(repository, tmp_path / "data") as (app, client):
-        add_npy(app.state.datasets, tmp_path, "rows", rows)
+        add_npy(dataset_store(app), tmp_path, "rows", rows)
         answer = await client.post(
             "/v2/jobs",
             json={
@@ -131,7 +132,7 @@ async def test_results_equal_onnxruntime_on_the_same_rows_of_an_npy_file(
         info = await finished(client, answer.json()["id"])
         assert info.state == "succeeded", info.error
         assert info.progress.done == info.progress.total == 300 and not info.chunk_errors
-        columns = result_columns(app.state.datasets, info)
+        columns = result_columns(dataset_store(app), info)
     assert list(columns["row"]) == list(range(300))
     expected = reference(repository, "mlp", {"input": rows})["output"]
     np.testing.assert_allclose(columns["output"], expected, rtol=1e-5, atol=1e-5)
@@ -147,7 +148,7 @@ async def test_csv_columns_are_stacked_and_cast_into_the_models_input(
         header + "\n" + "\n".join(",".join(str(float(v)) for v in r) for r in rows) + "\n"
     )
     async with batch_app(repository, tmp_path / "data") as (app, client):
-        app.state.datasets.create_from_file("wide", path, "csv", owner=None)
+        dataset_store(app).create_from_file("wide", path, "csv", owner=None)
         answer = await client.post(
             "/v2/jobs", json={"type": "batch", "model": "mlp", "dataset": "wide"}
         )
@@ -156,7 +157,7 @@ async def test_csv_columns_are_stacked_and_cast_into_the_models_input(
         assert answer.json()["spec"]["batch_size"] == 64  # the model's max_batch_size
         info = await finished(client, answer.json()["id"])
         assert info.state == "succeeded", info.error
-        columns = result_columns(app.state.datasets, info)
+        columns = result_columns(dataset_store(app), info)
     expected = reference(repository, "mlp", {"input": rows.astype(np.float32)})["output"]
     np.testing.assert_allclose(columns["output"], expected, rtol=1e-5, atol=1e-5)
 
@@ -165,7 +166,7 @@ async def test_a_spec_that_does_not_fit_the_model_is_a_400_naming_the_column(
     repository: Path, tmp_path: Path
 ) -> None:
     async with batch_app(repository, tmp_path / "data") as (app, client):
-        store = app.state.datasets
+        store = dataset_store(app)
         add_npy(store, tmp_path, "narrow", np.zeros((4, 32), dtype=np.float32))
         add_npy(store, tmp_path, "fits", np.zeros((4, FEATURES), dtype=np.float32))
         path = tmp_path / "text.csv"
@@ -209,7 +210,7 @@ async def test_a_failing_chunk_fails_its_rows_only_and_the_job_goes_on(
     idx = np.arange(64, dtype=np.int64) % 10
     idx[20] = 99  # rows 16:24 (batch_size 8) cannot run
     async with batch_app(lookup_repository, tmp_path / "data", ("lookup",)) as (app, client):
-        add_npy(app.state.datasets, tmp_path, "idx", idx)
+        add_npy(dataset_store(app), tmp_path, "idx", idx)
         body = {
             "type": "batch",
             "model": "lookup",
@@ -221,7 +222,7 @@ async def test_a_failing_chunk_fails_its_rows_only_and_the_job_goes_on(
         assert info.state == "succeeded", info.error
         assert [(c.start, c.stop) for c in info.chunk_errors] == [(16, 24)]
         assert "out of bounds" in info.chunk_errors[0].error or "idx" in info.chunk_errors[0].error
-        columns = result_columns(app.state.datasets, info)
+        columns = result_columns(dataset_store(app), info)
         good = [r for r in range(64) if not 16 <= r < 24]
         assert list(columns["row"]) == good
         np.testing.assert_array_equal(columns["y"], (idx[good] * 1.5).astype(np.float32))
@@ -239,7 +240,7 @@ async def test_cancel_a_running_batch_job_and_a_dataset_in_use_cannot_be_deleted
 ) -> None:
     rows = np.ones((256, FEATURES), dtype=np.float32)
     async with batch_app(repository, tmp_path / "data") as (app, client):
-        add_npy(app.state.datasets, tmp_path, "rows", rows)
+        add_npy(dataset_store(app), tmp_path, "rows", rows)
         gate = Gate(app.state.dataplane.repository.get("mlp"), hold=1)
         body = {
             "type": "batch",
@@ -252,15 +253,15 @@ async def test_cancel_a_running_batch_job_and_a_dataset_in_use_cannot_be_deleted
         job_id = (await client.post("/v2/jobs", json=body)).json()["id"]
         await gate.wait_started()
         with pytest.raises(DatasetInUse, match=f"in use by job {job_id}"):
-            app.state.datasets.delete("rows")
+            dataset_store(app).delete("rows")
         cancel = await client.post(f"/v2/jobs/{job_id}/cancel")
         assert cancel.status_code == 200
         gate.open()
         info = await finished(client, job_id)
         assert info.state == "cancelled" and info.progress.done < 256
         assert info.result is None
-        await until(lambda: not app.state.datasets.in_use("rows", 1))
-        assert app.state.datasets.delete("rows") == [1]
+        await until(lambda: not dataset_store(app).in_use("rows", 1))
+        assert dataset_store(app).delete("rows") == [1]
 
 
 async def test_a_job_spreads_its_requests_over_several_servers(
@@ -275,7 +276,7 @@ async def test_a_job_spreads_its_requests_over_several_servers(
     )
     try:
         async with httpx.AsyncClient(base_url=first.url) as client:
-            store: DatasetStore = first.server.config.app.state.datasets
+            store: DatasetStore = dataset_store(first.server.config.app)
             add_npy(store, tmp_path, "rows", rows)
             body = {
                 "type": "batch",
