@@ -93,16 +93,17 @@ class AsyncJob:
         return self
 
     async def events(
-        self, after: int = 0, **options: Unpack[CallOptions]
+        self, after: int = 0, *, follow: bool = True, **options: Unpack[CallOptions]
     ) -> AsyncIterator[JobEvent]:
         """The job's events from number ``after`` on (``GET /v2/jobs/{id}/events``), until the
-        one that says it is over. A stream that breaks (a server restart, a network fault) is
-        opened again from the last event received (``Last-Event-ID``): none is lost or
-        repeated."""
+        one that says it is over (``follow=False``: only those so far). A stream that breaks (a
+        server restart, a network fault) is opened again from the last event received
+        (``Last-Event-ID``): none is lost or repeated."""
         last = after
         early = 0
         while True:
-            stream = AsyncStream(_opener(self._client, self.id, last, options), parse_job_event)
+            opener = _opener(self._client, self.id, last, follow, options)
+            stream = AsyncStream(opener, parse_job_event)
             try:
                 async for event in stream:
                     early = 0
@@ -110,6 +111,8 @@ class AsyncJob:
                     yield event
                     if is_terminal(event):
                         return
+                if not follow:
+                    return
             except APIConnectionError:
                 pass
             finally:
@@ -171,8 +174,10 @@ class AsyncJob:
         return await self._client.datasets.download(result["dataset"], **kwargs, **options)
 
 
-def _opener(client: AsyncClient, job_id: str, after: int, options: CallOptions) -> AsyncOpener:
-    plan = plan_job_events(job_id, after)
+def _opener(
+    client: AsyncClient, job_id: str, after: int, follow: bool, options: CallOptions
+) -> AsyncOpener:
+    plan = plan_job_events(job_id, after, follow)
     pipeline = client._pipeline
     return lambda: pipeline.open_stream(plan, options)
 

@@ -93,15 +93,18 @@ class Job:
         self.info = self._client._pipeline.call(plan, options, parse_job)
         return self
 
-    def events(self, after: int = 0, **options: Unpack[CallOptions]) -> Iterator[JobEvent]:
+    def events(
+        self, after: int = 0, *, follow: bool = True, **options: Unpack[CallOptions]
+    ) -> Iterator[JobEvent]:
         """The job's events from number ``after`` on (``GET /v2/jobs/{id}/events``), until the
-        one that says it is over. A stream that breaks (a server restart, a network fault) is
-        opened again from the last event received (``Last-Event-ID``): none is lost or
-        repeated."""
+        one that says it is over (``follow=False``: only those so far). A stream that breaks (a
+        server restart, a network fault) is opened again from the last event received
+        (``Last-Event-ID``): none is lost or repeated."""
         last = after
         early = 0
         while True:
-            stream = Stream(_opener(self._client, self.id, last, options), parse_job_event)
+            opener = _opener(self._client, self.id, last, follow, options)
+            stream = Stream(opener, parse_job_event)
             try:
                 for event in stream:
                     early = 0
@@ -109,6 +112,8 @@ class Job:
                     yield event
                     if is_terminal(event):
                         return
+                if not follow:
+                    return
             except APIConnectionError:
                 pass
             finally:
@@ -168,8 +173,8 @@ class Job:
         return self._client.datasets.download(result["dataset"], **kwargs, **options)
 
 
-def _opener(client: Client, job_id: str, after: int, options: CallOptions) -> Opener:
-    plan = plan_job_events(job_id, after)
+def _opener(client: Client, job_id: str, after: int, follow: bool, options: CallOptions) -> Opener:
+    plan = plan_job_events(job_id, after, follow)
     pipeline = client._pipeline
     return lambda: pipeline.open_stream(plan, options)
 
