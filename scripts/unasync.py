@@ -63,6 +63,7 @@ REPLACEMENTS = {
     "async_prepare_upload": "prepare_upload",
     "AsyncAttempt": "SyncAttempt",
     "AsyncJobs": "Jobs",
+    "AsyncClientLike": "ClientLike",
     "AsyncJobTable": "JobTable",
     "AsyncJob": "Job",
 }

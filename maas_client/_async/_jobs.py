@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from maas_wire.jobs import JobEvent, JobInfo, JobProgress
 
@@ -38,7 +38,17 @@ from ._streams import AsyncStream
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from ._client import AsyncClient
+    from ._pipeline import AsyncPipeline
+
+
+class AsyncClientLike(Protocol):
+    """What jobs use of the client (not imported: the client imports this module)."""
+
+    _pipeline: AsyncPipeline
+
+    @property
+    def datasets(self) -> Any: ...
+
 
 __all__ = ["AsyncJob", "AsyncJobTable", "AsyncJobs"]
 
@@ -54,7 +64,7 @@ class AsyncJob:
     >>> frame = await job.result()  # doctest: +SKIP
     """
 
-    def __init__(self, client: AsyncClient, info: JobInfo) -> None:
+    def __init__(self, client: AsyncClientLike, info: JobInfo) -> None:
         self._client = client
         self.info = info
 
@@ -175,7 +185,7 @@ class AsyncJob:
 
 
 def _opener(
-    client: AsyncClient, job_id: str, after: int, follow: bool, options: CallOptions
+    client: AsyncClientLike, job_id: str, after: int, follow: bool, options: CallOptions
 ) -> AsyncOpener:
     plan = plan_job_events(job_id, after, follow)
     pipeline = client._pipeline
@@ -192,7 +202,7 @@ class AsyncJobTable(list[AsyncJob]):
 class AsyncJobs:
     """``client.jobs``: create, list, follow and cancel jobs."""
 
-    def __init__(self, client: AsyncClient) -> None:
+    def __init__(self, client: AsyncClientLike) -> None:
         self._client = client
 
     async def create(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from maas_wire.jobs import JobEvent, JobInfo, JobProgress
 
@@ -39,7 +39,17 @@ from ._streams import Stream
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from ._client import Client
+    from ._pipeline import Pipeline
+
+
+class ClientLike(Protocol):
+    """What jobs use of the client (not imported: the client imports this module)."""
+
+    _pipeline: Pipeline
+
+    @property
+    def datasets(self) -> Any: ...
+
 
 __all__ = ["Job", "JobTable", "Jobs"]
 
@@ -55,7 +65,7 @@ class Job:
     >>> frame = await job.result()  # doctest: +SKIP
     """
 
-    def __init__(self, client: Client, info: JobInfo) -> None:
+    def __init__(self, client: ClientLike, info: JobInfo) -> None:
         self._client = client
         self.info = info
 
@@ -173,7 +183,9 @@ class Job:
         return self._client.datasets.download(result["dataset"], **kwargs, **options)
 
 
-def _opener(client: Client, job_id: str, after: int, follow: bool, options: CallOptions) -> Opener:
+def _opener(
+    client: ClientLike, job_id: str, after: int, follow: bool, options: CallOptions
+) -> Opener:
     plan = plan_job_events(job_id, after, follow)
     pipeline = client._pipeline
     return lambda: pipeline.open_stream(plan, options)
@@ -189,7 +201,7 @@ class JobTable(list[Job]):
 class Jobs:
     """``client.jobs``: create, list, follow and cancel jobs."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: ClientLike) -> None:
         self._client = client
 
     def create(
