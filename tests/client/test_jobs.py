@@ -67,6 +67,33 @@ def test_create_wait_and_events(jobs_server: RunningServer) -> None:
         assert job.id in client.jobs.list()._repr_html_()
 
 
+def test_result_as_arrays_and_as_a_dataframe(jobs_server: RunningServer, tmp_path: Path) -> None:
+    repository = Path(jobs_server.server.config.app.state.settings.repository)
+    expected = reference(repository)
+    with Client(jobs_server.url) as client:
+        job = client.jobs.create_batch("mlp", "rows", batch_size=32)
+        arrays = job.result(format="npz")  # waits for the job first
+        assert job.state == "succeeded"
+        assert arrays["row"].tolist() == list(range(200))
+        np.testing.assert_allclose(arrays["output"], expected, rtol=1e-5, atol=1e-5)
+        frame = job.result()
+        assert list(frame.columns) == ["row", "output"] and len(frame) == 200
+        np.testing.assert_allclose(
+            np.stack(frame["output"].to_numpy()), expected, rtol=1e-5, atol=1e-5
+        )
+
+
+def test_the_result_of_a_failed_job_raises(jobs_server: RunningServer) -> None:
+    from maas_client import JobError
+
+    with Client(jobs_server.url) as client:
+        job = client.jobs.create_batch("mlp", "rows", batch_size=8, chunk_rows=8)
+        job.wait(progress=False)
+        job.info = job.info.model_copy(update={"state": "failed", "error": "boom"})
+        with pytest.raises(JobError, match="failed: boom"):
+            job.result()
+
+
 def test_the_same_idempotency_key_gives_the_same_job(jobs_server: RunningServer) -> None:
     with Client(jobs_server.url) as client:
         first = client.jobs.create_batch("mlp", "rows", idempotency_key="same-job")
