@@ -193,6 +193,13 @@ def serve(
             help="The largest dataset upload in bytes (413 above).",
         ),
     ] = 8 * 1024 * 1024 * 1024,
+    max_running_jobs: Annotated[
+        int,
+        typer.Option(
+            envvar="MAAS_SERVER_MAX_RUNNING_JOBS",
+            help="Jobs (batch inference, training) that run at once; the others wait.",
+        ),
+    ] = 2,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2 / Triton).
 
@@ -256,6 +263,7 @@ def serve(
         access_log=access_log,  # type: ignore[arg-type]
         data_dir=data_dir,
         max_dataset_bytes=max_dataset_bytes,
+        max_running_jobs=max_running_jobs,
     )
     if not settings.auth_enabled and not _loopback(host):
         logging.getLogger("maas_server").warning(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,3 +74,16 @@ async def test_loadgen_refuses_non_loopback_targets(url: str) -> None:
 )
 def test_loopback_targets_are_accepted(url: str) -> None:
     loadgen.check_loopback(url)
+
+
+def test_batch_jobs_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import batch_jobs
+
+    out = tmp_path / "run.json"
+    assert batch_jobs.main(["--rows", "3000", "--online-seconds", "0.3", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "batch job / infer_batched rows/s" in printed and "online p99" in printed
+    data = json.loads(out.read_text())
+    assert data["rows"] == 3000 and data["job_s"] > 0 and data["infer_batched_s"] > 0
+    assert data["online_alone"]["calls"] > 0 and data["online_during_job"]["calls"] > 0
+    assert set(data["ratios"]) == {"job_to_infer_batched", "p99_during_to_alone"}

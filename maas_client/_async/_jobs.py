@@ -162,10 +162,10 @@ class AsyncJob:
         return await self.refresh(**options)
 
     async def result(self, *, format: str | None = None, **options: Unpack[CallOptions]) -> Any:
-        """The results (waiting for the job first): for a batch job, its result dataset as a
-        pandas DataFrame (``row`` then the outputs), or as ``{column: array}`` with
-        ``format="npz"`` (see ``client.datasets.download``). Raises :class:`JobError` when the
-        job failed or was cancelled."""
+        """The results (waiting for the job first): for a batch job, its result dataset as
+        ``{column: array}`` (``row``, then each output with its per-row shape), or as a pandas
+        DataFrame with ``format="parquet"`` (see ``client.datasets.download``). Raises
+        :class:`JobError` when the job failed or was cancelled."""
         if not self.done:
             await self.wait(progress=False, **options)
         if self.state != "succeeded" or not self.info.result:
