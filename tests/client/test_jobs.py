@@ -94,6 +94,16 @@ def test_the_result_of_a_failed_job_raises(jobs_server: RunningServer) -> None:
             job.result()
 
 
+def test_wait_shows_a_progress_bar(
+    jobs_server: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Client(jobs_server.url) as client:
+        job = client.jobs.create_batch("mlp", "rows", batch_size=16, chunk_rows=16)
+        job.wait(progress="always")
+    err = capsys.readouterr().err
+    assert f"job {job.id[:8]}" in err and "200/200" in err
+
+
 def test_the_same_idempotency_key_gives_the_same_job(jobs_server: RunningServer) -> None:
     with Client(jobs_server.url) as client:
         first = client.jobs.create_batch("mlp", "rows", idempotency_key="same-job")
