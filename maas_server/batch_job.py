@@ -33,8 +33,10 @@ import functools
 import json
 import math
 import os
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -622,7 +624,8 @@ class _BatchRun:
 
     def publish(self, name: str) -> DatasetInfo:
         """The committed parts, in row order, as the result dataset (``row`` and the outputs):
-        NPZ arrays when every output is numeric, else a Parquet table."""
+        NPZ arrays streamed from the parts one column at a time (never every row in memory),
+        or, when an output is text, a Parquet table."""
         import pyarrow.parquet as pq
 
         chunks = [c for c in self.ctx.store.chunks(self.ctx.job_id) if c.state == "done" and c.part]
@@ -631,24 +634,59 @@ class _BatchRun:
             first = failed.chunk_errors[0].error if failed and failed.chunk_errors else "?"
             raise JobFailed(f"every row failed; the first failure: {first}")
         outputs: list[str] = self.spec["outputs"]
-        pieces: dict[str, list[np.ndarray[Any, Any]]] = {"row": [], **{o: [] for o in outputs}}
-        for chunk in chunks:
-            assert chunk.part is not None
-            table = pq.read_table(self.parts / chunk.part)
-            metadata = {
-                k.decode().removeprefix("maas:"): v.decode()
-                for k, v in (table.schema.metadata or {}).items()
+        paths = [self.parts / c.part for c in chunks if c.part is not None]
+        kinds = _part_kinds(pq.read_schema(paths[0]))
+        if any(kinds[o]["dtype"] == "object" for o in outputs):
+            columns = {
+                column: np.concatenate([_read_part_column(path, column, kinds) for path in paths])
+                for column in ["row", *outputs]
             }
-            pieces["row"].append(table.column("row").to_numpy())
-            for name in outputs:
-                pieces[name].append(_from_part_column(table.column(name), metadata[name]))
-            del table
-        columns = {k: np.concatenate(v) for k, v in pieces.items()}
-        pieces.clear()
-        numeric = all(a.dtype != object for a in columns.values())
-        return self.ctx.datasets.create_from_columns(
-            name, columns, owner=self.ctx.owner, format="npz" if numeric else "parquet"
-        )
+            return self.ctx.datasets.create_from_columns(
+                name, columns, owner=self.ctx.owner, format="parquet"
+            )
+        rows = sum(pq.read_metadata(path).num_rows for path in paths)
+        target = self.parts / "result.npz"
+        with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for column in ["row", *outputs]:
+                kind = kinds[column]
+                header = {
+                    "descr": np.lib.format.dtype_to_descr(np.dtype(kind["dtype"])),
+                    "fortran_order": False,
+                    "shape": (rows, *kind["shape"]),
+                }
+                with archive.open(f"{column}.npy", "w", force_zip64=True) as entry:
+                    np.lib.format.write_array_header_2_0(entry, header)
+                    for path in paths:
+                        entry.write(_read_part_column(path, column, kinds).tobytes())
+        return self.ctx.datasets.create_from_file(name, target, "npz", owner=self.ctx.owner)
+
+
+def _part_kinds(schema: Any) -> dict[str, dict[str, Any]]:
+    """How to read each column of a part file back (from its schema's metadata)."""
+    kinds: dict[str, dict[str, Any]] = {"row": {"dtype": "<i8", "shape": []}}
+    for key, value in (schema.metadata or {}).items():
+        text = key.decode()
+        if text.startswith("maas:"):
+            kinds[text.removeprefix("maas:")] = json.loads(value)
+    return kinds
+
+
+def _read_part_column(
+    path: Path, column: str, kinds: Mapping[str, Mapping[str, Any]]
+) -> np.ndarray[Any, Any]:
+    import pyarrow.parquet as pq
+
+    values = pq.read_table(path, columns=[column]).column(column)
+    kind = kinds[column]
+    if kind["dtype"] == "object":
+        return np.array(values.to_pylist(), dtype=object)
+    if not kind["shape"]:
+        return np.asarray(values.to_numpy(), dtype=np.dtype(kind["dtype"]))
+    array = values.combine_chunks()
+    per_row = math.prod(kind["shape"])
+    flat = np.frombuffer(array.buffers()[1], dtype=np.dtype(kind["dtype"]))
+    flat = flat[array.offset * per_row :][: len(array) * per_row]
+    return flat.reshape([len(array), *kind["shape"]])
 
 
 def _to_part_column(array: np.ndarray[Any, Any]) -> tuple[Any, str]:
@@ -667,19 +705,6 @@ def _to_part_column(array: np.ndarray[Any, Any]) -> tuple[Any, str]:
     width = array.dtype.itemsize * math.prod(shape)
     data = pa.py_buffer(np.ascontiguousarray(array).tobytes())
     return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(array), [None, data]), kind
-
-
-def _from_part_column(column: Any, kind_text: str) -> np.ndarray[Any, Any]:
-    kind = json.loads(kind_text)
-    if kind["dtype"] == "object":
-        return np.array(column.to_pylist(), dtype=object)
-    if not kind["shape"]:
-        return np.asarray(column.to_numpy())
-    array = column.combine_chunks()
-    dtype = np.dtype(kind["dtype"])
-    flat = np.frombuffer(array.buffers()[1], dtype=dtype)
-    flat = flat[array.offset * math.prod(kind["shape"]) :][: len(array) * math.prod(kind["shape"])]
-    return flat.reshape([len(array), *kind["shape"]])
 
 
 def _text_of(value: Any) -> Any:
