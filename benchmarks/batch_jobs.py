@@ -104,17 +104,19 @@ def measure(url: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         assert batched["output"].shape == (args.rows, 10)
 
         start = time.perf_counter()
-        job = client.jobs.create_batch("mlp", "rows")
+        job = client.jobs.create_batch("mlp", "rows", **args.job)
         job.wait(progress=False)
         results["job_s"] = time.perf_counter() - start
         if job.state != "succeeded":
             raise RuntimeError(f"the batch job {job.state}: {job.info.error}")
-        results["job_spec"] = {k: job.info.spec[k] for k in ("batch_size", "chunk_rows")}
+        results["job_spec"] = {
+            k: job.info.spec[k] for k in ("batch_size", "chunk_rows", "concurrency")
+        }
         results["job_chunk_rate"] = job.progress.rate  # rows/s of its chunks, result excluded
 
         alone = online_latencies(online, args.online_seconds)
         during: list[float] = []
-        job = client.jobs.create_batch("mlp", "rows")
+        job = client.jobs.create_batch("mlp", "rows", **args.job)
         while job.refresh().state == "queued":
             time.sleep(0.01)
         finished = threading.Event()
@@ -156,6 +158,8 @@ def report(data: dict[str, Any]) -> bool:
         f"{'client.infer_batched (defaults)':<58}{batched:>12,.0f}{data['infer_batched_s']:>10.2f}"
     )
     name = f"batch job (batch_size {spec['batch_size']}, chunk_rows {spec['chunk_rows']})"
+    if spec.get("concurrency"):
+        name = name[:-1] + f", concurrency {spec['concurrency']})"
     print(f"{name:<58}{job:>12,.0f}{data['job_s']:>10.2f}")
     if data.get("job_chunk_rate"):
         chunk_rate = data["job_chunk_rate"]
@@ -184,9 +188,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--online-seconds", type=float, default=5.0)
+    parser.add_argument("--batch-size", type=int, help="the job's batch_size")
+    parser.add_argument("--job-concurrency", type=int, help="the job's concurrency")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
+    args.job = {"batch_size": args.batch_size, "concurrency": args.job_concurrency}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         repository = write_repository(folder / "repository")

@@ -228,6 +228,7 @@ class Jobs:
         outputs: Sequence[str] | None = None,
         batch_size: int | None = None,
         chunk_rows: int | None = None,
+        concurrency: int | None = None,
         priority: int | None = None,
         stop_on_error: bool = False,
         endpoints: Sequence[str] | None = None,
@@ -239,7 +240,8 @@ class Jobs:
 
         ``inputs`` maps model inputs to columns (by name when they match; a list of scalar
         columns is stacked into one input); ``outputs`` keeps some outputs (all by default);
-        ``batch_size`` rows per request (the model's ``max_batch_size`` by default);
+        ``batch_size`` rows per request (the model's ``max_batch_size`` by default), at most
+        ``concurrency`` requests at once; ``chunk_rows`` rows committed at a time;
         ``priority`` (the model's lowest level by default, so online requests keep their
         latency); ``stop_on_error`` fails the job at the first failed chunk instead of going
         on; ``endpoints`` spreads the requests over several servers.
@@ -255,6 +257,7 @@ class Jobs:
             outputs=outputs,
             batch_size=batch_size,
             chunk_rows=chunk_rows,
+            concurrency=concurrency,
             priority=priority,
             stop_on_error=stop_on_error,
             endpoints=endpoints,
