@@ -615,16 +615,21 @@ class DatasetStore:
             raise BadRequestError(f"datasets are made from columns as parquet or npz, not {format}")
         staged = self._stage()
         try:
-            path = staged / f"columns.{format}"
+            path = staged / "upload.bin"
             try:
                 if format == "npz":
                     with path.open("wb") as out:
                         np.savez(out, **dict(columns))  # type: ignore[arg-type]
                 else:
                     pq.write_table(arrays_to_table(dict(columns)), path)
+                digest = hashlib.sha256()
+                with path.open("rb") as written:
+                    while block := written.read(_BATCH):
+                        digest.update(block)
             except OSError as exc:
                 raise storage_error(exc, "the dataset") from None
-            return self.create_from_file(name, path, format, owner=owner)
+            size = path.stat().st_size
+            return self._finish(name, staged, path, format, size, digest.hexdigest(), owner)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
 

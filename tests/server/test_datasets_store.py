@@ -4,6 +4,7 @@ file gets, versions, open versions and delete, and what a crash leaves behind.""
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -272,6 +273,9 @@ def test_reopening_removes_what_a_crash_left_and_keeps_the_catalog(tmp_path: Pat
 
 
 def test_the_catalog_schema_is_json_of_the_wire_fields(store: DatasetStore) -> None:
-    store.create_from_columns("s", {"v": np.zeros((2, 3), np.float32)}, owner=None)
+    info = store.create_from_columns("s", {"v": np.zeros((2, 3), np.float32)}, owner=None)
+    stored = store.download_path(info, "original").read_bytes()
+    assert hashlib.sha256(stored).hexdigest() == info.sha256
+    assert len(stored) == info.size_bytes
     (schema,) = store._db.execute("SELECT schema FROM datasets").fetchone()
     assert json.loads(schema) == [{"name": "v", "datatype": "FP32", "shape": [3]}]
