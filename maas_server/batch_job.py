@@ -479,7 +479,7 @@ class _BatchRun:
             model = ctx.repository.get(spec["model"], spec["version"])
             concurrency = concurrency or max(4, 2 * model.config.instance_count)
         self.requests = asyncio.Semaphore(concurrency)
-        chunks_at_once = asyncio.Semaphore(3)  # one being read or written while one runs
+        chunks_at_once = asyncio.Semaphore(3)  # chunks read or written while others run
         tasks: list[asyncio.Task[None]] = []
         try:
             for start in starts:
