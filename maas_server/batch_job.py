@@ -35,7 +35,7 @@ import math
 import os
 import time
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from maas_wire.jobs import JobInfo, JobProgress
 from .datasets import OpenDataset
 from .errors import BadRequestError, ServerError
 from .jobs import JobCancelled, JobContext, JobFailed, RestartPolicy, ValidationContext
+from .stats import ModelStats
 
 __all__ = ["BatchKind", "ModelSignature", "TensorSignature"]
 
@@ -58,6 +59,12 @@ TARGET_CHUNKS = 100
 """How many commits a job aims at: fewer costs more rows redone after a crash, more costs an
 fsync each."""
 MAX_CHUNK_ROWS = 65_536
+YIELD_WINDOW_S = 0.25
+"""How long a job stays polite after it last saw a request that is not its own."""
+YIELD_MAX_IDLE_S = 0.1
+POLITE_ROWS = 64
+"""Rows per request of a job while other requests use the model: a request waiting behind one
+of the job's waits for at most that many rows."""
 BUSY_RETRY_S = 60.0
 """How long a request of a job waits for a busy model (503) before its rows fail."""
 _SPEC_KEYS = frozenset(
@@ -453,6 +460,7 @@ class _BatchRun:
         self.failures: list[str] = []
         self.done_rows = 0
         self.client: Any = None
+        self.pacing = Pacing()
 
     # --- the chunks ---------------------------------------------------------------------------
 
@@ -602,7 +610,20 @@ class _BatchRun:
         while True:
             try:
                 model = self.ctx.repository.get(spec["model"], spec["version"])
-                return await model.scheduler.infer(rows, outputs, spec["priority"])
+                count = len(next(iter(rows.values())))
+                if count <= POLITE_ROWS or not self.pacing.polite(model.stats):
+                    infer = functools.partial(
+                        model.scheduler.infer, rows, outputs, spec["priority"]
+                    )
+                    return await self.pacing.run(model.stats, infer)
+                pieces = []  # other requests use the model: smaller requests, one at a time
+                for lo in range(0, count, POLITE_ROWS):
+                    piece = {k: v[lo : lo + POLITE_ROWS] for k, v in rows.items()}
+                    infer = functools.partial(
+                        model.scheduler.infer, piece, outputs, spec["priority"]
+                    )
+                    pieces.append(await self.pacing.run(model.stats, infer))
+                return {o: np.concatenate([p[o] for p in pieces]) for o in outputs}
             except ServerError as exc:
                 if exc.status_code != 503 or self.ctx.cancelled or time.monotonic() > deadline:
                     raise
@@ -707,6 +728,63 @@ def _read_part_column(
     flat = np.frombuffer(array.buffers()[1], dtype=np.dtype(kind["dtype"]))
     flat = flat[array.offset * per_row :][: len(array) * per_row]
     return flat.reshape([len(array), *kind["shape"]])
+
+
+class Pacing:
+    """Leaves room for a model's other requests (online traffic). While the model's statistics
+    show requests that are not the job's (within the last :data:`YIELD_WINDOW_S`), the job sends
+    one request at a time, of at most :data:`POLITE_ROWS` rows, and leaves the model idle for as
+    long as that request took: half of the model, and of the CPU, stays free for them, and one
+    of them waits behind at most one small request of the job. With no other traffic the job
+    runs at full speed."""
+
+    def __init__(self) -> None:
+        self._stats: ModelStats | None = None
+        self._base = 0
+        self._own = 0  # requests of the job the statistics have counted or will
+        self._inflight = 0
+        self._seen = 0
+        self._until = 0.0
+        self._one = asyncio.Lock()
+
+    def polite(self, stats: ModelStats) -> bool:
+        """Whether other requests use the model now (the job then yields)."""
+        return self._others_active(stats)
+
+    def _others_active(self, stats: ModelStats) -> bool:
+        total = stats.success.count + stats.fail.count
+        if stats is not self._stats:  # a new version: its own statistics
+            self._stats, self._base, self._own, self._seen = stats, total, 0, 0
+        # requests in flight may be counted already: at least this many are someone else's
+        others = total - self._base - self._own - self._inflight
+        now = time.monotonic()
+        if others > self._seen:
+            self._seen = others
+            self._until = now + YIELD_WINDOW_S
+        return now < self._until
+
+    async def run(
+        self,
+        stats: ModelStats,
+        call: Callable[[], Awaitable[dict[str, np.ndarray[Any, Any]]]],
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        if not self._others_active(stats):
+            return await self._counted(call)
+        async with self._one:
+            started = time.monotonic()
+            result = await self._counted(call)
+            await asyncio.sleep(min(YIELD_MAX_IDLE_S, time.monotonic() - started))
+            return result
+
+    async def _counted(
+        self, call: Callable[[], Awaitable[dict[str, np.ndarray[Any, Any]]]]
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        self._inflight += 1
+        try:
+            return await call()
+        finally:
+            self._inflight -= 1
+            self._own += 1
 
 
 def _to_part_column(array: np.ndarray[Any, Any]) -> tuple[Any, str]:

@@ -360,3 +360,54 @@ async def test_a_full_queue_makes_the_job_wait_not_fail(tmp_path: Path) -> None:
         columns = result_columns(dataset_store(app), info)
     expected = reference(repository, "mlp", {"input": rows})["output"]
     np.testing.assert_allclose(columns["output"], expected, rtol=1e-5, atol=1e-5)
+
+
+async def test_a_job_yields_to_online_requests(tmp_path: Path) -> None:
+    """While other requests use the model, the job's requests shrink to POLITE_ROWS rows, one
+    at a time; alone, it sends its full batches."""
+    repository = tmp_path / "models"
+    models.save(models.mlp_model(), repository / "mlp" / "1" / "model.onnx")
+    (repository / "mlp" / "config.json").write_text('{"max_batch_size": 256}')
+    rows = np.random.default_rng(6).standard_normal((4096, FEATURES)).astype(np.float32)
+    body = {"type": "batch", "model": "mlp", "dataset": "rows", "batch_size": 256}
+    async with batch_app(repository, tmp_path / "data") as (app, client):
+        add_npy(dataset_store(app), tmp_path, "rows", rows)
+        model = app.state.dataplane.repository.get("mlp")
+        alone = await finished(client, (await client.post("/v2/jobs", json=body)).json()["id"])
+        assert alone.state == "succeeded"
+        assert set(model.stats.batches) == {256}  # alone: full batches only
+
+        one_row = {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, FEATURES],
+                    "datatype": "FP32",
+                    "data": [0.0] * FEATURES,
+                }
+            ]
+        }
+        job_id = ""
+        online = 0
+
+        async def traffic() -> None:
+            nonlocal online
+            while not job_id or (await client.get(f"/v2/jobs/{job_id}")).json()["state"] not in (
+                "succeeded",
+                "failed",
+            ):
+                answer = await client.post("/v2/models/mlp/infer", json=one_row)
+                assert answer.status_code == 200
+                online += 1
+                await asyncio.sleep(0)  # an in-process request may never yield to the job
+
+        task = asyncio.create_task(traffic())
+        await until(lambda: online >= 3)
+        job_id = (await client.post("/v2/jobs", json=body)).json()["id"]
+        await asyncio.wait_for(task, DEADLINE_S)
+        polite = await finished(client, job_id)
+        assert polite.state == "succeeded"
+        assert 64 in model.stats.batches  # the job's requests while online ones came
+        columns = result_columns(dataset_store(app), polite)
+    expected = reference(repository, "mlp", {"input": rows})["output"]
+    np.testing.assert_allclose(columns["output"], expected, rtol=1e-5, atol=1e-5)
