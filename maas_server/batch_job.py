@@ -62,7 +62,7 @@ MAX_CHUNK_ROWS = 65_536
 YIELD_WINDOW_S = 0.25
 """How long a job stays polite after it last saw a request that is not its own."""
 YIELD_MAX_IDLE_S = 0.1
-POLITE_ROWS = 64
+POLITE_ROWS = 16
 """Rows per request of a job while other requests use the model: a request waiting behind one
 of the job's waits for at most that many rows."""
 BUSY_RETRY_S = 60.0

@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from starlette.applications import Starlette
 
 from maas_server import Settings, create_app
+from maas_server.batch_job import POLITE_ROWS
 from maas_server.dataset_routes import dataset_store
 from maas_server.datasets import DatasetInUse, DatasetStore
 from maas_wire.jobs import JobInfo
@@ -407,7 +408,7 @@ async def test_a_job_yields_to_online_requests(tmp_path: Path) -> None:
         await asyncio.wait_for(task, DEADLINE_S)
         polite = await finished(client, job_id)
         assert polite.state == "succeeded"
-        assert 64 in model.stats.batches  # the job's requests while online ones came
+        assert POLITE_ROWS in model.stats.batches  # the job's requests while online ones came
         columns = result_columns(dataset_store(app), polite)
     expected = reference(repository, "mlp", {"input": rows})["output"]
     np.testing.assert_allclose(columns["output"], expected, rtol=1e-5, atol=1e-5)
