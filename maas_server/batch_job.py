@@ -65,6 +65,9 @@ YIELD_MAX_IDLE_S = 0.1
 POLITE_ROWS = 16
 """Rows per request of a job while other requests use the model: a request waiting behind one
 of the job's waits for at most that many rows."""
+IN_MEMORY_RESULT_BYTES = 256 * 1024 * 1024
+"""Results up to this size are gathered in memory and written once; larger ones are streamed
+from the part files (an extra copy on disk, but bounded memory)."""
 BUSY_RETRY_S = 60.0
 """How long a request of a job waits for a busy model (503) before its rows fail."""
 _SPEC_KEYS = frozenset(
@@ -665,8 +668,9 @@ class _BatchRun:
 
     def publish(self, name: str) -> DatasetInfo:
         """The committed parts, in row order, as the result dataset (``row`` and the outputs):
-        NPZ arrays streamed from the parts one column at a time (never every row in memory),
-        or, when an output is text, a Parquet table."""
+        NPZ arrays, made in memory up to :data:`IN_MEMORY_RESULT_BYTES` and beyond that
+        streamed from the parts one column at a time (never every row in memory), or, when an
+        output is text, a Parquet table."""
         import pyarrow.parquet as pq
 
         chunks = [c for c in self.ctx.store.chunks(self.ctx.job_id) if c.state == "done" and c.part]
@@ -686,6 +690,18 @@ class _BatchRun:
                 name, columns, owner=self.ctx.owner, format="parquet"
             )
         rows = sum(pq.read_metadata(path).num_rows for path in paths)
+        row_bytes = sum(
+            np.dtype(kinds[c]["dtype"]).itemsize * math.prod(kinds[c]["shape"])
+            for c in ["row", *outputs]
+        )
+        if rows * row_bytes <= IN_MEMORY_RESULT_BYTES:  # one copy in memory, written once
+            columns = {
+                column: np.concatenate([_read_part_column(path, column, kinds) for path in paths])
+                for column in ["row", *outputs]
+            }
+            return self.ctx.datasets.create_from_columns(
+                name, columns, owner=self.ctx.owner, format="npz"
+            )
         target = self.parts / "result.npz"
         with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
             for column in ["row", *outputs]:

@@ -412,3 +412,27 @@ async def test_a_job_yields_to_online_requests(tmp_path: Path) -> None:
         columns = result_columns(dataset_store(app), polite)
     expected = reference(repository, "mlp", {"input": rows})["output"]
     np.testing.assert_allclose(columns["output"], expected, rtol=1e-5, atol=1e-5)
+
+
+async def test_a_large_result_is_streamed_from_the_part_files(
+    repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from maas_server import batch_job
+
+    monkeypatch.setattr(batch_job, "IN_MEMORY_RESULT_BYTES", 0)  # every result is "large"
+    rows = np.random.default_rng(8).standard_normal((300, FEATURES)).astype(np.float32)
+    async with batch_app(repository, tmp_path / "data") as (app, client):
+        add_npy(dataset_store(app), tmp_path, "rows", rows)
+        body = {
+            "type": "batch",
+            "model": "mlp",
+            "dataset": "rows",
+            "batch_size": 32,
+            "chunk_rows": 64,
+        }
+        info = await finished(client, (await client.post("/v2/jobs", json=body)).json()["id"])
+        assert info.state == "succeeded", info.error
+        columns = result_columns(dataset_store(app), info)
+    assert columns["row"].tolist() == list(range(300))
+    expected = reference(repository, "mlp", {"input": rows})["output"]
+    np.testing.assert_allclose(columns["output"], expected, rtol=1e-5, atol=1e-5)
