@@ -30,14 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import math
 import os
 import time
 import zipfile
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,10 +44,11 @@ from maas_wire.codec import DATATYPES
 from maas_wire.datasets import DatasetField, DatasetInfo
 from maas_wire.jobs import JobInfo, JobProgress
 
+from .batch_parts import part_kinds, read_part_column, to_part_column
 from .datasets import OpenDataset
 from .errors import BadRequestError, ServerError
+from .job_pacing import POLITE_ROWS, Pacing
 from .jobs import JobCancelled, JobContext, JobFailed, RestartPolicy, ValidationContext
-from .stats import ModelStats
 
 __all__ = ["BatchKind", "ModelSignature", "TensorSignature"]
 
@@ -59,12 +58,6 @@ TARGET_CHUNKS = 100
 """How many commits a job aims at: fewer costs more rows redone after a crash, more costs an
 fsync each."""
 MAX_CHUNK_ROWS = 65_536
-YIELD_WINDOW_S = 0.25
-"""How long a job stays polite after it last saw a request that is not its own."""
-YIELD_MAX_IDLE_S = 0.1
-POLITE_ROWS = 16
-"""Rows per request of a job while other requests use the model: a request waiting behind one
-of the job's waits for at most that many rows."""
 IN_MEMORY_RESULT_BYTES = 256 * 1024 * 1024
 """Results up to this size are gathered in memory and written once; larger ones are streamed
 from the part files (an extra copy on disk, but bounded memory)."""
@@ -651,7 +644,7 @@ class _BatchRun:
         metadata: dict[str, str] = {}
         for name in outputs:
             array = np.concatenate([np.asarray(a[name]) for _, _, a in good])
-            columns[name], metadata[name] = _to_part_column(array)
+            columns[name], metadata[name] = to_part_column(array)
         table = pa.table(columns).replace_schema_metadata(
             {f"maas:{k}": v for k, v in metadata.items()}
         )
@@ -680,10 +673,10 @@ class _BatchRun:
             raise JobFailed(f"every row failed; the first failure: {first}")
         outputs: list[str] = self.spec["outputs"]
         paths = [self.parts / c.part for c in chunks if c.part is not None]
-        kinds = _part_kinds(pq.read_schema(paths[0]))
+        kinds = part_kinds(pq.read_schema(paths[0]))
         if any(kinds[o]["dtype"] == "object" for o in outputs):
             columns = {
-                column: np.concatenate([_read_part_column(path, column, kinds) for path in paths])
+                column: np.concatenate([read_part_column(path, column, kinds) for path in paths])
                 for column in ["row", *outputs]
             }
             return self.ctx.datasets.create_from_columns(
@@ -696,7 +689,7 @@ class _BatchRun:
         )
         if rows * row_bytes <= IN_MEMORY_RESULT_BYTES:  # one copy in memory, written once
             columns = {
-                column: np.concatenate([_read_part_column(path, column, kinds) for path in paths])
+                column: np.concatenate([read_part_column(path, column, kinds) for path in paths])
                 for column in ["row", *outputs]
             }
             return self.ctx.datasets.create_from_columns(
@@ -714,112 +707,5 @@ class _BatchRun:
                 with archive.open(f"{column}.npy", "w", force_zip64=True) as entry:
                     np.lib.format.write_array_header_2_0(entry, header)
                     for path in paths:
-                        entry.write(_read_part_column(path, column, kinds).tobytes())
+                        entry.write(read_part_column(path, column, kinds).tobytes())
         return self.ctx.datasets.create_from_file(name, target, "npz", owner=self.ctx.owner)
-
-
-def _part_kinds(schema: Any) -> dict[str, dict[str, Any]]:
-    """How to read each column of a part file back (from its schema's metadata)."""
-    kinds: dict[str, dict[str, Any]] = {"row": {"dtype": "<i8", "shape": []}}
-    for key, value in (schema.metadata or {}).items():
-        text = key.decode()
-        if text.startswith("maas:"):
-            kinds[text.removeprefix("maas:")] = json.loads(value)
-    return kinds
-
-
-def _read_part_column(
-    path: Path, column: str, kinds: Mapping[str, Mapping[str, Any]]
-) -> np.ndarray[Any, Any]:
-    import pyarrow.parquet as pq
-
-    values = pq.read_table(path, columns=[column]).column(column)
-    kind = kinds[column]
-    if kind["dtype"] == "object":
-        return np.array(values.to_pylist(), dtype=object)
-    if not kind["shape"]:
-        return np.asarray(values.to_numpy(), dtype=np.dtype(kind["dtype"]))
-    array = values.combine_chunks()
-    per_row = math.prod(kind["shape"])
-    flat = np.frombuffer(array.buffers()[1], dtype=np.dtype(kind["dtype"]))
-    flat = flat[array.offset * per_row :][: len(array) * per_row]
-    return flat.reshape([len(array), *kind["shape"]])
-
-
-class Pacing:
-    """Leaves room for a model's other requests (online traffic). While the model's statistics
-    show requests that are not the job's (within the last :data:`YIELD_WINDOW_S`), the job sends
-    one request at a time, of at most :data:`POLITE_ROWS` rows, and leaves the model idle for as
-    long as that request took: half of the model, and of the CPU, stays free for them, and one
-    of them waits behind at most one small request of the job. With no other traffic the job
-    runs at full speed."""
-
-    def __init__(self) -> None:
-        self._stats: ModelStats | None = None
-        self._base = 0
-        self._own = 0  # requests of the job the statistics have counted or will
-        self._inflight = 0
-        self._seen = 0
-        self._until = 0.0
-        self._one = asyncio.Lock()
-
-    def polite(self, stats: ModelStats) -> bool:
-        """Whether other requests use the model now (the job then yields)."""
-        return self._others_active(stats)
-
-    def _others_active(self, stats: ModelStats) -> bool:
-        total = stats.success.count + stats.fail.count
-        if stats is not self._stats:  # a new version: its own statistics
-            self._stats, self._base, self._own, self._seen = stats, total, 0, 0
-        # requests in flight may be counted already: at least this many are someone else's
-        others = total - self._base - self._own - self._inflight
-        now = time.monotonic()
-        if others > self._seen:
-            self._seen = others
-            self._until = now + YIELD_WINDOW_S
-        return now < self._until
-
-    async def run(
-        self,
-        stats: ModelStats,
-        call: Callable[[], Awaitable[dict[str, np.ndarray[Any, Any]]]],
-    ) -> dict[str, np.ndarray[Any, Any]]:
-        if not self._others_active(stats):
-            return await self._counted(call)
-        async with self._one:
-            started = time.monotonic()
-            result = await self._counted(call)
-            await asyncio.sleep(min(YIELD_MAX_IDLE_S, time.monotonic() - started))
-            return result
-
-    async def _counted(
-        self, call: Callable[[], Awaitable[dict[str, np.ndarray[Any, Any]]]]
-    ) -> dict[str, np.ndarray[Any, Any]]:
-        self._inflight += 1
-        try:
-            return await call()
-        finally:
-            self._inflight -= 1
-            self._own += 1
-
-
-def _to_part_column(array: np.ndarray[Any, Any]) -> tuple[Any, str]:
-    """A column of a part file and how to read it back (``dtype`` and per-row shape)."""
-    import pyarrow as pa
-
-    shape = list(array.shape[1:])
-    if array.dtype == object:
-        texts = [_text_of(v) for v in array.reshape(-1)]
-        if shape:
-            raise JobFailed("outputs of text with more than one value per row are not supported")
-        return pa.array(texts, type=pa.string()), json.dumps({"dtype": "object", "shape": []})
-    kind = json.dumps({"dtype": array.dtype.str, "shape": shape})
-    if not shape:
-        return pa.array(array), kind
-    width = array.dtype.itemsize * math.prod(shape)
-    data = pa.py_buffer(np.ascontiguousarray(array).tobytes())
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(array), [None, data]), kind
-
-
-def _text_of(value: Any) -> Any:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

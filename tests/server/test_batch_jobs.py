@@ -21,9 +21,9 @@ from onnx import TensorProto, helper, numpy_helper
 from starlette.applications import Starlette
 
 from maas_server import Settings, create_app
-from maas_server.batch_job import POLITE_ROWS
 from maas_server.dataset_routes import dataset_store
 from maas_server.datasets import DatasetInUse, DatasetStore
+from maas_server.job_pacing import POLITE_ROWS
 from maas_wire.jobs import JobInfo
 from tests import models
 from tests.conftest import start_server
