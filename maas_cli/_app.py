@@ -12,6 +12,7 @@ from .bench import bench
 from .datasets import datasets_app
 from .generate import generate
 from .health import health
+from .jobs import jobs_app
 from .keys import keys_app
 from .models import models_app
 from .predict import predict
@@ -46,6 +47,7 @@ app.add_typer(keys_app, name="keys")
 app.command(name="health")(health)
 app.add_typer(models_app, name="models")
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(jobs_app, name="jobs")
 app.command(name="predict")(predict)
 app.command(name="bench")(bench)
 

@@ -224,6 +224,13 @@ def serve(
             "for every worker to serve it (504 after; the late workers catch up).",
         ),
     ] = 120.0,
+    max_running_jobs: Annotated[
+        int,
+        typer.Option(
+            envvar="MAAS_SERVER_MAX_RUNNING_JOBS",
+            help="Jobs (batch inference, training) that run at once; the others wait.",
+        ),
+    ] = 2,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2 / Triton).
 
@@ -297,6 +304,7 @@ def serve(
         data_dir=data_dir,
         max_dataset_bytes=max_dataset_bytes,
         allow_model_code=allow_model_code,
+        max_running_jobs=max_running_jobs,
     )
     if not settings.auth_enabled and not _loopback(host):
         logging.getLogger("maas_server").warning(

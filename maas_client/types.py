@@ -10,6 +10,7 @@ from __future__ import annotations
 from maas_wire import datasets as _datasets
 from maas_wire import types as _wire
 from maas_wire.datasets import DatasetField, DatasetList
+from maas_wire.jobs import ChunkError, JobEvent, JobInfo, JobList, JobProgress, JobState
 from maas_wire.types import (
     ErrorResponse,
     FailedPublish,
@@ -40,6 +41,7 @@ from ._display import (
 )
 
 __all__ = [
+    "ChunkError",
     "DatasetField",
     "DatasetInfo",
     "DatasetList",
@@ -49,6 +51,11 @@ __all__ = [
     "InferenceRequest",
     "InferenceResponse",
     "InferenceStatistics",
+    "JobEvent",
+    "JobInfo",
+    "JobList",
+    "JobProgress",
+    "JobState",
     "ModelConfigTensor",
     "ModelConfiguration",
     "ModelMetadata",

@@ -20,12 +20,15 @@ from starlette.routing import BaseRoute, Route
 from .access_log import AccessLog
 from .asgi import SCOPE_REQUEST_ID
 from .auth import AccessControl, KeyStore
+from .batch_job import BatchKind
 from .dataplane import DataPlane
-from .dataset_routes import close_dataset_store, dataset_routes
+from .dataset_routes import close_dataset_store, dataset_routes, dataset_store
 from .errors import ServerError
 from .generate_routes import generate_routes
 from .generation import GenerationService
 from .guard import RequestGuard
+from .job_routes import job_routes
+from .jobs import JobRunner
 from .metrics import MetricsServer, metrics_endpoint, metrics_registry
 from .openai_routes import openai_routes
 from .poll import RepositoryPoller
@@ -154,6 +157,13 @@ def create_app(settings: Settings) -> Starlette:
     generation = GenerationService(repository)
     poller = RepositoryPoller(repository, settings.poll_interval_s)
     shutdown = Shutdown()
+    jobs = JobRunner(
+        {"batch": BatchKind()},
+        repository=repository,
+        datasets=lambda: dataset_store(app),
+        data_dir=settings.data_root,
+        settings=settings,
+    )
 
     def not_ready() -> None:  # the first thing the drain does (see maas_server.shutdown)
         dataplane.started = False
@@ -181,11 +191,13 @@ def create_app(settings: Settings) -> Starlette:
             metrics_server = MetricsServer(registry, settings.metrics_host, settings.metrics_port)
             metrics_server.start()
             app.state.metrics_server = metrics_server
+        await jobs.start()
         dataplane.started = True
         try:
             yield
         finally:
             dataplane.started = False
+            await jobs.stop()
             if poll_task is not None:
                 poll_task.cancel()
             if metrics_server is not None:
@@ -204,6 +216,7 @@ def create_app(settings: Settings) -> Starlette:
             *dataset_routes,
             *generate_routes,
             *openai_routes,
+            *job_routes,
             *extra_routes,
         ],
         middleware=build_middleware(settings, rejections, keys, shutdown),
@@ -218,6 +231,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.generation = generation
     app.state.publisher = Publisher(repository)
     app.state.poller = poller
+    app.state.jobs = jobs
     app.state.settings = settings
     app.state.shutdown = shutdown
     app.state.rejections = rejections

@@ -20,6 +20,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from maas_wire.datasets import DatasetInfo, DatasetList, DatasetPreview
 from maas_wire.generate import GenerateRequest, GenerateResponse
+from maas_wire.jobs import JobEvent, JobInfo, JobList
 from maas_wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from maas_wire.types import (
     ErrorResponse,
@@ -142,6 +143,15 @@ _OPERATIONS: dict[str, _Operation] = {
                                    files=_DATASET_TYPES),
     "delete_dataset": _Operation("Delete a dataset version, or every version (409 while a job "
                                  "reads one)", "datasets", None, {"type": "object"}),
+    "create_job": _Operation("Create a job ({\"type\": \"batch\", ...}); an Idempotency-Key "
+                             "header makes a retried create return the same job (200)", "jobs",
+                             None, JobInfo, body_required=True),
+    "list_jobs": _Operation("The caller's jobs, newest first", "jobs", None, JobList),
+    "get_job": _Operation("One job: state, progress, result, errors", "jobs", None, JobInfo),
+    "job_events": _Operation("The job's events as server-sent events (JobEvent each), from "
+                             "after Last-Event-ID or ?after=", "jobs", None, JobEvent,
+                             events=True),
+    "cancel_job": _Operation("Cancel a job (409 once it is over)", "jobs", None, JobInfo),
 }  # fmt: skip
 
 _ERRORS = {
@@ -185,6 +195,9 @@ def _schemas() -> dict[str, Any]:
         DatasetInfo,
         DatasetList,
         DatasetPreview,
+        JobEvent,
+        JobInfo,
+        JobList,
         RepositoryIndexRequest,
         RepositoryModel,
         RepositoryModelLoadRequest,

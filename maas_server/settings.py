@@ -91,6 +91,7 @@ class Settings:
     ``cpus``: the CPUs the models' ONNX Runtime threads share (None: all the process may use;
     each of N workers gets its share). ``worker``: set in each process of ``maas serve
     --workers N``.
+    ``max_running_jobs``: jobs that run at once (the others wait in a queue).
     """
 
     repository: Path
@@ -120,6 +121,7 @@ class Settings:
     allow_model_code: bool = False
     cpus: int | None = None
     worker: WorkerSettings | None = None
+    max_running_jobs: int = 2
 
     @property
     def data_root(self) -> Path:

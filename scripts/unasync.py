@@ -63,6 +63,10 @@ REPLACEMENTS = {
     "async_to_raw_response_wrapper": "to_raw_response_wrapper",
     "async_prepare_upload": "prepare_upload",
     "AsyncAttempt": "SyncAttempt",
+    "AsyncJobs": "Jobs",
+    "AsyncClientLike": "ClientLike",
+    "AsyncJobTable": "JobTable",
+    "AsyncJob": "Job",
 }
 
 HEADER = "# generated from maas_client/_async/{name} by scripts/unasync.py; do not edit\n"

@@ -109,3 +109,16 @@ def test_workers_benchmark_runs_one_and_two_workers(capsys: pytest.CaptureFixtur
     assert float(rows[0][6]) == 1 / workers.TARGET  # one worker against 0.8 x itself
     assert workers.parse_cpus("0-2,5") == [0, 1, 2, 5]
     assert workers.default_split([0, 1, 2, 3, 4, 5, 6, 7]) == ([0, 1, 2, 3, 4, 5], [6, 7])
+
+
+def test_batch_jobs_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import batch_jobs
+
+    out = tmp_path / "run.json"
+    assert batch_jobs.main(["--rows", "3000", "--online-seconds", "0.3", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "batch job / infer_batched rows/s" in printed and "online p99" in printed
+    data = json.loads(out.read_text())
+    assert data["rows"] == 3000 and data["job_s"] > 0 and data["infer_batched_s"] > 0
+    assert data["online_alone"]["calls"] > 0 and data["online_during_job"]["calls"] > 0
+    assert set(data["ratios"]) == {"job_to_infer_batched", "p99_during_to_alone"}

@@ -30,6 +30,7 @@ from .._result import InferResult
 from .._types import CallOptions, VersionLike
 from ..types import ModelConfiguration
 from ._datasets import AsyncDatasets
+from ._jobs import AsyncJobs
 from ._pipeline import AsyncPipeline
 from ._raw_calls import async_to_raw_response_wrapper
 from ._resources import AsyncModels, AsyncServer
@@ -64,6 +65,7 @@ class AsyncClient(ClientCore[httpx.AsyncClient]):
     server: AsyncServer
     models: AsyncModels
     datasets: AsyncDatasets
+    jobs: AsyncJobs
 
     def _open(
         self,
@@ -95,6 +97,7 @@ class AsyncClient(ClientCore[httpx.AsyncClient]):
         self.server = AsyncServer(self._pipeline)
         self.models = AsyncModels(self._pipeline)
         self.datasets = AsyncDatasets(self._pipeline)
+        self.jobs = AsyncJobs(self)
 
     def _serve_in_process(self, app: Any) -> None:
         self._pipeline.use_transport(AsyncLocalTransport(app))

@@ -31,6 +31,7 @@ from .._result import InferResult
 from .._types import CallOptions, VersionLike
 from ..types import ModelConfiguration
 from ._datasets import Datasets
+from ._jobs import Jobs
 from ._pipeline import Pipeline
 from ._raw_calls import to_raw_response_wrapper
 from ._resources import Models, Server
@@ -65,6 +66,7 @@ class Client(ClientCore[httpx.Client]):
     server: Server
     models: Models
     datasets: Datasets
+    jobs: Jobs
 
     def _open(
         self,
@@ -96,6 +98,7 @@ class Client(ClientCore[httpx.Client]):
         self.server = Server(self._pipeline)
         self.models = Models(self._pipeline)
         self.datasets = Datasets(self._pipeline)
+        self.jobs = Jobs(self)
 
     def _serve_in_process(self, app: Any) -> None:
         self._pipeline.use_transport(LocalTransport(app))
