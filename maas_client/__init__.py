@@ -11,7 +11,7 @@ and the numpy codec in :mod:`maas_client.codec`; the server imports both.
 
 from __future__ import annotations
 
-from ._async import AsyncClient, AsyncGenerationStream, AsyncStream
+from ._async import AsyncClient, AsyncGenerationStream, AsyncJob, AsyncStream
 from ._batch_result import BatchError, BatchResult, ChunkFailure
 from ._endpoints import Endpoints
 from ._exceptions import (
@@ -38,10 +38,11 @@ from ._exceptions import (
 )
 from ._generation import GenerateOptions, Generation, GenerationChunk
 from ._inputs import Input, Output
+from ._jobs import JobError
 from ._response import RawResponse
 from ._result import InferResult, RepositoryIndex, Timing
 from ._retry import RetryEvent, RetryPolicy
-from ._sync import Client, GenerationStream, Stream
+from ._sync import Client, GenerationStream, Job, Stream
 from ._types import NOT_GIVEN, NotGiven
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "APITimeoutError",
     "AsyncClient",
     "AsyncGenerationStream",
+    "AsyncJob",
     "AsyncStream",
     "AuthenticationError",
     "BadRequestError",
@@ -72,6 +74,8 @@ __all__ = [
     "Input",
     "InputError",
     "InternalServerError",
+    "Job",
+    "JobError",
     "MaasError",
     "ModelNotFoundError",
     "NotFoundError",

@@ -7,6 +7,7 @@ console display that the wire layer knows nothing of.
 from __future__ import annotations
 
 from maas_wire import types as _wire
+from maas_wire.jobs import ChunkError, JobEvent, JobInfo, JobList, JobProgress, JobState
 from maas_wire.types import (
     ErrorResponse,
     FailedPublish,
@@ -32,11 +33,17 @@ from maas_wire.types import (
 from ._display import model_metadata_html, model_metadata_repr
 
 __all__ = [
+    "ChunkError",
     "ErrorResponse",
     "FailedPublish",
     "InferenceRequest",
     "InferenceResponse",
     "InferenceStatistics",
+    "JobEvent",
+    "JobInfo",
+    "JobList",
+    "JobProgress",
+    "JobState",
     "ModelConfigTensor",
     "ModelConfiguration",
     "ModelMetadata",

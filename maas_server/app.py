@@ -20,11 +20,14 @@ from starlette.routing import BaseRoute, Route
 from .access_log import AccessLog
 from .asgi import SCOPE_REQUEST_ID
 from .auth import AccessControl, KeyStore
+from .batch_job import BatchKind
 from .dataplane import DataPlane
 from .errors import ServerError
 from .generate_routes import generate_routes
 from .generation import GenerationService
 from .guard import RequestGuard
+from .job_routes import job_routes
+from .jobs import JobRunner
 from .metrics import MetricsServer, metrics_endpoint, metrics_registry
 from .openai_routes import openai_routes
 from .poll import RepositoryPoller
@@ -143,6 +146,15 @@ def create_app(settings: Settings) -> Starlette:
     generation = GenerationService(repository)
     poller = RepositoryPoller(repository, settings.poll_interval_s)
     shutdown = Shutdown()
+    data_dir = settings.data_root
+    datasets = None
+    jobs = JobRunner(
+        {"batch": BatchKind()},
+        repository=repository,
+        datasets=datasets,
+        data_dir=data_dir,
+        settings=settings,
+    )
 
     def not_ready() -> None:  # the first thing the drain does (see maas_server.shutdown)
         dataplane.started = False
@@ -164,11 +176,13 @@ def create_app(settings: Settings) -> Starlette:
             metrics_server = MetricsServer(registry, settings.metrics_host, settings.metrics_port)
             metrics_server.start()
             app.state.metrics_server = metrics_server
+        await jobs.start()
         dataplane.started = True
         try:
             yield
         finally:
             dataplane.started = False
+            await jobs.stop()
             if poll_task is not None:
                 poll_task.cancel()
             if metrics_server is not None:
@@ -178,7 +192,14 @@ def create_app(settings: Settings) -> Starlette:
             repository.bind_loop(None)
 
     app = Starlette(
-        routes=[*routes, *publish_routes, *generate_routes, *openai_routes, *extra_routes],
+        routes=[
+            *routes,
+            *publish_routes,
+            *generate_routes,
+            *openai_routes,
+            *job_routes,
+            *extra_routes,
+        ],
         middleware=build_middleware(settings, rejections, keys, shutdown),
         lifespan=lifespan,
         exception_handlers={
@@ -191,6 +212,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.generation = generation
     app.state.publisher = Publisher(repository)
     app.state.poller = poller
+    app.state.jobs = jobs
     app.state.settings = settings
     app.state.shutdown = shutdown
     app.state.rejections = rejections

@@ -10,7 +10,8 @@ Each request names its key as ``Authorization: Bearer <key>``:
 
 Scopes: ``infer`` for inference and generation (POST under ``/v2/models/`` and ``/v1/``),
 ``read`` for metadata, health, statistics, metrics and the OpenAPI document, ``admin`` for the
-repository API. Paths in ``Settings.open_paths`` (health by default) need no key.
+repository API, ``jobs`` to create and cancel jobs and to upload and delete datasets. Paths in
+``Settings.open_paths`` (health by default) need no key.
 
 Routes that find the model in the body instead of the path (``/v1/completions``) call
 :func:`require_model_access`; routes that list models filter them with :func:`model_allowed`.
@@ -298,6 +299,8 @@ def access_rule(method: str, path: str) -> tuple[str, str | None]:
     if path.startswith("/v2/repository/"):
         return "admin", path_target(path)[0]
     scope = "read" if method in ("GET", "HEAD") else "infer"
+    if scope != "read" and path.startswith(("/v2/jobs", "/v2/datasets")):
+        return "jobs", None
     if path.startswith("/v2/models/"):
         return scope, path_target(path)[0]
     if path.startswith("/v1/models/"):

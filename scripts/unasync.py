@@ -62,6 +62,9 @@ REPLACEMENTS = {
     "async_to_raw_response_wrapper": "to_raw_response_wrapper",
     "async_prepare_upload": "prepare_upload",
     "AsyncAttempt": "SyncAttempt",
+    "AsyncJobs": "Jobs",
+    "AsyncJobTable": "JobTable",
+    "AsyncJob": "Job",
 }
 
 HEADER = "# generated from maas_client/_async/{name} by scripts/unasync.py; do not edit\n"

@@ -2,6 +2,14 @@
 twin in ``maas_client/_sync`` from these modules (do not edit that one)."""
 
 from ._client import AsyncClient
+from ._jobs import AsyncJob, AsyncJobs, AsyncJobTable
 from ._streams import AsyncGenerationStream, AsyncStream
 
-__all__ = ["AsyncClient", "AsyncGenerationStream", "AsyncStream"]
+__all__ = [
+    "AsyncClient",
+    "AsyncGenerationStream",
+    "AsyncJob",
+    "AsyncJobTable",
+    "AsyncJobs",
+    "AsyncStream",
+]

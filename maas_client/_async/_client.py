@@ -29,6 +29,7 @@ from .._raw import CLIENT_CALLS, RawMirror
 from .._result import InferResult
 from .._types import CallOptions, VersionLike
 from ..types import ModelConfiguration
+from ._jobs import AsyncJobs
 from ._pipeline import AsyncPipeline
 from ._raw_calls import async_to_raw_response_wrapper
 from ._resources import AsyncModels, AsyncServer
@@ -62,6 +63,7 @@ class AsyncClient(ClientCore[httpx.AsyncClient]):
 
     server: AsyncServer
     models: AsyncModels
+    jobs: AsyncJobs
 
     def _open(
         self,
@@ -92,6 +94,7 @@ class AsyncClient(ClientCore[httpx.AsyncClient]):
     def _attach(self) -> None:
         self.server = AsyncServer(self._pipeline)
         self.models = AsyncModels(self._pipeline)
+        self.jobs = AsyncJobs(self)
 
     def _serve_in_process(self, app: Any) -> None:
         self._pipeline.use_transport(AsyncLocalTransport(app))

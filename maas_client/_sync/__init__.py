@@ -3,6 +3,14 @@
 twin in ``maas_client/_sync`` from these modules (do not edit that one)."""
 
 from ._client import Client
+from ._jobs import Job, Jobs, JobTable
 from ._streams import GenerationStream, Stream
 
-__all__ = ["Client", "GenerationStream", "Stream"]
+__all__ = [
+    "Client",
+    "GenerationStream",
+    "Job",
+    "JobTable",
+    "Jobs",
+    "Stream",
+]

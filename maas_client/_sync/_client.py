@@ -30,6 +30,7 @@ from .._raw import CLIENT_CALLS, RawMirror
 from .._result import InferResult
 from .._types import CallOptions, VersionLike
 from ..types import ModelConfiguration
+from ._jobs import Jobs
 from ._pipeline import Pipeline
 from ._raw_calls import to_raw_response_wrapper
 from ._resources import Models, Server
@@ -63,6 +64,7 @@ class Client(ClientCore[httpx.Client]):
 
     server: Server
     models: Models
+    jobs: Jobs
 
     def _open(
         self,
@@ -93,6 +95,7 @@ class Client(ClientCore[httpx.Client]):
     def _attach(self) -> None:
         self.server = Server(self._pipeline)
         self.models = Models(self._pipeline)
+        self.jobs = Jobs(self)
 
     def _serve_in_process(self, app: Any) -> None:
         self._pipeline.use_transport(LocalTransport(app))
