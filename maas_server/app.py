@@ -38,6 +38,7 @@ from .routes import JSONBytesResponse, routes
 from .settings import Settings
 from .shutdown import Shutdown, ShutdownGuard
 from .stats import Rejections
+from .training_job import TrainingKind
 
 __all__ = ["build_middleware", "create_app"]
 
@@ -148,6 +149,7 @@ def create_app(settings: Settings) -> Starlette:
     shutdown = Shutdown()
     data_dir = settings.data_root
     datasets = None
+    publisher = Publisher(repository)
     jobs = JobRunner(
         {"batch": BatchKind()},
         repository=repository,
@@ -155,6 +157,7 @@ def create_app(settings: Settings) -> Starlette:
         data_dir=data_dir,
         settings=settings,
     )
+    jobs.register(TrainingKind(publisher, settings))
 
     def not_ready() -> None:  # the first thing the drain does (see maas_server.shutdown)
         dataplane.started = False
@@ -210,7 +213,7 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.dataplane = dataplane
     app.state.generation = generation
-    app.state.publisher = Publisher(repository)
+    app.state.publisher = publisher
     app.state.poller = poller
     app.state.jobs = jobs
     app.state.settings = settings

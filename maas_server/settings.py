@@ -72,6 +72,10 @@ class Settings:
     ``data_dir``: the folder of datasets (and jobs); None: ``<repository>/.maas/data``, made on
     first use. ``max_dataset_bytes``: the largest dataset upload (413).
     ``max_running_jobs``: jobs that run at once (the others wait in a queue).
+    ``max_trainings``: training jobs that train at once (each in a process of its own);
+    ``training_threads``: CPU threads each may use (None: half the CPUs the server may use);
+    ``keep_training_artifacts``: keep each training's fitted estimator under
+    ``<data_dir>/trainings/<job id>/``.
     """
 
     repository: Path
@@ -99,6 +103,9 @@ class Settings:
     data_dir: Path | None = None
     max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES
     max_running_jobs: int = 2
+    max_trainings: int = 1
+    training_threads: int | None = None
+    keep_training_artifacts: bool = False
 
     @property
     def data_root(self) -> Path:

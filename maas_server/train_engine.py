@@ -47,6 +47,7 @@ from .train_preprocess import (
 )
 
 __all__ = [
+    "ESTIMATOR_FILE",
     "MAX_CLASSES",
     "MODEL_FILE",
     "Learner",

@@ -134,11 +134,8 @@ def joined_model(
             table = numpy_helper.from_array(labels.astype(np.int64), "maas_classes")
             label_type = TensorProto.INT64
         else:
-            table = helper.make_tensor(
-                "maas_classes",
-                TensorProto.STRING,
-                [len(labels)],
-                [str(c).encode() for c in labels],
+            table = numpy_helper.from_array(
+                np.array([str(c).encode() for c in labels], dtype=object), "maas_classes"
             )
             label_type = TensorProto.STRING
         graph.initializer.append(table)

@@ -75,7 +75,7 @@ def validation_loss(
     task: str,
     y_true: np.ndarray[Any, Any],
     predicted: np.ndarray[Any, Any],
-    classes: Sequence[Any] | None = None,
+    classes: Sequence[Any] | np.ndarray[Any, Any] | None = None,
 ) -> float:
     """The loss a training minimises, on held-out rows and without the weight penalty: the log
     loss of the class probabilities, or half the mean squared error (scikit-learn's MLP

@@ -85,7 +85,7 @@ class TrainingParams:
         for required in ("dataset", "target", "name"):
             if given.get(required) is None:
                 raise ParamError(f"a training needs {required!r}")
-        model = _choice(given, "model", KINDS, "mlp")
+        model = _choice(given, "model", KINDS, "mlp") or "mlp"
         if model == "linear":
             for name in sorted(_MLP_ONLY & set(given)):
                 raise ParamError(f"parameter {name!r} does not apply to model 'linear'")
@@ -104,7 +104,7 @@ class TrainingParams:
             features=tuple(features) if features is not None else None,
             task=_choice(given, "task", TASKS, None),
             model=model,
-            engine=_choice(given, "engine", ENGINES, "sklearn"),
+            engine=_choice(given, "engine", ENGINES, "sklearn") or "sklearn",
             hidden_layers=_layers(given.get("hidden_layers", [128, 64])),
             activation=_choice(given, "activation", ACTIVATIONS, "relu") or "relu",
             epochs=_int(given, "epochs", 50, 1, 10_000),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import multiprocessing
 import os
@@ -250,7 +251,7 @@ def _train(
     should_stop: Callable[[], bool],
 ) -> dict[str, Any]:
     if request.spec.get("engine") == "torch":
-        import torch
+        torch: Any = importlib.import_module("torch")
 
         torch.set_num_threads(request.threads)
     from .train_engine import train

@@ -11,6 +11,7 @@ for a regressor (as scikit-learn's MLP, so the engines' curves compare). Weight 
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import io
 import math
@@ -43,7 +44,7 @@ class TorchMLP:
         y: np.ndarray[Any, Any],
         classes: np.ndarray[Any, Any] | None,
     ) -> None:
-        import torch
+        torch: Any = importlib.import_module("torch")
 
         self.engine, self.engine_version = "torch", str(torch.__version__)
         cuda = torch.cuda.is_available()
@@ -80,14 +81,14 @@ class TorchMLP:
         self.batch_size = min(params.batch_size, len(x))
 
     def _loss(self, out: Any, y: Any) -> Any:
-        import torch
+        torch: Any = importlib.import_module("torch")
 
         if self.classes is not None:
             return torch.nn.functional.cross_entropy(out, y)
         return torch.nn.functional.mse_loss(out.reshape(-1), y) / 2
 
     def epoch(self) -> float:
-        import torch
+        torch: Any = importlib.import_module("torch")
 
         self.network.train()
         order = torch.randperm(len(self.x), generator=self.generator).to(self.device)
@@ -105,7 +106,7 @@ class TorchMLP:
         return total / len(self.x)
 
     def predict(self, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        import torch
+        torch: Any = importlib.import_module("torch")
 
         self.network.eval()
         with torch.no_grad():
@@ -135,7 +136,7 @@ class TorchMLP:
         target_scale: tuple[float, float] | None,
         metadata: Mapping[str, Any],
     ) -> bytes:
-        import torch
+        torch: Any = importlib.import_module("torch")
 
         network = self.network.to("cpu").eval()
         if self.classes is not None:
