@@ -243,7 +243,7 @@ class Learner(Protocol):
 
 
 class SklearnMLP:
-    """scikit-learn's MLP, Adam, one ``partial_fit`` per epoch."""
+    """scikit-learn's MLP (Adam, or SGD with momentum), one ``partial_fit`` per epoch."""
 
     def __init__(
         self,
@@ -260,7 +260,8 @@ class SklearnMLP:
         options: dict[str, Any] = {
             "hidden_layer_sizes": params.hidden_layers,
             "activation": params.activation,
-            "solver": "adam",
+            "solver": params.optimizer,
+            "momentum": 0.9,
             "alpha": params.weight_decay,
             "batch_size": min(params.batch_size, len(x)),
             "learning_rate_init": params.learning_rate,
@@ -419,13 +420,14 @@ def train(
     for epoch in range(1, epochs + 1):
         if should_stop():
             raise TrainingCancelled()
-        train_loss = learner.epoch()
+        with np.errstate(all="ignore"):  # on the way to divergence: reported below
+            train_loss = learner.epoch()
+            predicted = learner.predict(x_val)
         if not math.isfinite(train_loss):
             raise TrainingFailed(
                 f"training diverged: the training loss is not finite ({train_loss}) at epoch "
                 f"{epoch}; try a lower learning_rate"
             )
-        predicted = learner.predict(x_val)
         val_loss = validation_loss(task, val_y, predicted, classes)
         if not math.isfinite(val_loss):
             raise TrainingFailed(

@@ -26,10 +26,13 @@ KINDS = ("mlp", "linear")
 TASKS = ("classification", "regression")
 ENGINES = ("sklearn", "torch")
 ACTIVATIONS = ("relu", "tanh", "logistic", "identity")
+OPTIMIZERS = ("adam", "sgd")
 ON_RESTART = ("fail", "restart")
 DEVICES = ("auto", "cpu", "cuda")
 
-_MLP_ONLY = frozenset({"hidden_layers", "activation", "batch_size", "learning_rate", "patience"})
+_MLP_ONLY = frozenset(
+    {"hidden_layers", "activation", "optimizer", "batch_size", "learning_rate", "patience"}
+)
 """Parameters of the network, which a linear model has none of."""
 _LINEAR_WEIGHT_DECAY = 1.0
 _MLP_WEIGHT_DECAY = 1e-4
@@ -56,6 +59,8 @@ class TrainingParams:
     engine: str = "sklearn"
     hidden_layers: tuple[int, ...] = (128, 64)
     activation: str = "relu"
+    optimizer: str = "adam"
+    """``adam``, or ``sgd`` (with momentum 0.9)."""
     epochs: int = 50
     batch_size: int = 64
     learning_rate: float = 0.001
@@ -107,6 +112,7 @@ class TrainingParams:
             engine=_choice(given, "engine", ENGINES, "sklearn") or "sklearn",
             hidden_layers=_layers(given.get("hidden_layers", [128, 64])),
             activation=_choice(given, "activation", ACTIVATIONS, "relu") or "relu",
+            optimizer=_choice(given, "optimizer", OPTIMIZERS, "adam") or "adam",
             epochs=_int(given, "epochs", 50, 1, 10_000),
             batch_size=_int(given, "batch_size", 64, 1, 1_000_000),
             learning_rate=_float(given, "learning_rate", 0.001, 0.0, 10.0, open_low=True),

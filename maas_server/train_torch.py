@@ -68,9 +68,19 @@ class TorchMLP:
             width = hidden
         layers.append(torch.nn.Linear(width, outputs))
         self.network = torch.nn.Sequential(*layers).to(self.device)
-        self.optimizer = torch.optim.Adam(
-            self.network.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay
-        )
+        if params.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(
+                self.network.parameters(),
+                lr=params.learning_rate,
+                momentum=0.9,
+                weight_decay=params.weight_decay,
+            )
+        else:
+            self.optimizer = torch.optim.Adam(
+                self.network.parameters(),
+                lr=params.learning_rate,
+                weight_decay=params.weight_decay,
+            )
         self.x = torch.as_tensor(x, dtype=torch.float32, device=self.device)
         if classes is not None:
             self.y = torch.as_tensor(
