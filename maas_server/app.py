@@ -22,6 +22,7 @@ from .asgi import SCOPE_REQUEST_ID
 from .auth import AccessControl, KeyStore
 from .batch_job import BatchKind
 from .dataplane import DataPlane
+from .dataset_routes import close_dataset_store, dataset_routes, dataset_store
 from .errors import ServerError
 from .generate_routes import generate_routes
 from .generation import GenerationService
@@ -147,14 +148,12 @@ def create_app(settings: Settings) -> Starlette:
     generation = GenerationService(repository)
     poller = RepositoryPoller(repository, settings.poll_interval_s)
     shutdown = Shutdown()
-    data_dir = settings.data_root
-    datasets = None
     publisher = Publisher(repository)
     jobs = JobRunner(
         {"batch": BatchKind()},
         repository=repository,
-        datasets=datasets,
-        data_dir=data_dir,
+        datasets=lambda: dataset_store(app),
+        data_dir=settings.data_root,
         settings=settings,
     )
     jobs.register(TrainingKind(publisher, settings))
@@ -193,11 +192,13 @@ def create_app(settings: Settings) -> Starlette:
             await asyncio.to_thread(generation.close)
             await asyncio.to_thread(repository.close)
             repository.bind_loop(None)
+            close_dataset_store(app)
 
     app = Starlette(
         routes=[
             *routes,
             *publish_routes,
+            *dataset_routes,
             *generate_routes,
             *openai_routes,
             *job_routes,

@@ -29,6 +29,7 @@ dataset: column ``row`` (the row's number in the dataset) and one column per out
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -38,8 +39,10 @@ from typing import Any
 import numpy as np
 
 from maas_wire.codec import DATATYPES
+from maas_wire.datasets import DatasetField, DatasetInfo
 from maas_wire.jobs import JobInfo, JobProgress
 
+from .datasets import OpenDataset
 from .errors import BadRequestError, ServerError
 from .jobs import JobCancelled, JobContext, JobFailed, RestartPolicy, ValidationContext
 
@@ -162,8 +165,8 @@ def _castable(column: str, model: str) -> bool:
     return False
 
 
-def _field_map(info: Any) -> dict[str, Any]:
-    return {f.name: f for f in info.schema_}  # DatasetInfo.schema (pydantic alias)
+def _field_map(info: DatasetInfo) -> dict[str, DatasetField]:
+    return {f.name: f for f in info.schema_}
 
 
 def _check_mapping(
@@ -172,7 +175,10 @@ def _check_mapping(
     """The input -> column(s) mapping, completed by name and checked."""
     given = dict(inputs or {})
     known = {t.name: t for t in signature.inputs}
-    columns = ", ".join(f"{n!r} ({f.datatype} {list(f.shape)})" for n, f in fields.items())
+    shown = [f"{n!r} ({f.datatype} {list(f.shape)})" for n, f in list(fields.items())[:12]]
+    if len(fields) > len(shown):
+        shown.append(f"and {len(fields) - len(shown)} more")
+    columns = ", ".join(shown)
     for name in given:
         if name not in known:
             raise BadRequestError(
@@ -350,7 +356,7 @@ class BatchKind:
         )
         if signature.max_batch_size and batch_size > signature.max_batch_size:
             raise BadRequestError(
-                f"'batch_size' {batch_size} exceeds model {model!r}'s max_batch_size "
+                f"'batch_size' {batch_size} exceeds the max_batch_size of model {model!r}, "
                 f"{signature.max_batch_size}"
             )
         rows = int(info.rows)
@@ -410,7 +416,12 @@ class BatchKind:
                 return dict(event.data)
         spec = ctx.spec
         opened = await asyncio.to_thread(
-            ctx.datasets.open, spec["dataset"], spec["dataset_version"]
+            functools.partial(
+                ctx.datasets.open,
+                spec["dataset"],
+                spec["dataset_version"],
+                user=f"job {ctx.job_id}",
+            )
         )
         try:
             run = _BatchRun(ctx, opened)
@@ -427,7 +438,7 @@ class BatchKind:
 class _BatchRun:
     """One run of a batch job (a fresh one after each restart)."""
 
-    def __init__(self, ctx: JobContext, opened: Any) -> None:
+    def __init__(self, ctx: JobContext, opened: OpenDataset) -> None:
         self.ctx = ctx
         self.spec = ctx.spec
         self.opened = opened
@@ -603,11 +614,15 @@ class _BatchRun:
 
     # --- the result ---------------------------------------------------------------------------
 
-    def publish(self, name: str) -> Any:
+    def publish(self, name: str) -> DatasetInfo:
         """The committed parts, in row order, as the result dataset."""
         import pyarrow.parquet as pq
 
         chunks = [c for c in self.ctx.store.chunks(self.ctx.job_id) if c.state == "done" and c.part]
+        if not chunks:
+            failed = self.ctx.store.get(self.ctx.job_id)
+            first = failed.chunk_errors[0].error if failed and failed.chunk_errors else "?"
+            raise JobFailed(f"every row failed; the first failure: {first}")
         outputs: list[str] = self.spec["outputs"]
         pieces: dict[str, list[np.ndarray[Any, Any]]] = {"row": [], **{o: [] for o in outputs}}
         for chunk in chunks:

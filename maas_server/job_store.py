@@ -32,7 +32,7 @@ from maas_wire.jobs import ChunkError, JobEvent, JobInfo, JobProgress
 
 from .errors import ConflictError
 
-__all__ = ["Chunk", "JobStore", "request_digest_of", "utc_now"]
+__all__ = ["JOBS_FILE", "Chunk", "JobStore", "request_digest_of", "utc_now"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -73,6 +73,9 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 
+JOBS_FILE = "jobs.sqlite3"
+
+
 def utc_now() -> str:
     """Now, as ISO 8601 UTC with milliseconds."""
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -102,7 +105,7 @@ class JobStore:
 
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
-        self.path = root / "jobs.sqlite3"
+        self.path = root / JOBS_FILE
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -26,15 +26,16 @@ import logging
 import shutil
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from maas_wire.jobs import TERMINAL_STATES, JobEvent, JobInfo, JobProgress
 
+from .datasets import DatasetStore
 from .errors import BadRequestError, ConflictError, ModelUnavailableError, ServerError
-from .job_store import JobStore, request_digest_of
+from .job_store import JOBS_FILE, JobStore, request_digest_of
 from .repository import ModelRepository
 from .settings import Settings
 
@@ -75,7 +76,7 @@ class ValidationContext:
 
     owner: str | None
     repository: ModelRepository
-    datasets: Any
+    datasets: DatasetStore
     settings: Settings
 
 
@@ -89,7 +90,7 @@ class JobContext:
         job: JobInfo,
         *,
         repository: ModelRepository,
-        datasets: Any,
+        datasets: DatasetStore,
         data_dir: Path,
     ) -> None:
         self.job_id = job.id
@@ -188,14 +189,14 @@ class JobRunner:
         kinds: Mapping[str, JobKind],
         *,
         repository: ModelRepository,
-        datasets: Any,
+        datasets: Callable[[], DatasetStore],
         data_dir: Path,
         settings: Settings,
     ) -> None:
         self._store: JobStore | None = None
         self.kinds = dict(kinds)
         self.repository = repository
-        self.datasets = datasets
+        self._datasets = datasets
         self.data_dir = data_dir
         self.settings = settings
         self._slots: asyncio.Semaphore | None = None
@@ -204,14 +205,25 @@ class JobRunner:
         self._listeners: dict[str, set[asyncio.Queue[JobEvent]]] = {}
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._unavailable = "the server has not started"
 
     @property
     def store(self) -> JobStore:
-        """The job store (``<data_dir>/jobs.sqlite3``), open from :meth:`start` on."""
+        """The job store (``<data_dir>/jobs.sqlite3``), opened on first use (a server that runs
+        no job makes no data folder)."""
         if self._store is None:
-            raise ModelUnavailableError(f"jobs are unavailable: {self._unavailable}")
+            try:
+                self._store = JobStore(self.data_dir)
+            except (OSError, sqlite3.Error) as exc:
+                raise ModelUnavailableError(
+                    f"jobs are unavailable: the data folder {self.data_dir} cannot be used: {exc}"
+                ) from None
         return self._store
+
+    @property
+    def datasets(self) -> DatasetStore:
+        """The server's dataset store (the one its routes use: a version a job reads is held
+        open there, and cannot be deleted)."""
+        return self._datasets()
 
     def register(self, kind: JobKind) -> None:
         """Add a kind of job (before :meth:`start`)."""
@@ -223,16 +235,16 @@ class JobRunner:
         """Pick up what the last run of the server left: running jobs are resumed, restarted or
         failed as their kind says; queued ones are queued again."""
         self._loop = asyncio.get_running_loop()
-        if self._store is None:
-            try:
-                self._store = await asyncio.to_thread(JobStore, self.data_dir)
-            except (OSError, sqlite3.Error) as exc:
-                self._unavailable = f"the data folder {self.data_dir} cannot be used: {exc}"
-                logger.warning("jobs are off: %s", self._unavailable)
-                return
         self._slots = asyncio.Semaphore(max(1, self.settings.max_running_jobs))
         self._stopping = False
-        for job in await asyncio.to_thread(self.store.in_state, "running", "queued"):
+        if self._store is None and not (self.data_dir / JOBS_FILE).exists():
+            return  # no job was ever made here
+        try:
+            store = await asyncio.to_thread(lambda: self.store)
+        except ServerError as exc:
+            logger.warning("%s", exc.message)
+            return
+        for job in await asyncio.to_thread(store.in_state, "running", "queued"):
             kind = self.kinds.get(job.type)
             if kind is None:
                 self._finish(job.id, "failed", error=f"no job kind {job.type!r} on this server")

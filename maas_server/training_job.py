@@ -83,8 +83,6 @@ class TrainingKind:
                 "engine 'torch' needs PyTorch on the server, which is not installed there: "
                 "pip install 'maas[torch]', or use engine 'sklearn'"
             )
-        if ctx.datasets is None:
-            raise BadRequestError("this server keeps no datasets")
         info = ctx.datasets.get(params.dataset, params.dataset_version)
         schema = [(f.name, f.datatype, f.shape) for f in info.schema_]
         try:

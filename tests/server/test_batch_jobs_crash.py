@@ -1,0 +1,148 @@
+"""THE crash test of batch jobs: ``kill -9`` the server in the middle of a job, start it again on
+the same folders, and the job finishes with every row's result exactly once and right."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from maas_server.datasets import DatasetStore
+from tests import models
+from tests.conftest import free_port
+from tests.waiting import DEADLINE_S
+
+ROOT = Path(__file__).resolve().parents[2]
+ROWS = 2000
+
+
+def poll(check: Callable[[], Any], what: str, timeout: float = 2 * DEADLINE_S) -> Any:
+    """``check()`` until it returns something true (or raise); on the server's own state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = check()
+        except httpx.TransportError:
+            found = None
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not reached in time")
+        time.sleep(0.01)
+
+
+class ServerProcess:
+    def __init__(self, repository: Path, data_dir: Path, log: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "tests.server.job_server"]
+        command += [str(repository), str(data_dir), str(self.port), *extra]
+        self.log = log.open("ab")
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        poll(self.ready, f"server on {self.url} ready")
+
+    def ready(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"the server exited with {self.process.returncode}")
+        return httpx.get(f"{self.url}/v2/health/ready").status_code == 200
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        answer = httpx.get(f"{self.url}/v2/jobs/{job_id}")
+        assert answer.status_code == 200, answer.text
+        info: dict[str, Any] = answer.json()
+        return info
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(30)
+        self.log.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+        self.log.close()
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> Iterator[tuple[Path, Path, np.ndarray]]:
+    repository = tmp_path / "models"
+    models.save(models.mlp_model(), repository / "mlp" / "1" / "model.onnx")
+    (repository / "mlp" / "config.json").write_text('{"max_batch_size": 64}')
+    data_dir = tmp_path / "data"
+    rows = np.random.default_rng(7).standard_normal((ROWS, 64)).astype(np.float32)
+    np.save(tmp_path / "rows.npy", rows)
+    store = DatasetStore(data_dir)
+    store.create_from_file("rows", tmp_path / "rows.npy", "npy", owner=None)
+    store.close()
+    yield repository, data_dir, rows
+
+
+def test_kill_9_in_the_middle_of_a_job_then_restart_every_row_exactly_once(
+    folders: tuple[Path, Path, np.ndarray], tmp_path: Path
+) -> None:
+    repository, data_dir, rows = folders
+    log = tmp_path / "server.log"
+    # 12 model runs, then every run is held: the job cannot finish before the kill
+    first = ServerProcess(repository, data_dir, log, "--hold-after", "12")
+    try:
+        body = {
+            "type": "batch",
+            "model": "mlp",
+            "dataset": "rows",
+            "batch_size": 8,
+            "chunk_rows": 16,
+        }
+        answer = httpx.post(f"{first.url}/v2/jobs", json=body)
+        assert answer.status_code == 201, answer.text
+        job_id = answer.json()["id"]
+        mid = poll(
+            lambda: (info := first.job(job_id))["progress"]["done"] > 0 and info,
+            "rows done > 0",
+        )
+        assert mid["state"] == "running" and 0 < mid["progress"]["done"] < ROWS
+    finally:
+        first.kill()
+
+    second = ServerProcess(repository, data_dir, log)
+    try:
+        done = poll(
+            lambda: (info := second.job(job_id))["state"] in ("succeeded", "failed") and info,
+            "job over after the restart",
+        )
+        assert done["state"] == "succeeded", done["error"]
+        assert done["progress"]["done"] == ROWS and not done["chunk_errors"]
+        events = httpx.get(f"{second.url}/v2/jobs/{job_id}/events").text
+        assert "interrupted by a server restart: resume" in events
+    finally:
+        second.stop()
+
+    store = DatasetStore(data_dir)
+    try:
+        result = done["result"]
+        with store.open(result["dataset"], result["version"]) as opened:
+            columns = opened.read(0, opened.num_rows())
+    finally:
+        store.close()
+    assert columns["row"].tolist() == list(range(ROWS))  # each row once, in order
+    session = ort.InferenceSession(
+        str(repository / "mlp" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    (expected,) = session.run(["output"], {"input": rows})
+    np.testing.assert_allclose(columns["output"], expected, rtol=1e-5, atol=1e-5)
