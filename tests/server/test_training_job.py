@@ -293,8 +293,7 @@ async def test_table_with_text_and_missing_values_trained_and_served_raw(tmp_pat
             client,
             "churn",
             [
-                # JSON has no NaN: the binary tensor extension would carry it; here a missing
-                # age is sent as the median the model would impute, checked separately below
+                # JSON has no NaN: ages go as 0.0 here (NaN: see the binary test below)
                 {
                     "name": "age",
                     "datatype": "FP32",
