@@ -65,6 +65,7 @@ REPLACEMENTS = {
     "AsyncJobs": "Jobs",
     "AsyncJobTable": "JobTable",
     "AsyncJob": "Job",
+    "AsyncTrainedModel": "TrainedModel",
 }
 
 HEADER = "# generated from maas_client/_async/{name} by scripts/unasync.py; do not edit\n"
