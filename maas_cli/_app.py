@@ -11,6 +11,7 @@ from ._common import accept_global_options, root
 from .bench import bench
 from .generate import generate
 from .health import health
+from .jobs import jobs_app
 from .keys import keys_app
 from .models import models_app
 from .predict import predict
@@ -44,6 +45,7 @@ app.command(name="generate")(generate)
 app.add_typer(keys_app, name="keys")
 app.command(name="health")(health)
 app.add_typer(models_app, name="models")
+app.add_typer(jobs_app, name="jobs")
 app.command(name="predict")(predict)
 app.command(name="bench")(bench)
 

@@ -135,11 +135,12 @@ def plan_cancel_job(job_id: str) -> RequestPlan:
     return RequestPlan("POST", _job_path(job_id, "/cancel"), idempotent=True)
 
 
-def plan_job_events(job_id: str, after: int) -> RequestPlan:
+def plan_job_events(job_id: str, after: int, follow: bool = True) -> RequestPlan:
     headers = {"Accept": "text/event-stream"}
     if after:
         headers["Last-Event-ID"] = str(after)
-    return RequestPlan("GET", _job_path(job_id, "/events"), headers=headers)
+    suffix = "/events" if follow else "/events?follow=false"
+    return RequestPlan("GET", _job_path(job_id, suffix), headers=headers)
 
 
 # --- display ------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@
   ``GET /v2/jobs/{id}``: one.
 - ``GET /v2/jobs/{id}/events``: the job's events as server-sent events (``id:`` is the event's
   number). A client that reconnects with ``Last-Event-ID`` (or ``?after=N``) gets the events after
-  that one; the stream ends after the event that says the job is over.
+  that one; the stream ends after the event that says the job is over (with ``?follow=false``:
+  once the events so far are sent).
 - ``POST /v2/jobs/{id}/cancel``.
 
 Creating and cancelling need the ``jobs`` scope, reading the ``read`` scope; a job belongs to the
@@ -111,6 +112,7 @@ def _ends(event: JobEvent) -> bool:
 async def job_events(request: Request) -> Response:
     job = _visible(request, request.path_params["job_id"])
     after = _after(request)
+    follow = request.query_params.get("follow", "true").lower() not in ("0", "false", "no")
     jobs = runner(request)
     queue = jobs.listen(job.id)  # before the replay, so that nothing falls between the two
     shutdown: Shutdown | None = getattr(request.app.state, "shutdown", None)
@@ -124,6 +126,8 @@ async def job_events(request: Request) -> Response:
                 yield _frame(event)
                 if _ends(event):
                     return
+            if not follow:
+                return
             current = jobs.store.get(job.id)
             if current is not None and current.state in TERMINAL_STATES and queue.empty():
                 return  # over, and every event was replayed

@@ -29,6 +29,7 @@ from .._raw import CLIENT_CALLS, RawMirror
 from .._result import InferResult
 from .._types import CallOptions, VersionLike
 from ..types import ModelConfiguration
+from ._datasets import AsyncDatasets
 from ._jobs import AsyncJobs
 from ._pipeline import AsyncPipeline
 from ._raw_calls import async_to_raw_response_wrapper
@@ -63,6 +64,7 @@ class AsyncClient(ClientCore[httpx.AsyncClient]):
 
     server: AsyncServer
     models: AsyncModels
+    datasets: AsyncDatasets
     jobs: AsyncJobs
 
     def _open(
@@ -94,6 +96,7 @@ class AsyncClient(ClientCore[httpx.AsyncClient]):
     def _attach(self) -> None:
         self.server = AsyncServer(self._pipeline)
         self.models = AsyncModels(self._pipeline)
+        self.datasets = AsyncDatasets(self._pipeline)
         self.jobs = AsyncJobs(self)
 
     def _serve_in_process(self, app: Any) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from maas_wire.jobs import JobEvent, JobInfo, JobProgress
 
@@ -40,7 +40,17 @@ from ._training import AsyncTrainedModel
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from ._client import AsyncClient
+    from ._pipeline import AsyncPipeline
+
+
+class AsyncClientLike(Protocol):
+    """What jobs use of the client (not imported: the client imports this module)."""
+
+    _pipeline: AsyncPipeline
+
+    @property
+    def datasets(self) -> Any: ...
+
 
 __all__ = ["AsyncJob", "AsyncJobTable", "AsyncJobs"]
 
@@ -56,7 +66,7 @@ class AsyncJob:
     >>> frame = await job.result()  # doctest: +SKIP
     """
 
-    def __init__(self, client: AsyncClient, info: JobInfo) -> None:
+    def __init__(self, client: AsyncClientLike, info: JobInfo) -> None:
         self._client = client
         self.info = info
 
@@ -112,16 +122,17 @@ class AsyncJob:
         return self
 
     async def events(
-        self, after: int = 0, **options: Unpack[CallOptions]
+        self, after: int = 0, *, follow: bool = True, **options: Unpack[CallOptions]
     ) -> AsyncIterator[JobEvent]:
         """The job's events from number ``after`` on (``GET /v2/jobs/{id}/events``), until the
-        one that says it is over. A stream that breaks (a server restart, a network fault) is
-        opened again from the last event received (``Last-Event-ID``): none is lost or
-        repeated."""
+        one that says it is over (``follow=False``: only those so far). A stream that breaks (a
+        server restart, a network fault) is opened again from the last event received
+        (``Last-Event-ID``): none is lost or repeated."""
         last = after
         early = 0
         while True:
-            stream = AsyncStream(_opener(self._client, self.id, last, options), parse_job_event)
+            opener = _opener(self._client, self.id, last, follow, options)
+            stream = AsyncStream(opener, parse_job_event)
             try:
                 async for event in stream:
                     early = 0
@@ -129,6 +140,8 @@ class AsyncJob:
                     yield event
                     if is_terminal(event):
                         return
+                if not follow:
+                    return
             except APIConnectionError:
                 pass
             finally:
@@ -193,8 +206,10 @@ class AsyncJob:
         return await self._client.datasets.download(result["dataset"], **kwargs, **options)
 
 
-def _opener(client: AsyncClient, job_id: str, after: int, options: CallOptions) -> AsyncOpener:
-    plan = plan_job_events(job_id, after)
+def _opener(
+    client: AsyncClientLike, job_id: str, after: int, follow: bool, options: CallOptions
+) -> AsyncOpener:
+    plan = plan_job_events(job_id, after, follow)
     pipeline = client._pipeline
     return lambda: pipeline.open_stream(plan, options)
 
@@ -209,7 +224,7 @@ class AsyncJobTable(list[AsyncJob]):
 class AsyncJobs:
     """``client.jobs``: create, list, follow and cancel jobs."""
 
-    def __init__(self, client: AsyncClient) -> None:
+    def __init__(self, client: AsyncClientLike) -> None:
         self._client = client
 
     async def create(

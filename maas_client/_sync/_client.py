@@ -30,6 +30,7 @@ from .._raw import CLIENT_CALLS, RawMirror
 from .._result import InferResult
 from .._types import CallOptions, VersionLike
 from ..types import ModelConfiguration
+from ._datasets import Datasets
 from ._jobs import Jobs
 from ._pipeline import Pipeline
 from ._raw_calls import to_raw_response_wrapper
@@ -64,6 +65,7 @@ class Client(ClientCore[httpx.Client]):
 
     server: Server
     models: Models
+    datasets: Datasets
     jobs: Jobs
 
     def _open(
@@ -95,6 +97,7 @@ class Client(ClientCore[httpx.Client]):
     def _attach(self) -> None:
         self.server = Server(self._pipeline)
         self.models = Models(self._pipeline)
+        self.datasets = Datasets(self._pipeline)
         self.jobs = Jobs(self)
 
     def _serve_in_process(self, app: Any) -> None:

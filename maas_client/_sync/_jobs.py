@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from maas_wire.jobs import JobEvent, JobInfo, JobProgress
 
@@ -41,7 +41,17 @@ from ._training import TrainedModel
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from ._client import Client
+    from ._pipeline import Pipeline
+
+
+class ClientLike(Protocol):
+    """What jobs use of the client (not imported: the client imports this module)."""
+
+    _pipeline: Pipeline
+
+    @property
+    def datasets(self) -> Any: ...
+
 
 __all__ = ["Job", "JobTable", "Jobs"]
 
@@ -57,7 +67,7 @@ class Job:
     >>> frame = await job.result()  # doctest: +SKIP
     """
 
-    def __init__(self, client: Client, info: JobInfo) -> None:
+    def __init__(self, client: ClientLike, info: JobInfo) -> None:
         self._client = client
         self.info = info
 
@@ -112,15 +122,18 @@ class Job:
         self.info = self._client._pipeline.call(plan, options, parse_job)
         return self
 
-    def events(self, after: int = 0, **options: Unpack[CallOptions]) -> Iterator[JobEvent]:
+    def events(
+        self, after: int = 0, *, follow: bool = True, **options: Unpack[CallOptions]
+    ) -> Iterator[JobEvent]:
         """The job's events from number ``after`` on (``GET /v2/jobs/{id}/events``), until the
-        one that says it is over. A stream that breaks (a server restart, a network fault) is
-        opened again from the last event received (``Last-Event-ID``): none is lost or
-        repeated."""
+        one that says it is over (``follow=False``: only those so far). A stream that breaks (a
+        server restart, a network fault) is opened again from the last event received
+        (``Last-Event-ID``): none is lost or repeated."""
         last = after
         early = 0
         while True:
-            stream = Stream(_opener(self._client, self.id, last, options), parse_job_event)
+            opener = _opener(self._client, self.id, last, follow, options)
+            stream = Stream(opener, parse_job_event)
             try:
                 for event in stream:
                     early = 0
@@ -128,6 +141,8 @@ class Job:
                     yield event
                     if is_terminal(event):
                         return
+                if not follow:
+                    return
             except APIConnectionError:
                 pass
             finally:
@@ -190,8 +205,10 @@ class Job:
         return self._client.datasets.download(result["dataset"], **kwargs, **options)
 
 
-def _opener(client: Client, job_id: str, after: int, options: CallOptions) -> Opener:
-    plan = plan_job_events(job_id, after)
+def _opener(
+    client: ClientLike, job_id: str, after: int, follow: bool, options: CallOptions
+) -> Opener:
+    plan = plan_job_events(job_id, after, follow)
     pipeline = client._pipeline
     return lambda: pipeline.open_stream(plan, options)
 
@@ -206,7 +223,7 @@ class JobTable(list[Job]):
 class Jobs:
     """``client.jobs``: create, list, follow and cancel jobs."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: ClientLike) -> None:
         self._client = client
 
     def create(
