@@ -193,6 +193,20 @@ def serve(
             help="The largest dataset upload in bytes (413 above).",
         ),
     ] = 8 * 1024 * 1024 * 1024,
+    max_trainings: Annotated[
+        int,
+        typer.Option(
+            envvar="MAAS_SERVER_MAX_TRAININGS",
+            help="Training jobs that train at once, each in a process of its own.",
+        ),
+    ] = 1,
+    training_threads: Annotated[
+        int | None,
+        typer.Option(
+            envvar="MAAS_SERVER_TRAINING_THREADS",
+            help="CPU threads each training may use (default: half the server's CPUs).",
+        ),
+    ] = None,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2 / Triton).
 
@@ -256,6 +270,8 @@ def serve(
         access_log=access_log,  # type: ignore[arg-type]
         data_dir=data_dir,
         max_dataset_bytes=max_dataset_bytes,
+        max_trainings=max_trainings,
+        training_threads=training_threads,
     )
     if not settings.auth_enabled and not _loopback(host):
         logging.getLogger("maas_server").warning(

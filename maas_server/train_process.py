@@ -72,7 +72,7 @@ class TrainingRequest:
     out_dir: str
     metadata: dict[str, Any] = field(default_factory=dict)
     threads: int = 1
-    nice: int = 10
+    nice: int = 19
     parent_pid: int = 0
 
 

@@ -1,8 +1,11 @@
-"""Smoke test of ``benchmarks/loadgen.py``: under a second of load on the session's server."""
+"""Smoke tests of ``benchmarks/loadgen.py`` (under a second of load on the session's server)
+and of ``benchmarks/training_latency.py`` (its quick run)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,3 +75,16 @@ async def test_loadgen_refuses_non_loopback_targets(url: str) -> None:
 )
 def test_loopback_targets_are_accepted(url: str) -> None:
     loadgen.check_loopback(url)
+
+
+def test_training_latency_benchmark_runs(tmp_path: Path) -> None:
+    """``benchmarks/training_latency.py --quick``: a real ``maas serve``, a training job running
+    through the second phase; the figures are printed, not judged (a shared machine's p99)."""
+    from benchmarks import training_latency
+
+    out = tmp_path / "summary.json"
+    training_latency.main(["--quick", "--json", str(out)])
+    summary = json.loads(out.read_text())
+    assert summary["alone"]["errors"] == 0 and summary["training"]["errors"] == 0
+    assert summary["alone"]["median_p99_ms"] > 0 and summary["training"]["median_p99_ms"] > 0
+    assert summary["training_epochs_done"][0] >= 1  # the training ran during the phase
