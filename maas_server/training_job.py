@@ -29,7 +29,8 @@ from typing import Any
 
 from maas_wire.jobs import JobInfo, JobProgress
 
-from .errors import BadRequestError, ServerError
+from .datasets import DatasetNotFound
+from .errors import BadRequestError, ForbiddenError, ServerError
 from .jobs import JobCancelled, JobContext, JobFailed, RestartPolicy, ValidationContext
 from .publish import Publisher, Upload
 from .repository import valid_model_name
@@ -84,6 +85,9 @@ class TrainingKind:
                 "pip install 'maas[torch]', or use engine 'sklearn'"
             )
         info = ctx.datasets.get(params.dataset, params.dataset_version)
+        if ctx.owner is not None and info.owner is not None and info.owner != ctx.owner:
+            raise DatasetNotFound(f"no dataset named {params.dataset!r}")  # as its routes say
+        self._check_model_owner(params.name, ctx.owner)
         schema = [(f.name, f.datatype, f.shape) for f in info.schema_]
         try:
             features = plan_features(schema, params.target, params.features)
@@ -103,6 +107,26 @@ class TrainingKind:
         checked = params.to_spec()
         checked.update(dataset_version=info.version, task=task)
         return checked
+
+    def _check_model_owner(self, name: str, owner: str | None) -> None:
+        """403 when keys are on and ``name`` has a version on disk that this key did not
+        publish: a training key may make new models, not replace another's."""
+        if owner is None:
+            return
+        repository = self.publisher.repository
+        if not (repository.root / name).is_dir():
+            return
+        published = self.publisher.index.versions(name)
+        foreign = [
+            v
+            for v in repository.versions_on_disk(name)
+            if v not in published or published[v].key_name != owner
+        ]
+        if foreign:
+            raise ForbiddenError(
+                f"model {name!r} has versions that key {owner!r} did not publish; a training "
+                "publishes a new model, or a new version of a model this key published"
+            )
 
     def initial_progress(self, spec: Mapping[str, Any]) -> JobProgress:
         return JobProgress(unit="epochs", done=0, total=_epochs(spec))

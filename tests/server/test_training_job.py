@@ -81,13 +81,15 @@ async def create(client: httpx.AsyncClient, **spec: Any) -> str:
     return job_id
 
 
-async def finished(client: httpx.AsyncClient, job_id: str) -> JobInfo:
+async def finished(
+    client: httpx.AsyncClient, job_id: str, headers: dict[str, str] | None = None
+) -> JobInfo:
     """The job once it is over (polling its state, with the tests' deadline)."""
     info: JobInfo | None = None
 
     async def over() -> bool:
         nonlocal info
-        answer = await client.get(f"/v2/jobs/{job_id}")
+        answer = await client.get(f"/v2/jobs/{job_id}", headers=headers)
         info = JobInfo.model_validate(answer.json())
         return info.state in TERMINAL
 
@@ -463,3 +465,45 @@ async def test_restart_policy_follows_the_spec() -> None:
     assert kind.on_restart(job) == "fail"
     job.spec["on_restart"] = "restart"
     assert kind.on_restart(job) == "restart"
+
+
+async def test_keys_train_on_their_own_datasets_and_models(tmp_path: Path) -> None:
+    """With API keys: a training reads only the key's datasets (another key's is a 404, as
+    its routes say) and publishes only new models or the key's own (403 otherwise)."""
+    from maas_server.keys_file import add_key
+
+    keys = tmp_path / "keys.json"
+    alice, _ = add_key(keys, "alice", ["jobs", "read", "infer"])
+    bob, _ = add_key(keys, "bob", ["jobs", "read", "infer"])
+    digits = load_digits()
+    buffer = io.BytesIO()
+    np.savez(buffer, image=digits.images, digit=digits.target)
+    async with training_app(tmp_path, api_keys_file=keys) as (_, client):
+        for key in (alice, bob):
+            answer = await client.post(
+                "/v2/datasets/digits?format=npz",
+                content=buffer.getvalue(),
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert answer.status_code == 201, answer.text
+        body = {
+            "type": "training",
+            "dataset": "digits",
+            "dataset_version": 1,  # alice's
+            "target": "digit",
+            "name": "alices",
+            "model": "linear",
+        }
+        as_bob = {"Authorization": f"Bearer {bob}"}
+        as_alice = {"Authorization": f"Bearer {alice}"}
+        refused = await client.post("/v2/jobs", json=body, headers=as_bob)
+        assert refused.status_code == 404 and "no dataset named 'digits'" in refused.text
+        made = await client.post("/v2/jobs", json=body, headers=as_alice)
+        assert made.status_code == 201, made.text
+        info = await finished(client, made.json()["id"], as_alice)
+        assert info.state == "succeeded", info.error
+        taken = await client.post("/v2/jobs", json={**body, "dataset_version": 2}, headers=as_bob)
+        assert taken.status_code == 403, taken.text
+        assert "model 'alices' has versions that key 'bob' did not publish" in taken.text
+        again = await client.post("/v2/jobs", json=body, headers=as_alice)
+        assert again.status_code == 201, again.text  # her own model: its next version
