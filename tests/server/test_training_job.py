@@ -507,3 +507,49 @@ async def test_keys_train_on_their_own_datasets_and_models(tmp_path: Path) -> No
         assert "model 'alices' has versions that key 'bob' did not publish" in taken.text
         again = await client.post("/v2/jobs", json=body, headers=as_alice)
         assert again.status_code == 201, again.text  # her own model: its next version
+
+
+async def test_torch_engine_as_a_job(tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="the torch engine needs PyTorch: pip install 'maas[torch]'")
+    digits = load_digits()
+    images = digits.images.astype(np.float32)
+    async with training_app(tmp_path) as (_, client):
+        await upload_npz(client, "digits", image=images, digit=digits.target)
+        job_id = await create(
+            client, dataset="digits", target="digit", name="torch-digits", engine="torch"
+        )
+        info = await finished(client, job_id)
+        assert info.state == "succeeded", info.error
+        assert info.result is not None and info.result["engine"] == "torch"
+        assert info.result["metrics"]["accuracy"] >= 0.95
+        assert info.result["metrics"]["export_check"]["label_agreement"] == 1.0
+        served = await infer(
+            client,
+            "torch-digits",
+            [
+                {
+                    "name": "image",
+                    "datatype": "FP32",
+                    "shape": [3, 8, 8],
+                    "data": images[:3].ravel().tolist(),
+                }
+            ],
+        )
+        assert served["label"].tolist() == digits.target[:3].tolist()
+        versions = (await client.get("/v2/repository/models/torch-digits/versions")).json()
+        assert versions["versions"][0]["framework"] == "torch"
+
+
+async def test_torch_engine_without_torch_is_a_400(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import maas_server.training_job
+
+    monkeypatch.setattr(maas_server.training_job, "torch_available", lambda: False)
+    digits = load_digits()
+    async with training_app(tmp_path) as (_, client):
+        await upload_npz(client, "digits", image=digits.images, digit=digits.target)
+        body = {"type": "training", "dataset": "digits", "target": "digit", "name": "t"}
+        answer = await client.post("/v2/jobs", json={**body, "engine": "torch"})
+        assert answer.status_code == 400
+        assert "engine 'torch' needs PyTorch on the server" in answer.json()["error"]
