@@ -553,3 +553,18 @@ async def test_torch_engine_without_torch_is_a_400(
         answer = await client.post("/v2/jobs", json={**body, "engine": "torch"})
         assert answer.status_code == 400
         assert "engine 'torch' needs PyTorch on the server" in answer.json()["error"]
+
+
+async def test_trainings_beyond_max_trainings_wait_for_a_slot(tmp_path: Path) -> None:
+    digits = load_digits()
+    async with training_app(tmp_path, max_trainings=1, max_running_jobs=2) as (app, client):
+        await upload_npz(client, "digits", image=digits.images, digit=digits.target)
+        first = await create(client, dataset="digits", target="digit", name="a", epochs=3)
+        second = await create(client, dataset="digits", target="digit", name="b", epochs=3)
+        one, two = await finished(client, first), await finished(client, second)
+        assert one.state == two.state == "succeeded", (one.error, two.error)
+        waited = [e for e in events(app, second, "log") if "training slot" in e.data["message"]]
+        assert waited, events(app, second)
+        assert one.finished is not None
+        # the second trained only once the first was over
+        assert events(app, second, "epoch")[0].time >= events(app, first, "epoch")[-1].time
