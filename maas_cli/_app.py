@@ -9,6 +9,7 @@ from typer.core import TyperGroup
 
 from ._common import accept_global_options, root
 from .bench import bench
+from .datasets import datasets_app
 from .generate import generate
 from .health import health
 from .jobs import jobs_app
@@ -46,6 +47,7 @@ app.command(name="generate")(generate)
 app.add_typer(keys_app, name="keys")
 app.command(name="health")(health)
 app.add_typer(models_app, name="models")
+app.add_typer(datasets_app, name="datasets")
 app.add_typer(jobs_app, name="jobs")
 app.command(name="predict")(predict)
 app.command(name="bench")(bench)

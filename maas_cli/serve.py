@@ -207,6 +207,13 @@ def serve(
             help="CPU threads each training may use (default: half the server's CPUs).",
         ),
     ] = None,
+    max_running_jobs: Annotated[
+        int,
+        typer.Option(
+            envvar="MAAS_SERVER_MAX_RUNNING_JOBS",
+            help="Jobs (batch inference, training) that run at once; the others wait.",
+        ),
+    ] = 2,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2 / Triton).
 
@@ -272,6 +279,7 @@ def serve(
         max_dataset_bytes=max_dataset_bytes,
         max_trainings=max_trainings,
         training_threads=training_threads,
+        max_running_jobs=max_running_jobs,
     )
     if not settings.auth_enabled and not _loopback(host):
         logging.getLogger("maas_server").warning(

@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import math
 import os
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -472,9 +475,9 @@ class _BatchRun:
             concurrency = concurrency or 4 * len(spec["endpoints"])
         else:
             model = ctx.repository.get(spec["model"], spec["version"])
-            concurrency = concurrency or max(2, 2 * model.config.instance_count)
+            concurrency = concurrency or max(4, 2 * model.config.instance_count)
         self.requests = asyncio.Semaphore(concurrency)
-        chunks_at_once = asyncio.Semaphore(2)  # one being read or written while one runs
+        chunks_at_once = asyncio.Semaphore(3)  # one being read or written while one runs
         tasks: list[asyncio.Task[None]] = []
         try:
             for start in starts:
@@ -590,7 +593,9 @@ class _BatchRun:
         self, start: int, good: Sequence[tuple[int, int, Mapping[str, np.ndarray[Any, Any]]]]
     ) -> str | None:
         """The chunk's results as ``part-<start>.parquet``: written to a temporary name, synced,
-        then renamed into place (a chunk redone after a crash overwrites it whole)."""
+        then renamed into place (a chunk redone after a crash overwrites it whole). Each row's
+        value of a multi-dimensional output is one fixed-size binary cell (its raw bytes), which
+        Parquet writes and reads without the cost of nested lists."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -599,14 +604,17 @@ class _BatchRun:
         outputs: list[str] = self.spec["outputs"]
         row = np.concatenate([np.arange(s, e, dtype=np.int64) for s, e, _ in good])
         columns: dict[str, Any] = {"row": pa.array(row)}
+        metadata: dict[str, str] = {}
         for name in outputs:
             array = np.concatenate([np.asarray(a[name]) for _, _, a in good])
-            columns[name] = _arrow_column(array)
-        table = pa.table(columns)
+            columns[name], metadata[name] = _to_part_column(array)
+        table = pa.table(columns).replace_schema_metadata(
+            {f"maas:{k}": v for k, v in metadata.items()}
+        )
         path = self.parts / f"part-{start:012d}.parquet"
         temporary = path.with_suffix(".tmp")
         with open(temporary, "wb") as sink:
-            pq.write_table(table, sink)
+            pq.write_table(table, sink, compression="none")
             sink.flush()
             os.fsync(sink.fileno())
         os.replace(temporary, path)
@@ -615,7 +623,9 @@ class _BatchRun:
     # --- the result ---------------------------------------------------------------------------
 
     def publish(self, name: str) -> DatasetInfo:
-        """The committed parts, in row order, as the result dataset."""
+        """The committed parts, in row order, as the result dataset (``row`` and the outputs):
+        NPZ arrays streamed from the parts one column at a time (never every row in memory),
+        or, when an output is text, a Parquet table."""
         import pyarrow.parquet as pq
 
         chunks = [c for c in self.ctx.store.chunks(self.ctx.job_id) if c.state == "done" and c.part]
@@ -624,47 +634,78 @@ class _BatchRun:
             first = failed.chunk_errors[0].error if failed and failed.chunk_errors else "?"
             raise JobFailed(f"every row failed; the first failure: {first}")
         outputs: list[str] = self.spec["outputs"]
-        pieces: dict[str, list[np.ndarray[Any, Any]]] = {"row": [], **{o: [] for o in outputs}}
-        for chunk in chunks:
-            assert chunk.part is not None
-            table = pq.read_table(self.parts / chunk.part)
-            for column in pieces:
-                pieces[column].append(_numpy_column(table.column(column)))
-        columns: dict[str, np.ndarray[Any, Any]] = {}
-        for column, arrays in pieces.items():
-            if arrays:
-                columns[column] = np.concatenate(arrays)
-            else:
-                columns[column] = np.empty(0, dtype=np.int64)
-        return self.ctx.datasets.create_from_columns(name, columns, owner=self.ctx.owner)
+        paths = [self.parts / c.part for c in chunks if c.part is not None]
+        kinds = _part_kinds(pq.read_schema(paths[0]))
+        if any(kinds[o]["dtype"] == "object" for o in outputs):
+            columns = {
+                column: np.concatenate([_read_part_column(path, column, kinds) for path in paths])
+                for column in ["row", *outputs]
+            }
+            return self.ctx.datasets.create_from_columns(
+                name, columns, owner=self.ctx.owner, format="parquet"
+            )
+        rows = sum(pq.read_metadata(path).num_rows for path in paths)
+        target = self.parts / "result.npz"
+        with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for column in ["row", *outputs]:
+                kind = kinds[column]
+                header = {
+                    "descr": np.lib.format.dtype_to_descr(np.dtype(kind["dtype"])),
+                    "fortran_order": False,
+                    "shape": (rows, *kind["shape"]),
+                }
+                with archive.open(f"{column}.npy", "w", force_zip64=True) as entry:
+                    np.lib.format.write_array_header_2_0(entry, header)
+                    for path in paths:
+                        entry.write(_read_part_column(path, column, kinds).tobytes())
+        return self.ctx.datasets.create_from_file(name, target, "npz", owner=self.ctx.owner)
 
 
-def _arrow_column(array: np.ndarray[Any, Any]) -> Any:
-    """A numpy column (rows first) as an Arrow array: nested fixed-size lists per extra axis."""
+def _part_kinds(schema: Any) -> dict[str, dict[str, Any]]:
+    """How to read each column of a part file back (from its schema's metadata)."""
+    kinds: dict[str, dict[str, Any]] = {"row": {"dtype": "<i8", "shape": []}}
+    for key, value in (schema.metadata or {}).items():
+        text = key.decode()
+        if text.startswith("maas:"):
+            kinds[text.removeprefix("maas:")] = json.loads(value)
+    return kinds
+
+
+def _read_part_column(
+    path: Path, column: str, kinds: Mapping[str, Mapping[str, Any]]
+) -> np.ndarray[Any, Any]:
+    import pyarrow.parquet as pq
+
+    values = pq.read_table(path, columns=[column]).column(column)
+    kind = kinds[column]
+    if kind["dtype"] == "object":
+        return np.array(values.to_pylist(), dtype=object)
+    if not kind["shape"]:
+        return np.asarray(values.to_numpy(), dtype=np.dtype(kind["dtype"]))
+    array = values.combine_chunks()
+    per_row = math.prod(kind["shape"])
+    flat = np.frombuffer(array.buffers()[1], dtype=np.dtype(kind["dtype"]))
+    flat = flat[array.offset * per_row :][: len(array) * per_row]
+    return flat.reshape([len(array), *kind["shape"]])
+
+
+def _to_part_column(array: np.ndarray[Any, Any]) -> tuple[Any, str]:
+    """A column of a part file and how to read it back (``dtype`` and per-row shape)."""
     import pyarrow as pa
 
+    shape = list(array.shape[1:])
     if array.dtype == object:
-        array = np.array(
-            [
-                v.decode("utf-8", "replace") if isinstance(v, bytes) else v
-                for v in array.reshape(-1)
-            ],
-            dtype=object,
-        ).reshape(array.shape)
-    flat = pa.array(array.reshape(-1))
-    for size in reversed(array.shape[1:]):
-        flat = pa.FixedSizeListArray.from_arrays(flat, size)
-    return flat
+        texts = [_text_of(v) for v in array.reshape(-1)]
+        if shape:
+            raise JobFailed("outputs of text with more than one value per row are not supported")
+        return pa.array(texts, type=pa.string()), json.dumps({"dtype": "object", "shape": []})
+    kind = json.dumps({"dtype": array.dtype.str, "shape": shape})
+    if not shape:
+        return pa.array(array), kind
+    width = array.dtype.itemsize * math.prod(shape)
+    data = pa.py_buffer(np.ascontiguousarray(array).tobytes())
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(array), [None, data]), kind
 
 
-def _numpy_column(column: Any) -> np.ndarray[Any, Any]:
-    """The inverse of :func:`_arrow_column`."""
-    import pyarrow as pa
-
-    array = column.combine_chunks() if hasattr(column, "combine_chunks") else column
-    shape: list[int] = [len(array)]
-    while pa.types.is_fixed_size_list(array.type):
-        shape.append(array.type.list_size)
-        array = array.flatten()
-    values = array.to_numpy(zero_copy_only=False)
-    return np.asarray(values).reshape(shape)
+def _text_of(value: Any) -> Any:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

@@ -50,6 +50,7 @@ __all__ = [
     "arrays_to_table",
     "column_to_numpy",
     "ingest",
+    "map_arrays",
     "original_name",
     "preview_rows",
     "read_rows",
@@ -133,7 +134,13 @@ def ingest(original: Path, format: str, folder: Path) -> Ingested:
 def _read_table_file(path: Path, format: str) -> pa.Table:
     try:
         if format == "csv":
-            return pa_csv.read_csv(path)
+            table = pa_csv.read_csv(path)
+            dated = [f.name for f in table.schema if pa.types.is_temporal(f.type)]
+            if not dated:
+                return table
+            # Dates and times stay the text they were, not pyarrow's rendering of its parse.
+            strings = pa_csv.ConvertOptions(column_types={name: pa.string() for name in dated})
+            return pa_csv.read_csv(path, convert_options=strings)
         if format == "jsonl":
             return pa_json.read_json(path)
         if format == "parquet":
@@ -315,6 +322,8 @@ def _store_arrays(arrays: dict[str, np.ndarray[Any, Any]], folder: Path) -> Inge
     target = folder / ARRAYS_DIR
     target.mkdir()
     for i, array in enumerate(arrays.values()):
+        if not array.dtype.isnative:  # reads hand out native arrays, as the codec expects
+            array = array.astype(array.dtype.newbyteorder("="))
         np.save(target / f"{i}.npy", array, allow_pickle=False)
     return Ingested("arrays", schema, rows)
 
@@ -362,15 +371,16 @@ def read_rows(
     stop: int,
     columns: Sequence[str] | None = None,
     table: pa.Table | None = None,
+    arrays: Sequence[np.ndarray[Any, Any]] | None = None,
 ) -> dict[str, np.ndarray[Any, Any]]:
-    """Rows ``start:stop`` of the columns (all by default) as numpy arrays. ``table``: the
-    stored table when the caller holds it open already."""
+    """Rows ``start:stop`` of the columns (all by default) as numpy arrays. ``table`` (a
+    table) or ``arrays`` (:func:`map_arrays`, arrays): what the caller holds open already."""
     picked = _columns_to_read(schema, columns)
     if kind == "arrays":
+        mapped_all = arrays if arrays is not None else map_arrays(folder, schema)
         out: dict[str, np.ndarray[Any, Any]] = {}
         for i in picked:
-            mapped = np.load(_array_path(folder, i), mmap_mode="r", allow_pickle=False)
-            part = np.array(mapped[start:stop])
+            part = np.array(mapped_all[i][start:stop])
             if part.dtype.kind in "US":
                 part = part.astype(object)
             out[schema[i].name] = part
@@ -379,6 +389,14 @@ def read_rows(
         table = read_table(folder, kind, schema, [schema[i].name for i in picked])
     part = table.slice(start, max(0, stop - start))
     return {schema[i].name: column_to_numpy(part.column(schema[i].name)) for i in picked}
+
+
+def map_arrays(folder: Path, schema: Sequence[DatasetField]) -> list[np.ndarray[Any, Any]]:
+    """The arrays of an array dataset, memory-mapped (read-only), in schema order."""
+    return [
+        np.load(_array_path(folder, i), mmap_mode="r", allow_pickle=False)
+        for i in range(len(schema))
+    ]
 
 
 def _array_to_arrow(array: np.ndarray[Any, Any]) -> pa.Array:

@@ -266,6 +266,9 @@ async def download_dataset(request: Request) -> Response:
         headers["Content-Length"] = str(size)
     if kind == info.format:
         headers["X-Content-SHA256"] = info.sha256
+    if request.method == "HEAD":
+        file.close()
+        return Response(headers=headers, media_type=_MEDIA_TYPES[kind])
     return StreamingResponse(_chunks(file), media_type=_MEDIA_TYPES[kind], headers=headers)
 
 

@@ -51,6 +51,7 @@ from .dataset_formats import (
     Ingested,
     arrays_to_table,
     ingest,
+    map_arrays,
     original_name,
     preview_rows,
     read_rows,
@@ -197,6 +198,7 @@ class OpenDataset:
         self._store = store
         self._user = user
         self._table: pa.Table | None = None
+        self._arrays: list[np.ndarray[Any, Any]] | None = None
         self._closed = False
 
     @property
@@ -214,12 +216,21 @@ class OpenDataset:
         floats and None in objects)."""
         start = max(0, start)
         stop = min(stop, self.info.rows)
-        table = None
         if self.info.kind == "table":
             if self._table is None:
                 self._table = read_table(self.folder, "table", self.schema)
-            table = self._table
-        return read_rows(self.folder, self.info.kind, self.schema, start, stop, columns, table)
+        elif self._arrays is None:
+            self._arrays = map_arrays(self.folder, self.schema)
+        return read_rows(
+            self.folder,
+            self.info.kind,
+            self.schema,
+            start,
+            stop,
+            columns,
+            table=self._table,
+            arrays=self._arrays,
+        )
 
     def read_table(self, columns: Sequence[str] | None = None) -> pa.Table:
         """The whole version (or some columns) as a pyarrow table."""
@@ -229,6 +240,7 @@ class OpenDataset:
         if not self._closed:
             self._closed = True
             self._table = None
+            self._arrays = None
             self._store._release(self.info.name, self.info.version, self._user)
 
     def __enter__(self) -> OpenDataset:
@@ -283,6 +295,9 @@ class DatasetStore:
                         "datasets: removing %s, which the catalog does not list", version
                     )
                     shutil.rmtree(version, ignore_errors=True)
+                    continue
+                for partial in version.glob(".download-*"):  # a conversion cut short
+                    partial.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only when empty
 
@@ -600,16 +615,21 @@ class DatasetStore:
             raise BadRequestError(f"datasets are made from columns as parquet or npz, not {format}")
         staged = self._stage()
         try:
-            path = staged / f"columns.{format}"
+            path = staged / "upload.bin"
             try:
                 if format == "npz":
                     with path.open("wb") as out:
                         np.savez(out, **dict(columns))  # type: ignore[arg-type]
                 else:
                     pq.write_table(arrays_to_table(dict(columns)), path)
+                digest = hashlib.sha256()
+                with path.open("rb") as written:
+                    while block := written.read(_BATCH):
+                        digest.update(block)
             except OSError as exc:
                 raise storage_error(exc, "the dataset") from None
-            return self.create_from_file(name, path, format, owner=owner)
+            size = path.stat().st_size
+            return self._finish(name, staged, path, format, size, digest.hexdigest(), owner)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
 

@@ -25,6 +25,7 @@ import asyncio
 import logging
 import shutil
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -158,17 +159,17 @@ class JobContext:
 
 
 class JobKind(Protocol):
-    """One type of job (``"batch"``, ``"training"``)."""
+    """One type of job (``"batch"``, ``"training"``).
+
+    A kind may also define ``initial_progress(spec) -> JobProgress``: the progress a queued job
+    shows (its total, in its unit); without it a queued job shows none.
+    """
 
     type: str
 
     def validate(self, spec: dict[str, Any], ctx: ValidationContext) -> dict[str, Any]:
         """The spec, checked and completed with its defaults; raise a ServerError (400 naming
         the problem) to refuse it."""
-        ...
-
-    def initial_progress(self, spec: Mapping[str, Any]) -> JobProgress:
-        """The progress of a job not yet started (its total, in its unit)."""
         ...
 
     async def run(self, ctx: JobContext) -> dict[str, Any]:
@@ -205,6 +206,7 @@ class JobRunner:
         self._listeners: dict[str, set[asyncio.Queue[JobEvent]]] = {}
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
 
     @property
     def store(self) -> JobStore:
@@ -235,6 +237,7 @@ class JobRunner:
         """Pick up what the last run of the server left: running jobs are resumed, restarted or
         failed as their kind says; queued ones are queued again."""
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._slots = asyncio.Semaphore(max(1, self.settings.max_running_jobs))
         self._stopping = False
         if self._store is None and not (self.data_dir / JOBS_FILE).exists():
@@ -314,7 +317,7 @@ class JobRunner:
             checked,
             owner=owner,
             idempotency_key=idempotency_key,
-            progress=kind.initial_progress(checked),
+            progress=_initial_progress(kind, checked),
             request_digest=digest,
         )
         if created:
@@ -348,10 +351,19 @@ class JobRunner:
     # --- events -----------------------------------------------------------------------------
 
     def emit(self, job_id: str, type_: str, data: Mapping[str, Any]) -> JobEvent:
+        """Store an event and hand it to the job's listeners; safe to call from any thread (a
+        kind's worker thread, say)."""
         event = self.store.add_event(job_id, type_, data)
+        loop = self._loop
+        if loop is not None and threading.get_ident() != self._loop_thread:
+            loop.call_soon_threadsafe(self._fan_out, job_id, event)
+        else:
+            self._fan_out(job_id, event)
+        return event
+
+    def _fan_out(self, job_id: str, event: JobEvent) -> None:
         for queue in self._listeners.get(job_id, ()):
             queue.put_nowait(event)
-        return event
 
     def listen(self, job_id: str) -> asyncio.Queue[JobEvent]:
         """A queue that receives the job's events from now on (:meth:`unlisten` it)."""
@@ -437,6 +449,12 @@ class JobRunner:
             current = self.store.get(job.id)
             if current is not None and current.state in TERMINAL_STATES:
                 await asyncio.to_thread(shutil.rmtree, scratch, True)
+
+
+def _initial_progress(kind: JobKind, spec: Mapping[str, Any]) -> JobProgress:
+    initial = getattr(kind, "initial_progress", None)
+    progress = initial(spec) if initial is not None else None
+    return progress if isinstance(progress, JobProgress) else JobProgress()
 
 
 class _End:

@@ -88,3 +88,16 @@ def test_training_latency_benchmark_runs(tmp_path: Path) -> None:
     assert summary["alone"]["errors"] == 0 and summary["training"]["errors"] == 0
     assert summary["alone"]["median_p99_ms"] > 0 and summary["training"]["median_p99_ms"] > 0
     assert summary["training_epochs_done"][0] >= 1  # the training ran during the phase
+
+
+def test_batch_jobs_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import batch_jobs
+
+    out = tmp_path / "run.json"
+    assert batch_jobs.main(["--rows", "3000", "--online-seconds", "0.3", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "batch job / infer_batched rows/s" in printed and "online p99" in printed
+    data = json.loads(out.read_text())
+    assert data["rows"] == 3000 and data["job_s"] > 0 and data["infer_batched_s"] > 0
+    assert data["online_alone"]["calls"] > 0 and data["online_during_job"]["calls"] > 0
+    assert set(data["ratios"]) == {"job_to_infer_batched", "p99_during_to_alone"}

@@ -184,10 +184,10 @@ class AsyncJob:
         return await self.refresh(**options)
 
     async def result(self, *, format: str | None = None, **options: Unpack[CallOptions]) -> Any:
-        """The results (waiting for the job first): for a batch job, its result dataset as a
-        pandas DataFrame (``row`` then the outputs), or as ``{column: array}`` with
-        ``format="npz"`` (see ``client.datasets.download``). Raises :class:`JobError` when the
-        job failed or was cancelled."""
+        """The results (waiting for the job first): for a batch job, its result dataset as
+        ``{column: array}`` (``row``, then each output with its per-row shape), or as a pandas
+        DataFrame with ``format="parquet"`` (see ``client.datasets.download``). Raises
+        :class:`JobError` when the job failed or was cancelled."""
         if not self.done:
             await self.wait(progress=False, **options)
         if self.state != "succeeded" or not self.info.result:
@@ -251,6 +251,7 @@ class AsyncJobs:
         outputs: Sequence[str] | None = None,
         batch_size: int | None = None,
         chunk_rows: int | None = None,
+        concurrency: int | None = None,
         priority: int | None = None,
         stop_on_error: bool = False,
         endpoints: Sequence[str] | None = None,
@@ -262,7 +263,8 @@ class AsyncJobs:
 
         ``inputs`` maps model inputs to columns (by name when they match; a list of scalar
         columns is stacked into one input); ``outputs`` keeps some outputs (all by default);
-        ``batch_size`` rows per request (the model's ``max_batch_size`` by default);
+        ``batch_size`` rows per request (the model's ``max_batch_size`` by default), at most
+        ``concurrency`` requests at once; ``chunk_rows`` rows committed at a time;
         ``priority`` (the model's lowest level by default, so online requests keep their
         latency); ``stop_on_error`` fails the job at the first failed chunk instead of going
         on; ``endpoints`` spreads the requests over several servers.
@@ -278,6 +280,7 @@ class AsyncJobs:
             outputs=outputs,
             batch_size=batch_size,
             chunk_rows=chunk_rows,
+            concurrency=concurrency,
             priority=priority,
             stop_on_error=stop_on_error,
             endpoints=endpoints,

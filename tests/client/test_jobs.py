@@ -72,11 +72,11 @@ def test_result_as_arrays_and_as_a_dataframe(jobs_server: RunningServer, tmp_pat
     expected = reference(repository)
     with Client(jobs_server.url) as client:
         job = client.jobs.create_batch("mlp", "rows", batch_size=32)
-        arrays = job.result(format="npz")  # waits for the job first
+        arrays = job.result()  # waits for the job first
         assert job.state == "succeeded"
         assert arrays["row"].tolist() == list(range(200))
         np.testing.assert_allclose(arrays["output"], expected, rtol=1e-5, atol=1e-5)
-        frame = job.result()
+        frame = job.result(format="parquet")
         assert list(frame.columns) == ["row", "output"] and len(frame) == 200
         np.testing.assert_allclose(
             np.stack(frame["output"].to_numpy()), expected, rtol=1e-5, atol=1e-5
@@ -92,6 +92,16 @@ def test_the_result_of_a_failed_job_raises(jobs_server: RunningServer) -> None:
         job.info = job.info.model_copy(update={"state": "failed", "error": "boom"})
         with pytest.raises(JobError, match="failed: boom"):
             job.result()
+
+
+def test_wait_shows_a_progress_bar(
+    jobs_server: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Client(jobs_server.url) as client:
+        job = client.jobs.create_batch("mlp", "rows", batch_size=16, chunk_rows=16)
+        job.wait(progress="always")
+    err = capsys.readouterr().err
+    assert f"job {job.id[:8]}" in err and "200/200" in err
 
 
 def test_the_same_idempotency_key_gives_the_same_job(jobs_server: RunningServer) -> None:

@@ -303,3 +303,21 @@ async def test_a_job_spreads_its_requests_over_several_servers(
     assert list(columns["row"]) == list(range(512))
     expected = reference(repository, "mlp", {"input": rows})["output"]
     np.testing.assert_allclose(columns["output"], expected, rtol=1e-5, atol=1e-5)
+
+
+async def test_text_inputs_and_outputs(repository: Path, tmp_path: Path) -> None:
+    words = [f"word {i}" for i in range(40)]
+    path = tmp_path / "words.csv"
+    path.write_text("text,n\n" + "\n".join(f"{w},{i}" for i, w in enumerate(words)) + "\n")
+    async with batch_app(repository, tmp_path / "data", ("strings",)) as (app, client):
+        store = dataset_store(app)
+        store.create_from_file("words", path, "csv", owner=None)
+        body = {"type": "batch", "model": "strings", "dataset": "words", "batch_size": 16}
+        answer = await client.post("/v2/jobs", json=body)
+        assert answer.status_code == 201, answer.text
+        info = await finished(client, answer.json()["id"])
+        assert info.state == "succeeded", info.error
+        columns = result_columns(store, info)
+    assert columns["row"].tolist() == list(range(40))
+    assert columns["upper"].tolist() == [w.upper() for w in words]
+    assert columns["same"].tolist() == words

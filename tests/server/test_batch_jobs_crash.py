@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from maas_client import Client
+from maas_client.types import JobEvent
 from maas_server.datasets import DatasetStore
 from tests import models
 from tests.conftest import free_port
@@ -42,8 +45,10 @@ def poll(check: Callable[[], Any], what: str, timeout: float = 2 * DEADLINE_S) -
 
 
 class ServerProcess:
-    def __init__(self, repository: Path, data_dir: Path, log: Path, *extra: str) -> None:
-        self.port = free_port()
+    def __init__(
+        self, repository: Path, data_dir: Path, log: Path, *extra: str, port: int | None = None
+    ) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "tests.server.job_server"]
         command += [str(repository), str(data_dir), str(self.port), *extra]
@@ -101,6 +106,8 @@ def test_kill_9_in_the_middle_of_a_job_then_restart_every_row_exactly_once(
     log = tmp_path / "server.log"
     # 12 model runs, then every run is held: the job cannot finish before the kill
     first = ServerProcess(repository, data_dir, log, "--hold-after", "12")
+    follower: threading.Thread | None = None
+    followed: list[JobEvent] = []
     try:
         body = {
             "type": "batch",
@@ -117,10 +124,18 @@ def test_kill_9_in_the_middle_of_a_job_then_restart_every_row_exactly_once(
             "rows done > 0",
         )
         assert mid["state"] == "running" and 0 < mid["progress"]["done"] < ROWS
+
+        def follow() -> None:  # across the kill: the client reconnects with Last-Event-ID
+            with Client(first.url, max_retries=5) as client:
+                followed.extend(client.jobs.get(job_id).events())
+
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
+        poll(lambda: len(followed) >= 3, "the follower has events")
     finally:
         first.kill()
 
-    second = ServerProcess(repository, data_dir, log)
+    second = ServerProcess(repository, data_dir, log, port=first.port)
     try:
         done = poll(
             lambda: (info := second.job(job_id))["state"] in ("succeeded", "failed") and info,
@@ -130,8 +145,13 @@ def test_kill_9_in_the_middle_of_a_job_then_restart_every_row_exactly_once(
         assert done["progress"]["done"] == ROWS and not done["chunk_errors"]
         events = httpx.get(f"{second.url}/v2/jobs/{job_id}/events").text
         assert "interrupted by a server restart: resume" in events
+        follower.join(2 * DEADLINE_S)
+        assert not follower.is_alive()
     finally:
         second.stop()
+    seqs = [e.seq for e in followed]
+    assert seqs == list(range(1, len(seqs) + 1))  # none lost, none twice, across the restart
+    assert followed[-1].type == "state" and followed[-1].data["state"] == "succeeded"
 
     store = DatasetStore(data_dir)
     try:

@@ -4,6 +4,7 @@ scopes."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hashlib
 import io
@@ -145,6 +146,35 @@ async def test_downloads_convert_to_parquet_csv_and_npz(repository: Path, tmp_pa
         assert "holds an array per row" in refused.json()["error"]
         bad = await client.get("/v2/datasets/t/data", params={"format": "xlsx"})
         assert bad.status_code == 400 and "'xlsx'" in bad.json()["error"]
+
+
+async def test_head_of_a_download_says_its_size_without_a_body(
+    repository: Path, tmp_path: Path
+) -> None:
+    async with asgi_app(_settings(repository, tmp_path), models=()) as (_, client):
+        assert (await client.post("/v2/datasets/t", content=CSV)).status_code == 201
+        head = await client.head("/v2/datasets/t/data")
+        assert head.status_code == 200
+        assert head.headers["content-length"] == str(len(CSV))
+        assert head.content == b""
+
+
+async def _stalled(first: bytes, never: asyncio.Event) -> AsyncIterator[bytes]:
+    yield first
+    await never.wait()  # the rest never comes: the server's deadline ends the request
+    yield b""
+
+
+async def test_an_upload_cut_by_the_request_deadline_keeps_nothing(
+    repository: Path, tmp_path: Path
+) -> None:
+    settings = _settings(repository, tmp_path, request_timeout_s=0.5)
+    async with asgi_app(settings, models=()) as (_, client):
+        never = asyncio.Event()
+        answer = await client.post("/v2/datasets/slow", content=_stalled(CSV, never))
+        assert answer.status_code == 504
+        assert (await client.get("/v2/datasets/slow")).status_code == 404
+    assert _left(tmp_path) == [".staging"]
 
 
 async def test_versions_show_download_and_delete(repository: Path, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ file gets, versions, open versions and delete, and what a crash leaves behind.""
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -102,6 +103,12 @@ def test_arrays_keep_their_per_row_shape(store: DatasetStore, tmp_path: Path) ->
         np.testing.assert_array_equal(part["images"], images[2:4])
         table = dataset.read_table()
         assert table.num_rows == 5
+    swapped = np.arange(3, dtype=">f4")
+    store.create_from_file("be", _file(tmp_path, "be.npy", _npy(swapped)), "npy", owner=None)
+    with store.open("be") as dataset:
+        read = dataset.read(0, 3)["array"]
+    assert read.dtype == np.dtype("float32") and read.dtype.isnative
+    assert read.tolist() == [0.0, 1.0, 2.0]
     single = store.create_from_file(
         "x", _file(tmp_path, "x.npy", _npy(np.ones((4, 3), np.float32))), "npy", owner=None
     )
@@ -126,6 +133,14 @@ def test_integers_with_missing_values_are_fp64_with_nan(
     with store.open("gaps") as dataset:
         a = dataset.read(0, 3)["a"]
     assert a[0] == 1.0 and np.isnan(a[1])
+
+
+def test_dates_stay_the_text_they_were(store: DatasetStore, tmp_path: Path) -> None:
+    text = "when,v\n2024-01-01T08:30:00,1\n2024-01-02,2\n"
+    store.create_from_file("dates", _file(tmp_path, "d.csv", text), "csv", owner=None)
+    assert _schema(store, "dates") == [("when", "BYTES", []), ("v", "INT64", [])]
+    with store.open("dates") as dataset:
+        assert dataset.read(0, 2)["when"].tolist() == ["2024-01-01T08:30:00", "2024-01-02"]
 
 
 BAD_FILES = [
@@ -246,8 +261,11 @@ def test_reopening_removes_what_a_crash_left_and_keeps_the_catalog(tmp_path: Pat
     (files / ".staging" / "half" / "upload.bin").write_bytes(b"partial")
     (files / "kept" / "2").mkdir()  # renamed into place, killed before its catalog row
     (files / "orphan" / "1").mkdir(parents=True)
+    (files / "kept" / "1" / ".download-half.csv").write_bytes(b"x,")  # a conversion cut short
     store = DatasetStore(tmp_path / "data")
     assert store.get("kept") == info
+    assert not list((files / "kept" / "1").glob(".download-*"))
+    assert (files / "kept" / "1" / "original.parquet").is_file()
     assert sorted(p.name for p in files.iterdir()) == ["kept"]
     assert [p.name for p in (files / "kept").iterdir()] == ["1"]
     assert store.create_from_columns("kept", {"x": np.arange(3)}, owner=None).version == 2
@@ -255,6 +273,9 @@ def test_reopening_removes_what_a_crash_left_and_keeps_the_catalog(tmp_path: Pat
 
 
 def test_the_catalog_schema_is_json_of_the_wire_fields(store: DatasetStore) -> None:
-    store.create_from_columns("s", {"v": np.zeros((2, 3), np.float32)}, owner=None)
+    info = store.create_from_columns("s", {"v": np.zeros((2, 3), np.float32)}, owner=None)
+    stored = store.download_path(info, "original").read_bytes()
+    assert hashlib.sha256(stored).hexdigest() == info.sha256
+    assert len(stored) == info.size_bytes
     (schema,) = store._db.execute("SELECT schema FROM datasets").fetchone()
     assert json.loads(schema) == [{"name": "v", "datatype": "FP32", "shape": [3]}]

@@ -26,7 +26,7 @@ from maas_server.keys_file import add_key
 from maas_wire.jobs import JobEvent, JobInfo, JobProgress
 from tests.conftest import free_port
 from tests.server.apps import bearer
-from tests.waiting import until
+from tests.waiting import DEADLINE_S, until
 
 pytestmark = pytest.mark.asyncio
 
@@ -321,3 +321,46 @@ async def test_jobs_belong_to_their_key_and_need_the_jobs_scope(
         assert alice.status_code == 200
         kind.release.release()
         await until(lambda: kind.running == 0)
+
+
+class ThreadedKind:
+    """A kind with no ``initial_progress`` that reports from a worker thread (as a kind whose
+    work runs in a child process, read by a thread, would)."""
+
+    type = "threaded"
+
+    def __init__(self) -> None:
+        self.go = threading.Event()
+
+    def validate(self, spec: dict[str, Any], ctx: ValidationContext) -> dict[str, Any]:
+        return spec
+
+    async def run(self, ctx: JobContext) -> dict[str, Any]:
+        def work() -> None:
+            self.go.wait(DEADLINE_S)
+            ctx.set_progress(1, 2, "epochs")
+            ctx.emit("metrics", {"epoch": 1, "loss": 0.5})
+            ctx.set_progress(2, 2, "epochs")
+
+        await asyncio.to_thread(work)
+        return {"done": True}
+
+    def on_restart(self, job: JobInfo) -> RestartPolicy:
+        return "fail"
+
+
+async def test_a_kind_may_report_from_a_worker_thread(repository: Path, tmp_path: Path) -> None:
+    async with jobs_app(repository, tmp_path) as (app, client, _):
+        kind = ThreadedKind()
+        app.state.jobs.register(kind)
+        answer = await client.post("/v2/jobs", json={"type": "threaded"})
+        assert answer.status_code == 201, answer.text
+        assert answer.json()["progress"]["total"] == 0  # no initial_progress: none shown
+        queue = app.state.jobs.listen(answer.json()["id"])
+        kind.go.set()
+        await wait_state(client, answer.json()["id"], "succeeded")
+        await until(lambda: queue.qsize() >= 4)
+        seen = [queue.get_nowait() for _ in range(queue.qsize())]
+        assert {"metrics", "progress"} <= {e.type for e in seen}
+        info = JobInfo.model_validate((await client.get(f"/v2/jobs/{answer.json()['id']}")).json())
+        assert info.progress.done == 2 and info.progress.unit == "epochs"
