@@ -8,8 +8,11 @@ torch's) get ``threads`` threads, so online requests keep the rest of the CPUs. 
 plain dicts back through a pipe: ``{"type": "epoch", "data": {...}}`` each epoch, then one of
 ``done`` (with the result), ``failed`` (with the reason) or ``cancelled``.
 
-Cancelling sets an event the child reads before each epoch: it stops within one epoch. When it
-does not end within a grace period after that (a stuck epoch), it is terminated. The child
+After each epoch the child waits for the server's answer, go on or stop, which the server gives
+as soon as it has handled the epoch: a cancel stops the training at the end of the epoch under
+way. (An event the child reads before each epoch says the same, for a cancel that comes before
+the first epoch.) When the child does not end within a grace period after that (a stuck epoch),
+it is terminated. The child
 also dies with the server: Linux kills it when the server does (``PR_SET_PDEATHSIG``), and it
 checks its parent before each epoch besides.
 
@@ -114,9 +117,10 @@ class TrainingProcess:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         receive, send = self._context.Pipe(duplex=False)
+        answers, answer = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=child_main,
-            args=(self.request, send, self._stop),
+            args=(self.request, send, self._stop, answers),
             name="maas-training",
             daemon=True,
         )
@@ -125,6 +129,7 @@ class TrainingProcess:
         process.start()
         self._process = process
         send.close()
+        answers.close()
 
         def read() -> None:
             try:
@@ -168,6 +173,14 @@ class TrainingProcess:
                     longest_epoch = max(longest_epoch, now - last_epoch)
                     last_epoch = now
                     on_epoch(dict(message["data"]))
+                    # the child waits for this before its next epoch: a cancel that came before
+                    # this answer stops it now, not one epoch later
+                    go = not cancelled()
+                    if not go and stop_asked is None:
+                        self._stop.set()
+                        stop_asked = time.monotonic()
+                    with contextlib.suppress(OSError):
+                        answer.send(go)
                 elif kind == "done":
                     outcome = ProcessOutcome("done", result=message["result"])
                 elif kind == "failed":
@@ -176,6 +189,7 @@ class TrainingProcess:
                     outcome = ProcessOutcome("cancelled")
         finally:
             self._stop.set()
+            answer.close()
             await asyncio.to_thread(_end, process)
         if outcome is None:
             if stop_asked is not None:
@@ -210,8 +224,9 @@ def _die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def child_main(request: TrainingRequest, conn: Connection, stop: Any) -> None:
-    """The child's entry point: limit threads, lower priority, train, report, exit."""
+def child_main(request: TrainingRequest, conn: Connection, stop: Any, answers: Connection) -> None:
+    """The child's entry point: limit threads, lower priority, train, report, exit. After each
+    epoch it waits for the server's answer (go on, or stop)."""
     for variable in _THREAD_VARIABLES:
         os.environ[variable] = str(request.threads)
     _die_with_parent()
@@ -223,15 +238,25 @@ def child_main(request: TrainingRequest, conn: Connection, stop: Any) -> None:
 
     warnings.simplefilter("ignore")  # overflow on the way to divergence is reported as such
 
+    told_to_stop = False
+
+    def gone() -> bool:
+        return request.parent_pid != 0 and os.getppid() != request.parent_pid
+
     def send(message: dict[str, Any]) -> None:
+        nonlocal told_to_stop
         try:
             conn.send(message)
-        except (BrokenPipeError, OSError):
+            if message["type"] == "epoch":
+                while not answers.poll(1.0):
+                    if gone():
+                        os._exit(1)
+                told_to_stop = not answers.recv()
+        except (EOFError, OSError):
             os._exit(1)  # the server is gone: nobody to train for
 
     def should_stop() -> bool:
-        gone = request.parent_pid != 0 and os.getppid() != request.parent_pid
-        return gone or bool(stop.is_set())
+        return told_to_stop or gone() or bool(stop.is_set())
 
     try:
         from threadpoolctl import threadpool_limits
@@ -243,6 +268,7 @@ def child_main(request: TrainingRequest, conn: Connection, stop: Any) -> None:
         send(_failure(exc))
     finally:
         conn.close()
+        answers.close()
 
 
 def _train(
