@@ -263,12 +263,23 @@ def child_main(request: TrainingRequest, conn: Connection, stop: Any, answers: C
 
         with threadpool_limits(limits=request.threads):
             result = _train(request, send, should_stop)
+            result["process"] = _budget()
         send({"type": "done", "result": result})
     except BaseException as exc:
         send(_failure(exc))
     finally:
         conn.close()
         answers.close()
+
+
+def _budget() -> dict[str, Any]:
+    """What this process ran with: its niceness and its numeric libraries' thread pools."""
+    from threadpoolctl import threadpool_info
+
+    return {
+        "nice": os.nice(0),
+        "thread_pools": {str(p["internal_api"]): int(p["num_threads"]) for p in threadpool_info()},
+    }
 
 
 def _train(

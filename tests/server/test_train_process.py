@@ -4,6 +4,7 @@ end of the epoch under way, and a failure comes back with its reason."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,16 @@ def _request(tmp_path: Path, **spec: Any) -> TrainingRequest:
 
 async def test_epochs_come_back_and_the_result_at_the_end(tmp_path: Path) -> None:
     epochs: list[dict[str, Any]] = []
-    outcome = await TrainingProcess(_request(tmp_path, epochs=3)).run(epochs.append, lambda: False)
+    request = replace(_request(tmp_path, epochs=3), threads=1)
+    outcome = await TrainingProcess(request).run(epochs.append, lambda: False)
     assert outcome.state == "done", outcome.reason
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
     assert outcome.result is not None and outcome.result["epochs"] == 3
     assert (tmp_path / outcome.result["model_file"]).is_file()
+    # the budget: the lowest priority, and one thread in each numeric pool (the default)
+    budget = outcome.result["process"]
+    assert budget["nice"] == 19
+    assert budget["thread_pools"] and set(budget["thread_pools"].values()) == {1}
 
 
 async def test_a_cancel_stops_at_the_end_of_the_epoch_under_way(tmp_path: Path) -> None:
