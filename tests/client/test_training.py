@@ -12,7 +12,16 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_digits, load_iris
 
-from maas_client import AsyncClient, AsyncJob, BadRequestError, Client, Job, JobError
+from maas_client import (
+    AsyncClient,
+    AsyncJob,
+    AsyncTrainedModel,
+    BadRequestError,
+    Client,
+    Job,
+    JobError,
+    TrainedModel,
+)
 from maas_client._training import EpochWatcher, LossCurve
 from maas_server import Settings
 from maas_wire.jobs import JobEvent
@@ -55,6 +64,7 @@ def test_create_training_wait_metrics_and_model(
         assert metrics is not None and metrics["accuracy"] > 0.6  # 4 small epochs
         assert np.array(metrics["confusion_matrix"]["matrix"]).shape == (10, 10)
         model = job.model
+        assert isinstance(model, TrainedModel)
         assert (model.name, model.version) == ("digits-small", "1")
         meta = model.metadata()
         assert [(i.name, i.shape) for i in meta.inputs] == [("image", [-1, 8, 8])]
@@ -102,6 +112,7 @@ async def test_async_create_training_and_infer(training_server: RunningServer) -
         await job.wait(progress=False)
         assert job.state == "succeeded", job.info.error
         assert job.metrics is not None and job.metrics["accuracy"] > 0.9
+        assert isinstance(job.model, AsyncTrainedModel)
         result = await job.model.infer({"image": DIGITS.images[:5].astype(np.float32)})
         assert result["probabilities"].shape == (5, 10)
 
