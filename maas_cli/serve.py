@@ -197,6 +197,7 @@ def serve(
         int,
         typer.Option(
             envvar="MAAS_SERVER_MAX_TRAININGS",
+            min=1,
             help="Training jobs that train at once, each in a process of its own.",
         ),
     ] = 1,
@@ -204,6 +205,7 @@ def serve(
         int | None,
         typer.Option(
             envvar="MAAS_SERVER_TRAINING_THREADS",
+            min=1,
             help="CPU threads each training may use (default: half the server's CPUs).",
         ),
     ] = None,

@@ -55,8 +55,8 @@ ARTIFACTS_DIR = "trainings"
 def training_threads(settings: Settings) -> int:
     """The threads one training may use: ``training_threads``, or half the CPUs this
     process may use (at least one), so online requests keep the other half."""
-    if settings.training_threads:
-        return settings.training_threads
+    if settings.training_threads is not None:
+        return max(1, settings.training_threads)
     return max(1, available_cpus() // 2)
 
 
