@@ -28,19 +28,31 @@ def _dump(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2))
 
 
-def _mapping(pairs: list[str] | None) -> dict[str, str | list[str]] | None:
-    """``--input input=column`` (``input=a,b,c`` stacks scalar columns)."""
-    if not pairs:
-        return None
-    mapping: dict[str, str | list[str]] = {}
-    for pair in pairs:
-        name, sep, columns = pair.partition("=")
-        if not sep or not name or not columns:
+def _pairs(pairs: list[str] | None) -> list[tuple[str, str]]:
+    found = []
+    for pair in pairs or ():
+        left, sep, right = pair.partition("=")
+        if not sep or not left or not right:
             raise typer.BadParameter(
                 f"{pair!r} is not INPUT=COLUMN (or INPUT=COL1,COL2,...)", param_hint="--input"
             )
-        parts = columns.split(",")
-        mapping[name] = parts[0] if len(parts) == 1 else parts
+        found.append((left, right))
+    return found
+
+
+def _mapping(
+    pairs: list[tuple[str, str]], model_inputs: set[str]
+) -> dict[str, str | list[str]] | None:
+    """``--input INPUT=COLUMN`` (``INPUT=A,B,C`` stacks scalar columns); ``COLUMN=INPUT`` is
+    understood too when only its right side names an input of the model."""
+    if not pairs:
+        return None
+    mapping: dict[str, str | list[str]] = {}
+    for left, right in pairs:
+        if left not in model_inputs and right in model_inputs:
+            left, right = right, left
+        parts = right.split(",")
+        mapping[left] = parts[0] if len(parts) == 1 else parts
     return mapping
 
 
@@ -115,13 +127,16 @@ def run(
 
     Example: maas jobs run mlp rows --input input=features --batch-size 64
     """
-    mapping = _mapping(inputs)
+    pairs = _pairs(inputs)
     with client_from(ctx) as client, reporting_errors(ctx):
+        model_inputs = (
+            {t.name for t in client.models.get(model, version).inputs} if pairs else set()
+        )
         job = client.jobs.create_batch(
             model,
             dataset,
             version=version,
-            inputs=mapping,
+            inputs=_mapping(pairs, model_inputs),
             outputs=outputs or None,
             batch_size=batch_size,
             priority=priority,

@@ -33,6 +33,7 @@ import functools
 import json
 import math
 import os
+import time
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ TARGET_CHUNKS = 100
 """How many commits a job aims at: fewer costs more rows redone after a crash, more costs an
 fsync each."""
 MAX_CHUNK_ROWS = 65_536
+BUSY_RETRY_S = 60.0
+"""How long a request of a job waits for a busy model (503) before its rows fail."""
 _SPEC_KEYS = frozenset(
     {
         "model",
@@ -450,7 +453,6 @@ class _BatchRun:
         self.failures: list[str] = []
         self.done_rows = 0
         self.client: Any = None
-        self.local: Any = None
 
     # --- the chunks ---------------------------------------------------------------------------
 
@@ -477,7 +479,7 @@ class _BatchRun:
             model = ctx.repository.get(spec["model"], spec["version"])
             concurrency = concurrency or max(4, 2 * model.config.instance_count)
         self.requests = asyncio.Semaphore(concurrency)
-        chunks_at_once = asyncio.Semaphore(3)  # one being read or written while one runs
+        chunks_at_once = asyncio.Semaphore(3)  # chunks read or written while others run
         tasks: list[asyncio.Task[None]] = []
         try:
             for start in starts:
@@ -580,14 +582,32 @@ class _BatchRun:
                         validate=False,
                     )
                     return {name: result[name] for name in outputs}
-                model = self.ctx.repository.get(spec["model"], spec["version"])
-                return await model.scheduler.infer(rows, outputs, spec["priority"])
+                return await self.local(rows, outputs)
             except ServerError as exc:
                 return exc.message
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the model refused these rows, or the server went away
                 return f"{type(exc).__name__}: {exc}"
+
+    async def local(
+        self, rows: dict[str, np.ndarray[Any, Any]], outputs: list[str]
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        """Run rows through this server's model, as an online request would (its scheduler).
+        While the model is busy or being reloaded (503: a full queue, a version being
+        replaced), wait and try again, for up to :data:`BUSY_RETRY_S`."""
+        spec = self.spec
+        delay = 0.05
+        deadline = time.monotonic() + BUSY_RETRY_S
+        while True:
+            try:
+                model = self.ctx.repository.get(spec["model"], spec["version"])
+                return await model.scheduler.infer(rows, outputs, spec["priority"])
+            except ServerError as exc:
+                if exc.status_code != 503 or self.ctx.cancelled or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
 
     def write_part(
         self, start: int, good: Sequence[tuple[int, int, Mapping[str, np.ndarray[Any, Any]]]]

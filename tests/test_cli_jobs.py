@@ -56,5 +56,7 @@ def test_run_no_wait_then_show_list_logs_cancel(jobs_server: RunningServer) -> N
 def test_a_bad_mapping_is_reported(jobs_server: RunningServer) -> None:
     result = maas(jobs_server.url, "jobs", "run", "mlp", "rows", "--input", "nope=array")
     assert result.exit_code != 0 and "'inputs' names 'nope'" in result.output
+    swapped = maas(jobs_server.url, "jobs", "run", "mlp", "rows", "-i", "array=input", "--json")
+    assert json.loads(ok(swapped))["spec"]["inputs"] == {"input": "array"}  # COLUMN=INPUT too
     bad = maas(jobs_server.url, "jobs", "run", "mlp", "rows", "--input", "oops")
     assert bad.exit_code != 0 and "INPUT=COLUMN" in bad.output

@@ -5,6 +5,7 @@ deleting a dataset a job reads, and a job spread over two servers."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from maas_server import Settings, create_app
 from maas_server.dataset_routes import dataset_store
 from maas_server.datasets import DatasetInUse, DatasetStore
 from maas_wire.jobs import JobInfo
+from tests import models
 from tests.conftest import start_server
 from tests.waiting import DEADLINE_S, Gate, until
 
@@ -321,3 +323,40 @@ async def test_text_inputs_and_outputs(repository: Path, tmp_path: Path) -> None
     assert columns["row"].tolist() == list(range(40))
     assert columns["upper"].tolist() == [w.upper() for w in words]
     assert columns["same"].tolist() == words
+
+
+async def test_a_full_queue_makes_the_job_wait_not_fail(tmp_path: Path) -> None:
+    """The job's priority level holds one waiting request: the job's other requests get 503
+    (queue full) while the model is held, and are sent again once it is free."""
+    repository = tmp_path / "models"
+    models.save(models.mlp_model(), repository / "mlp" / "1" / "model.onnx")
+    config = {
+        "max_batch_size": 64,
+        "dynamic_batching": {
+            "priority_levels": 2,
+            "priority_queue_policy": {"2": {"max_queue_size": 1}},
+        },
+    }
+    (repository / "mlp" / "config.json").write_text(json.dumps(config))
+    rows = np.random.default_rng(4).standard_normal((128, FEATURES)).astype(np.float32)
+    async with batch_app(repository, tmp_path / "data") as (app, client):
+        add_npy(dataset_store(app), tmp_path, "rows", rows)
+        model = app.state.dataplane.repository.get("mlp")
+        gate = Gate(model, hold=1)
+        body = {
+            "type": "batch",
+            "model": "mlp",
+            "dataset": "rows",
+            "batch_size": 8,
+            "concurrency": 4,
+        }
+        answer = await client.post("/v2/jobs", json=body)
+        assert answer.json()["spec"]["priority"] == 2  # the lowest level
+        await gate.wait_started()
+        await until(lambda: model.stats.rejected.get("queue_full", 0) > 0)
+        gate.open()
+        info = await finished(client, answer.json()["id"])
+        assert info.state == "succeeded" and not info.chunk_errors, info.chunk_errors[:1]
+        columns = result_columns(dataset_store(app), info)
+    expected = reference(repository, "mlp", {"input": rows})["output"]
+    np.testing.assert_allclose(columns["output"], expected, rtol=1e-5, atol=1e-5)
