@@ -239,3 +239,19 @@ def test_torch_engine_trains_and_exports(tmp_path: Path) -> None:
         hidden_layers=[32],
     )
     assert result["metrics"]["r2"] > 0.2
+
+
+def test_preprocessing_is_learnt_from_the_training_split_only(tmp_path: Path) -> None:
+    columns, features = _diabetes()
+    _train(tmp_path, columns, features, "progression", "regression", epochs=1)
+    with (tmp_path / ESTIMATOR_FILE).open("rb") as source:
+        kept = pickle.load(source)
+    split = split_rows(columns["progression"], "regression", 0.1, 0.2, seed=0)
+    assert (kept["test_rows"] == split.test).all()
+    x = np.stack([columns[f.column] for f in features], axis=1)
+    scaler = kept["estimator"].named_steps["preprocess"].named_transformers_["numeric"]
+    np.testing.assert_allclose(scaler.named_steps["scale"].mean_, x[split.train].mean(axis=0))
+    assert not np.allclose(scaler.named_steps["scale"].mean_, x.mean(axis=0))
+    mean, std = kept["target_scale"]
+    target = columns["progression"][split.train]
+    assert (mean, std) == (pytest.approx(target.mean()), pytest.approx(target.std()))
