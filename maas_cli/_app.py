@@ -17,6 +17,7 @@ from .keys import keys_app
 from .models import models_app
 from .predict import predict
 from .serve import serve
+from .train import train
 
 __all__ = ["app", "main"]
 
@@ -50,6 +51,7 @@ app.add_typer(datasets_app, name="datasets")
 app.add_typer(jobs_app, name="jobs")
 app.command(name="predict")(predict)
 app.command(name="bench")(bench)
+app.command(name="train")(train)
 
 
 def main() -> None:

@@ -224,6 +224,22 @@ def serve(
             "for every worker to serve it (504 after; the late workers catch up).",
         ),
     ] = 120.0,
+    max_trainings: Annotated[
+        int,
+        typer.Option(
+            envvar="MAAS_SERVER_MAX_TRAININGS",
+            min=1,
+            help="Training jobs that train at once, each in a process of its own.",
+        ),
+    ] = 1,
+    training_threads: Annotated[
+        int | None,
+        typer.Option(
+            envvar="MAAS_SERVER_TRAINING_THREADS",
+            min=1,
+            help="CPU threads each training may use (default: half the server's CPUs).",
+        ),
+    ] = None,
     max_running_jobs: Annotated[
         int,
         typer.Option(
@@ -304,6 +320,8 @@ def serve(
         data_dir=data_dir,
         max_dataset_bytes=max_dataset_bytes,
         allow_model_code=allow_model_code,
+        max_trainings=max_trainings,
+        training_threads=training_threads,
         max_running_jobs=max_running_jobs,
     )
     if not settings.auth_enabled and not _loopback(host):

@@ -11,7 +11,7 @@ and the numpy codec in :mod:`maas_client.codec`; the server imports both.
 
 from __future__ import annotations
 
-from ._async import AsyncClient, AsyncGenerationStream, AsyncJob, AsyncStream
+from ._async import AsyncClient, AsyncGenerationStream, AsyncJob, AsyncStream, AsyncTrainedModel
 from ._batch_result import BatchError, BatchResult, ChunkFailure
 from ._endpoints import Endpoints
 from ._exceptions import (
@@ -42,7 +42,7 @@ from ._jobs import JobError
 from ._response import RawResponse
 from ._result import InferResult, RepositoryIndex, Timing
 from ._retry import RetryEvent, RetryPolicy
-from ._sync import Client, GenerationStream, Job, Stream
+from ._sync import Client, GenerationStream, Job, Stream, TrainedModel
 from ._types import NOT_GIVEN, NotGiven
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "AsyncGenerationStream",
     "AsyncJob",
     "AsyncStream",
+    "AsyncTrainedModel",
     "AuthenticationError",
     "BadRequestError",
     "BatchError",
@@ -91,5 +92,6 @@ __all__ = [
     "ServiceUnavailableError",
     "Stream",
     "Timing",
+    "TrainedModel",
     "UnprocessableEntityError",
 ]

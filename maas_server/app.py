@@ -40,6 +40,7 @@ from .settings import Settings
 from .shutdown import Shutdown, ShutdownGuard
 from .stats import Rejections
 from .threads import ThreadBudget
+from .training_job import TrainingKind
 from .worker_stats import WorkerStats
 from .worker_sync import WorkerSync
 
@@ -157,6 +158,7 @@ def create_app(settings: Settings) -> Starlette:
     generation = GenerationService(repository)
     poller = RepositoryPoller(repository, settings.poll_interval_s)
     shutdown = Shutdown()
+    publisher = Publisher(repository)
     jobs = JobRunner(
         {"batch": BatchKind()},
         repository=repository,
@@ -164,6 +166,7 @@ def create_app(settings: Settings) -> Starlette:
         data_dir=settings.data_root,
         settings=settings,
     )
+    jobs.register(TrainingKind(publisher, settings))
 
     def not_ready() -> None:  # the first thing the drain does (see maas_server.shutdown)
         dataplane.started = False
@@ -229,7 +232,7 @@ def create_app(settings: Settings) -> Starlette:
     )
     app.state.dataplane = dataplane
     app.state.generation = generation
-    app.state.publisher = Publisher(repository)
+    app.state.publisher = publisher
     app.state.poller = poller
     app.state.jobs = jobs
     app.state.settings = settings

@@ -92,6 +92,10 @@ class Settings:
     each of N workers gets its share). ``worker``: set in each process of ``maas serve
     --workers N``.
     ``max_running_jobs``: jobs that run at once (the others wait in a queue).
+    ``max_trainings``: training jobs that train at once (each in a process of its own);
+    ``training_threads``: CPU threads each may use (None: half the CPUs the server may use);
+    ``keep_training_artifacts``: keep each training's fitted estimator under
+    ``<data_dir>/trainings/<job id>/``.
     """
 
     repository: Path
@@ -122,6 +126,9 @@ class Settings:
     cpus: int | None = None
     worker: WorkerSettings | None = None
     max_running_jobs: int = 2
+    max_trainings: int = 1
+    training_threads: int | None = None
+    keep_training_artifacts: bool = False
 
     @property
     def data_root(self) -> Path:

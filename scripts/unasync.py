@@ -67,6 +67,7 @@ REPLACEMENTS = {
     "AsyncClientLike": "ClientLike",
     "AsyncJobTable": "JobTable",
     "AsyncJob": "Job",
+    "AsyncTrainedModel": "TrainedModel",
 }
 
 HEADER = "# generated from maas_client/_async/{name} by scripts/unasync.py; do not edit\n"

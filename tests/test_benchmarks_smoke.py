@@ -1,4 +1,5 @@
-"""Smoke test of ``benchmarks/loadgen.py``: under a second of load on the session's server."""
+"""Smoke tests of ``benchmarks/loadgen.py`` (under a second of load on the session's server)
+and of ``benchmarks/training_latency.py`` (its quick run)."""
 
 from __future__ import annotations
 
@@ -109,6 +110,19 @@ def test_workers_benchmark_runs_one_and_two_workers(capsys: pytest.CaptureFixtur
     assert float(rows[0][6]) == 1 / workers.TARGET  # one worker against 0.8 x itself
     assert workers.parse_cpus("0-2,5") == [0, 1, 2, 5]
     assert workers.default_split([0, 1, 2, 3, 4, 5, 6, 7]) == ([0, 1, 2, 3, 4, 5], [6, 7])
+
+
+def test_training_latency_benchmark_runs(tmp_path: Path) -> None:
+    """``benchmarks/training_latency.py --quick``: a real ``maas serve``, a training job running
+    through the second phase; the figures are printed, not judged (a shared machine's p99)."""
+    from benchmarks import training_latency
+
+    out = tmp_path / "summary.json"
+    training_latency.main(["--quick", "--json", str(out)])
+    summary = json.loads(out.read_text())
+    assert summary["alone"]["errors"] == 0 and summary["training"]["errors"] == 0
+    assert summary["alone"]["median_p99_ms"] > 0 and summary["training"]["median_p99_ms"] > 0
+    assert summary["training_epochs_done"][0] >= 1  # the training ran during the phase
 
 
 def test_batch_jobs_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,7 @@ twin in ``maas_client/_sync`` from these modules (do not edit that one)."""
 from ._client import AsyncClient
 from ._jobs import AsyncJob, AsyncJobs, AsyncJobTable
 from ._streams import AsyncGenerationStream, AsyncStream
+from ._training import AsyncTrainedModel
 
 __all__ = [
     "AsyncClient",
@@ -12,4 +13,5 @@ __all__ = [
     "AsyncJobTable",
     "AsyncJobs",
     "AsyncStream",
+    "AsyncTrainedModel",
 ]

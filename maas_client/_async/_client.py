@@ -24,11 +24,12 @@ from .._core import ClientCore, EventHooks
 from .._exceptions import APIStatusError, BadRequestError, NotFoundError
 from .._generation import Generation, parse_generation, plan_generate
 from .._inputs import Output, needs_metadata
+from .._jobs import JobError
 from .._local import AsyncLocalTransport
 from .._raw import CLIENT_CALLS, RawMirror
 from .._result import InferResult
 from .._types import CallOptions, VersionLike
-from ..types import ModelConfiguration
+from ..types import ModelConfiguration, ModelMetadata
 from ._datasets import AsyncDatasets
 from ._jobs import AsyncJobs
 from ._pipeline import AsyncPipeline
@@ -224,6 +225,39 @@ class AsyncClient(ClientCore[httpx.AsyncClient]):
         )
 
     # --- text generation -----------------------------------------------------------------------
+
+    # --- training ------------------------------------------------------------------------------
+
+    async def train(
+        self,
+        data: Any,
+        *,
+        target: str,
+        name: str,
+        dataset: str | None = None,
+        model: str = "mlp",
+        progress: ProgressLike = True,
+        **params: Any,
+    ) -> ModelMetadata:
+        """The shortest path from a table to a served model: upload ``data`` (a pandas
+        DataFrame, a pyarrow Table, a mapping of arrays or a file) as dataset ``dataset``
+        (``name`` by default), train ``model`` on the server to predict column ``target``
+        (``params`` as ``client.jobs.create_training`` takes them), wait for it (``progress``:
+        the epochs and their loss) and return the metadata of the model version it published.
+        Raises :class:`~maas_client.JobError` when the training fails or is cancelled.
+
+        >>> meta = client.train(frame, target="species", name="iris")  # doctest: +SKIP
+        """
+        dataset_name = dataset or name
+        await self.datasets.upload(dataset_name, data, progress=progress)
+        job = await self.jobs.create_training(
+            dataset_name, target=target, name=name, model=model, **params
+        )
+        await job.wait(progress=progress)
+        if job.state != "succeeded":
+            reason = f": {job.info.error}" if job.info.error else ""
+            raise JobError(f"training job {job.id} {job.state}{reason}", job.info)
+        return await job.model.metadata()
 
     async def generate(
         self,

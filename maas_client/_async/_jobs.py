@@ -32,8 +32,10 @@ from .._jobs import (
     plan_list_jobs,
 )
 from .._streaming import AsyncOpener
+from .._training import EpochWatcher, training_metrics, training_spec
 from .._types import CallOptions, VersionLike
 from ._streams import AsyncStream
+from ._training import AsyncTrainedModel
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -84,6 +86,23 @@ class AsyncJob:
     def done(self) -> bool:
         """Whether the job is over (as of the last :meth:`refresh`)."""
         return self.info.done
+
+    @property
+    def metrics(self) -> dict[str, Any] | None:
+        """A training's held-out metrics (accuracy, macro F1, ROC AUC and the confusion
+        matrix; or RMSE, MAE, R2), once it succeeded (as of the last :meth:`refresh`)."""
+        return training_metrics(self.info)
+
+    @property
+    def model(self) -> AsyncTrainedModel:
+        """The model version a training published, ready to ``infer``; :class:`JobError`
+        before the training succeeded."""
+        result = self.info.result or {}
+        if self.info.type != "training" or self.state != "succeeded" or "model" not in result:
+            raise JobError(
+                f"job {self.id} ({self.info.type}, {self.state}) published no model", self.info
+            )
+        return AsyncTrainedModel(self._client, str(result["model"]), str(result["version"]))
 
     def __repr__(self) -> str:
         return job_repr(self.info)
@@ -148,10 +167,13 @@ class AsyncJob:
             progress, int(self.progress.total), f"job {self.id[:8]}", self.progress.unit
         )
         shown = 0
+        epochs = EpochWatcher(bar, f"job {self.id[:8]}") if self.info.type == "training" else None
         try:
             bar.update(int(self.progress.done))
             shown = int(self.progress.done)
             async for event in self.events(**options):
+                if epochs is not None:
+                    epochs.event(event)
                 if event.type == "progress":
                     done = int(event.data.get("done", shown))
                     if done > shown:
@@ -265,6 +287,43 @@ class AsyncJobs:
             result_name=result_name,
         )
         return await self.create(spec, idempotency_key=idempotency_key, **options)
+
+    async def create_training(
+        self,
+        dataset: str,
+        *,
+        target: str,
+        name: str,
+        model: str = "mlp",
+        features: Sequence[str] | None = None,
+        hidden_layers: Sequence[int] | None = None,
+        idempotency_key: str | None = None,
+        options: CallOptions | None = None,
+        **params: Any,
+    ) -> AsyncJob:
+        """Train a model on ``dataset`` (held by the server) to predict column ``target``, and
+        publish it as the next version of ``name``.
+
+        ``model``: ``"mlp"`` (hidden layers ``[128, 64]`` by default) or ``"linear"``;
+        ``features``: the columns to learn from (all but the target by default); ``params``:
+        ``task``, ``epochs``, ``batch_size``, ``learning_rate``, ``weight_decay``,
+        ``activation``, ``optimizer``, ``early_stopping``, ``patience``,
+        ``validation_split``, ``test_split``, ``seed``, ``engine`` (``"torch"``), ... (see
+        the training guide). ``options``: per-call options of the request.
+
+        >>> job = client.jobs.create_training("digits", target="digit", name="digits")
+        ... # doctest: +SKIP
+        """
+        spec = training_spec(
+            dataset,
+            target=target,
+            model=model,
+            name=name,
+            features=features,
+            hidden_layers=hidden_layers,
+            params=params,
+        )
+        return await self.create(spec, idempotency_key=idempotency_key, **(options or {}))
 
     async def get(self, job_id: str, **options: Unpack[CallOptions]) -> AsyncJob:
         """``GET /v2/jobs/{id}``."""

@@ -5,6 +5,7 @@ twin in ``maas_client/_sync`` from these modules (do not edit that one)."""
 from ._client import Client
 from ._jobs import Job, Jobs, JobTable
 from ._streams import GenerationStream, Stream
+from ._training import TrainedModel
 
 __all__ = [
     "Client",
@@ -13,4 +14,5 @@ __all__ = [
     "JobTable",
     "Jobs",
     "Stream",
+    "TrainedModel",
 ]

@@ -33,8 +33,10 @@ from .._jobs import (
     plan_list_jobs,
 )
 from .._streaming import Opener
+from .._training import EpochWatcher, training_metrics, training_spec
 from .._types import CallOptions, VersionLike
 from ._streams import Stream
+from ._training import TrainedModel
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -85,6 +87,23 @@ class Job:
     def done(self) -> bool:
         """Whether the job is over (as of the last :meth:`refresh`)."""
         return self.info.done
+
+    @property
+    def metrics(self) -> dict[str, Any] | None:
+        """A training's held-out metrics (accuracy, macro F1, ROC AUC and the confusion
+        matrix; or RMSE, MAE, R2), once it succeeded (as of the last :meth:`refresh`)."""
+        return training_metrics(self.info)
+
+    @property
+    def model(self) -> TrainedModel:
+        """The model version a training published, ready to ``infer``; :class:`JobError`
+        before the training succeeded."""
+        result = self.info.result or {}
+        if self.info.type != "training" or self.state != "succeeded" or "model" not in result:
+            raise JobError(
+                f"job {self.id} ({self.info.type}, {self.state}) published no model", self.info
+            )
+        return TrainedModel(self._client, str(result["model"]), str(result["version"]))
 
     def __repr__(self) -> str:
         return job_repr(self.info)
@@ -147,10 +166,13 @@ class Job:
             progress, int(self.progress.total), f"job {self.id[:8]}", self.progress.unit
         )
         shown = 0
+        epochs = EpochWatcher(bar, f"job {self.id[:8]}") if self.info.type == "training" else None
         try:
             bar.update(int(self.progress.done))
             shown = int(self.progress.done)
             for event in self.events(**options):
+                if epochs is not None:
+                    epochs.event(event)
                 if event.type == "progress":
                     done = int(event.data.get("done", shown))
                     if done > shown:
@@ -264,6 +286,43 @@ class Jobs:
             result_name=result_name,
         )
         return self.create(spec, idempotency_key=idempotency_key, **options)
+
+    def create_training(
+        self,
+        dataset: str,
+        *,
+        target: str,
+        name: str,
+        model: str = "mlp",
+        features: Sequence[str] | None = None,
+        hidden_layers: Sequence[int] | None = None,
+        idempotency_key: str | None = None,
+        options: CallOptions | None = None,
+        **params: Any,
+    ) -> Job:
+        """Train a model on ``dataset`` (held by the server) to predict column ``target``, and
+        publish it as the next version of ``name``.
+
+        ``model``: ``"mlp"`` (hidden layers ``[128, 64]`` by default) or ``"linear"``;
+        ``features``: the columns to learn from (all but the target by default); ``params``:
+        ``task``, ``epochs``, ``batch_size``, ``learning_rate``, ``weight_decay``,
+        ``activation``, ``optimizer``, ``early_stopping``, ``patience``,
+        ``validation_split``, ``test_split``, ``seed``, ``engine`` (``"torch"``), ... (see
+        the training guide). ``options``: per-call options of the request.
+
+        >>> job = client.jobs.create_training("digits", target="digit", name="digits")
+        ... # doctest: +SKIP
+        """
+        spec = training_spec(
+            dataset,
+            target=target,
+            model=model,
+            name=name,
+            features=features,
+            hidden_layers=hidden_layers,
+            params=params,
+        )
+        return self.create(spec, idempotency_key=idempotency_key, **(options or {}))
 
     def get(self, job_id: str, **options: Unpack[CallOptions]) -> Job:
         """``GET /v2/jobs/{id}``."""

@@ -313,7 +313,14 @@ def test_raw_variants_expose_every_public_method(cls: type[Client] | type[AsyncC
         for name in methods:
             assert callable(getattr(getattr(raw, resource), name)), (resource, name)
     # the client's own calls: each sends one request (mirrored) or says why it has no raw form
-    no_single_answer = {"close", "generate_stream", "infer_batched", "local", "with_options"}
+    no_single_answer = {
+        "close",
+        "generate_stream",
+        "infer_batched",
+        "local",
+        "train",
+        "with_options",
+    }
     assert set(public_methods(cls)) == set(CLIENT_CALLS) | no_single_answer
     for name in CLIENT_CALLS:
         assert callable(getattr(raw, name))

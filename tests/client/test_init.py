@@ -19,6 +19,7 @@ PUBLIC = {
     "AsyncGenerationStream",
     "AsyncJob",
     "AsyncStream",
+    "AsyncTrainedModel",
     "AuthenticationError",
     "BadRequestError",
     "BatchError",
@@ -53,6 +54,7 @@ PUBLIC = {
     "ServiceUnavailableError",
     "Stream",
     "Timing",
+    "TrainedModel",
     "UnprocessableEntityError",
 }
 
