@@ -124,7 +124,7 @@ class AccessLogHandler(logging.Handler):
         self._lines: deque[str | _Entry] = deque()  # append, popleft: atomic, no lock needed
         self._clock = _Clock()
         self._flush_lock = threading.Lock()
-        self._closed = threading.Event()
+        self._stopped = threading.Event()  # not `_closed`: logging.Handler.close sets that to True
         self._flusher = threading.Thread(
             target=self._flush_every,
             args=(max(1.0, 5 * flush_interval),),
@@ -172,11 +172,11 @@ class AccessLogHandler(logging.Handler):
                 self._out.flush()
 
     def _flush_every(self, interval: float) -> None:
-        while not self._closed.wait(interval):
+        while not self._stopped.wait(interval):
             self.flush()
 
     def close(self) -> None:
-        self._closed.set()
+        self._stopped.set()
         self.flush()
         super().close()
 
