@@ -23,6 +23,7 @@ PUBLIC = {
     "BatchError",
     "BatchResult",
     "ChunkFailure",
+    "Classifications",
     "Client",
     "ConflictError",
     "EndpointNotSupportedError",
