@@ -179,6 +179,16 @@ def serve(
             "above; 0: no limit).",
         ),
     ] = 4 * 64 * 1024 * 1024,
+    allow_model_code: Annotated[
+        bool,
+        typer.Option(
+            "--allow-model-code",
+            envvar="MAAS_SERVER_ALLOW_MODEL_CODE",
+            help="Load pipeline models with Python hooks (pre.py, post.py in the version "
+            "folder): they run as code inside the server, so allow them for trusted models "
+            "only. Without it such a model fails to load.",
+        ),
+    ] = False,
 ) -> None:
     """Serve a model repository over the Open Inference Protocol (KServe V2 / Triton).
 
@@ -239,6 +249,7 @@ def serve(
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         access_log=access_log,  # type: ignore[arg-type]
+        allow_model_code=allow_model_code,
     )
     if not settings.auth_enabled and not _loopback(host):
         logging.getLogger("maas_server").warning(

@@ -126,6 +126,7 @@ def create_app(settings: Settings) -> Starlette:
         settings.repository,
         inline_threshold_us=settings.inline_threshold_us,
         max_queue_size=settings.max_queue_size,
+        allow_model_code=settings.allow_model_code,
     )
     dataplane = DataPlane(repository, settings)
     rejections = Rejections()

@@ -29,13 +29,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from .config import DynamicBatching
+from .config import DynamicBatching, ModelConfig
 from .errors import BadRequestError, ModelUnavailableError
-from .runtime import OnnxModel
+from .runtime import TensorSpec
 from .settings import DEFAULT_MAX_QUEUE_SIZE
 from .stats import ModelStats
 
@@ -44,11 +44,49 @@ __all__ = [
     "DrainRate",
     "QueueFullError",
     "QueueTimeoutError",
+    "Runner",
     "Scheduler",
+    "TimedOutputs",
     "retry_headers",
 ]
 
 _SCAN_LIMIT = 512  # queued requests looked at when filling a batch, to bound the cost per batch
+
+
+class Runner(Protocol):
+    """What a scheduler runs its batches on: an :class:`~maas_server.runtime.OnnxModel`, or a
+    pipeline's runner (:mod:`maas_server.pipeline`) that wraps the steps around one."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def config(self) -> ModelConfig: ...
+
+    @property
+    def max_batch_size(self) -> int: ...
+
+    @property
+    def outputs(self) -> list[TensorSpec]: ...
+
+    async def run(
+        self,
+        feeds: dict[str, np.ndarray[Any, Any]],
+        output_names: list[str],
+        on_late_return: Callable[[], None] | None = None,
+    ) -> dict[str, np.ndarray[Any, Any]]: ...
+
+
+class TimedOutputs(dict[str, np.ndarray[Any, Any]]):
+    """Outputs of a run that did more than the session call: ``input_ns`` of it went to
+    preparing the inputs (tokenizing, ...), ``output_ns`` to the output steps (pooling, ...).
+    The statistics count those as compute_input and compute_output, not compute_infer."""
+
+    input_ns: int = 0
+    output_ns: int = 0
 
 
 class QueueFullError(ModelUnavailableError):
@@ -139,7 +177,8 @@ class _Order:
 
 
 class Scheduler:
-    """Queues and batches the requests of one :class:`OnnxModel`, counting them in ``stats``.
+    """Queues and batches the requests of one :class:`Runner` (an
+    :class:`~maas_server.runtime.OnnxModel` or a pipeline's), counting them in ``stats``.
 
     It refers to its model and statistics and nothing refers back: the
     :class:`~maas_server.model_version.ModelVersion` that owns all three closes them.
@@ -147,7 +186,7 @@ class Scheduler:
 
     def __init__(
         self,
-        model: OnnxModel,
+        model: Runner,
         stats: ModelStats,
         default_max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
     ) -> None:
@@ -519,11 +558,17 @@ class Scheduler:
                 out.append({name: results[name][offset:end] for name in pending.outputs})
                 offset = end
         done = time.monotonic_ns()
+        input_ns, infer_ns, output_ns = computed - start, ran - computed, done - ran
+        if isinstance(results, TimedOutputs):
+            steps = results.input_ns + results.output_ns
+            input_ns += results.input_ns
+            output_ns += results.output_ns
+            infer_ns = max(0, infer_ns - steps)
         self.stats.record_batch_success(
             [(p.rows, done - p.arrival_ns, start - p.arrival_ns) for p in batch],
-            computed - start,
-            ran - computed,
-            done - ran,
+            input_ns,
+            infer_ns,
+            output_ns,
         )
         return out
 

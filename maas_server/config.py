@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from .pipeline_config import PIPELINE_TASKS, PipelineSteps, default_steps
+
 __all__ = [
     "CONFIG_FILES",
     "PROVIDER_OPTIONS",
@@ -357,20 +359,40 @@ class ModelConfig(_Strict):
     graph_optimization_level: GraphOptimizationLevel = "all"
     version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
     warmup: int = Field(default=0, ge=0, le=1000)
-    labels: str | None = None
+    labels: str | list[str] | None = None
     inputs: list[TensorOverride] = Field(default_factory=list)
     outputs: list[TensorOverride] = Field(default_factory=list)
     require_gpu: bool = False
     dynamic_batching: DynamicBatching | None = None
     device_ids: list[Annotated[int, Field(ge=0, le=255)]] | None = Field(default=None, min_length=1)
-    task: Literal["inference", "text-generation"] = "inference"
+    task: Literal[
+        "inference", "text-generation", "embedding", "text-classification", "image-classification"
+    ] = "inference"
     generation: GenerationConfig | None = None
+    pipeline: PipelineSteps | None = None
 
     @model_validator(mode="after")
     def _generation_task(self) -> ModelConfig:
         if self.generation is not None and self.task != "text-generation":
             raise ValueError("the 'generation' settings are for task 'text-generation'")
         return self
+
+    @model_validator(mode="after")
+    def _pipeline_task(self) -> ModelConfig:
+        if self.pipeline is not None and self.task not in PIPELINE_TASKS:
+            raise ValueError(
+                "'pipeline' steps are for tasks " + ", ".join(repr(t) for t in PIPELINE_TASKS)
+            )
+        if self.task in PIPELINE_TASKS:
+            default_steps(self.task, self.pipeline)  # refuses text steps for images and so on
+        return self
+
+    def steps(self) -> PipelineSteps | None:
+        """The pipeline's steps (the declared ones, the task's defaults for the rest), or None
+        for a model without a pipeline task."""
+        if self.task not in PIPELINE_TASKS:
+            return None
+        return default_steps(self.task, self.pipeline)
 
     @model_validator(mode="after")
     def _batch_sizes(self) -> ModelConfig:
@@ -383,8 +405,8 @@ class ModelConfig(_Strict):
 
     @field_validator("labels")
     @classmethod
-    def _labels_inside(cls, labels: str | None) -> str | None:
-        if labels is not None:
+    def _labels_inside(cls, labels: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(labels, str):
             path = Path(labels)
             if path.is_absolute() or ".." in path.parts or "\x00" in labels:
                 raise ValueError("'labels' names a file inside the model's folder")

@@ -30,11 +30,12 @@ from . import __version__
 from .batching import ClientDisconnected, DrainRate, QueueFullError, retry_headers
 from .errors import BadRequestError, InternalError, PayloadTooLargeError, ServerError
 from .model_version import ModelVersion
+from .pipeline import Pipeline, wants_pipeline
 from .repository import ModelRepository
 from .runtime import TensorSpec
 from .settings import Settings
 
-__all__ = ["EXTENSIONS", "DataPlane", "InferenceResult"]
+__all__ = ["EXTENSIONS", "DataPlane", "Embeddings", "InferenceResult"]
 
 logger = logging.getLogger("maas_server")
 
@@ -69,6 +70,18 @@ class InferenceResult:
         self.outputs = outputs
 
 
+class Embeddings:
+    """The answer of :meth:`DataPlane.embed`: one row per input, and the tokens they took."""
+
+    def __init__(self, model: ModelVersion, vectors: np.ndarray[Any, Any], tokens: int) -> None:
+        self.model_name = model.name
+        self.vectors = vectors
+        self.tokens = tokens
+
+
+_PIPELINE_OFFLOAD = 64  # texts checked on a worker thread from this many (images: always)
+
+
 def _describe(spec: TensorSpec) -> str:
     return f"{spec.datatype} {list(spec.shape)}"
 
@@ -98,17 +111,26 @@ class DataPlane:
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
         model = self.repository.get(name, version)
         record = self.repository.record(name)
+        parameters: dict[str, Any] = {
+            "providers": model.providers,
+            "requested_providers": model.requested_providers,
+            "max_batch_size": model.max_batch_size,
+        }
+        inputs, outputs = model.inputs, model.outputs
+        if model.pipeline is not None:
+            # the pipeline's tensors; the model's own under raw_inputs / raw_outputs (what a
+            # request with the parameter "pipeline": false sends and gets)
+            parameters.update(model.pipeline.metadata())
+            parameters["raw_inputs"] = [s.as_metadata() for s in inputs]
+            parameters["raw_outputs"] = [s.as_metadata() for s in outputs]
+            inputs, outputs = model.pipeline.inputs, model.pipeline.outputs
         return {
             "name": name,
             "versions": [str(v) for v in record.ready_versions()],
             "platform": "onnx_onnxv1",
-            "inputs": [s.as_metadata() for s in model.inputs],
-            "outputs": [s.as_metadata() for s in model.outputs],
-            "parameters": {
-                "providers": model.providers,
-                "requested_providers": model.requested_providers,
-                "max_batch_size": model.max_batch_size,
-            },
+            "inputs": [s.as_metadata() for s in inputs],
+            "outputs": [s.as_metadata() for s in outputs],
+            "parameters": parameters,
         }
 
     def model_ready(self, name: str, version: str | None) -> bool:
@@ -146,7 +168,7 @@ class DataPlane:
                     "name": s.name,
                     "data_type": f"TYPE_{_triton_type(s.datatype)}",
                     "dims": dims(s),
-                    **({"label_filename": config.labels} if config.labels else {}),
+                    **({"label_filename": config.labels} if isinstance(config.labels, str) else {}),
                 }
                 for s in model.outputs
             ],
@@ -188,6 +210,8 @@ class DataPlane:
         disconnected: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> InferenceResult:
         model = self.repository.get(name, version)
+        if model.pipeline is not None and wants_pipeline(True, request):
+            return await self._infer_pipeline(model, model.pipeline, request, tensors, disconnected)
         try:
             if sum(a.size for a in tensors.values() if a.dtype == object) >= _TEXT_OFFLOAD:
                 # turning many BYTES elements into text would hold the event loop
@@ -219,6 +243,105 @@ class DataPlane:
         outputs = [self._output(model, out, results[out.name], binary_default) for out in wanted]
         return InferenceResult(model, request.id, outputs)
 
+    async def _infer_pipeline(
+        self,
+        model: ModelVersion,
+        pipeline: Pipeline,
+        request: InferenceRequest,
+        tensors: dict[str, np.ndarray[Any, Any]],
+        disconnected: Callable[[], Coroutine[Any, Any, None]] | None,
+    ) -> InferenceResult:
+        """A request through the model's steps: BYTES texts or images in, the pipeline's
+        outputs back."""
+        try:
+            shapes = {i.name: list(tensors[i.name].shape) for i in request.inputs}
+            pipeline.check_request(model.name, request, shapes)
+            top = pipeline.top_k(request)
+            name = pipeline.input_name
+            array = tensors[name]
+            if pipeline.input_name == "image" or array.size >= _PIPELINE_OFFLOAD:
+                feeds = await asyncio.to_thread(pipeline.prepare, name, array)
+            else:
+                feeds = pipeline.prepare(name, array)
+            priority, timeout_us = _schedule_parameters(request)
+        except BadRequestError:
+            model.stats.record_failure(0, "invalid_request")
+            raise
+        results = await self._run_pipeline(model, feeds, priority, timeout_us, disconnected)
+        outputs = pipeline.finish(results, top)
+        wanted = request.outputs or [RequestOutput(name=s.name) for s in pipeline.outputs]
+        binary_default = bool((request.parameters or {}).get("binary_data_output", False))
+        payloads = []
+        for out in wanted:
+            binary = bool((out.parameters or {}).get("binary_data", binary_default))
+            spec = pipeline.output_by_name[out.name]
+            payloads.append(TensorPayload(out.name, outputs[out.name], spec.datatype, binary))
+        return InferenceResult(model, request.id, payloads)
+
+    async def _run_pipeline(
+        self,
+        model: ModelVersion,
+        feeds: dict[str, np.ndarray[Any, Any]],
+        priority: int | None,
+        timeout_us: int | None,
+        disconnected: Callable[[], Coroutine[Any, Any, None]] | None,
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        scheduler = model.pipeline_scheduler
+        assert scheduler is not None and model.pipeline is not None
+        self.check_inflight(model)
+        self._inflight += 1
+        try:
+            return await scheduler.infer(
+                feeds,
+                [s.name for s in model.pipeline.runner.outputs],
+                priority,
+                timeout_us,
+                disconnected,
+            )
+        except (ServerError, ClientDisconnected):
+            raise
+        except _CLIENT_FAULTS as exc:
+            raise BadRequestError(f"model {model.name!r} refused the inputs: {exc}") from None
+        except Exception as exc:
+            logger.exception("inference failed on model %s", model.name)
+            raise InternalError(f"inference failed on model {model.name!r}: {exc}") from None
+        finally:
+            self._inflight -= 1
+            self._drain.add(1)
+
+    async def embed(
+        self,
+        name: str,
+        inputs: list[str] | list[list[int]],
+        dimensions: int | None = None,
+        disconnected: Callable[[], Coroutine[Any, Any, None]] | None = None,
+    ) -> Embeddings:
+        """Embeddings of texts (or token id lists) from an embedding model's newest version:
+        what ``POST /v1/embeddings`` answers."""
+        model = self.repository.get(name, None)
+        pipeline = model.pipeline
+        if pipeline is None or pipeline.task != "embedding":
+            raise BadRequestError(f"model {name!r} is not an embedding model")
+        try:
+            if not inputs:
+                raise BadRequestError("input 'input' is empty: give at least one text")
+            pipeline.check_dimensions(dimensions)
+            if isinstance(inputs[0], str):
+                texts = np.empty(len(inputs), dtype=object)
+                texts[:] = inputs
+                if len(inputs) >= _PIPELINE_OFFLOAD:
+                    feeds = await asyncio.to_thread(pipeline.prepare, "input", texts)
+                else:
+                    feeds = pipeline.prepare("input", texts)
+            else:
+                feeds = pipeline.prepare_ids([list(map(int, ids)) for ids in inputs])
+        except BadRequestError:
+            model.stats.record_failure(0, "invalid_request")
+            raise
+        results = await self._run_pipeline(model, feeds, None, None, disconnected)
+        vectors = pipeline.finish(results, 1, dimensions)["embedding"]
+        return Embeddings(model, vectors, int(results["tokens"].sum()))
+
     def check_inflight(self, model: ModelVersion) -> None:
         """503 with ``Retry-After`` when the server is at its limit of requests in flight
         (checked again, before any body is decoded, by the route)."""
@@ -235,7 +358,17 @@ class DataPlane:
         self, model: ModelVersion, body: bytes | bytearray
     ) -> tuple[InferenceRequest, dict[str, Any]]:
         """A request from a raw body (``Inference-Header-Content-Length: 0``): the whole body is
-        the only input's bytes, a batch-1 request whose outputs all come back binary."""
+        the only input's bytes, a batch-1 request whose outputs all come back binary. For a
+        pipeline model, the body is one text or one encoded image."""
+        if model.pipeline is not None:
+            array = np.empty(1, dtype=object)
+            array[0] = bytes(body)
+            name = model.pipeline.input_name
+            request = InferenceRequest(
+                inputs=[RequestInput(name=name, shape=[1], datatype="BYTES")],
+                parameters={"binary_data_output": True},
+            )
+            return request, {name: array}
         if len(model.inputs) != 1:
             raise BadRequestError(
                 f"a raw binary request needs a model with one input; {model.name!r} has "
@@ -288,6 +421,9 @@ class DataPlane:
             if "binary_data_size" in (entry.parameters or {}):
                 _check_declared_size(entry, max_elements)
         try:
+            if model.pipeline is not None and wants_pipeline(True, request):
+                model.pipeline.check_request(model.name, request, None)
+                return
             self.check_inputs(model, request)
         except BadRequestError:
             model.stats.record_failure(0, "invalid_request")

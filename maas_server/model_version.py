@@ -26,6 +26,7 @@ import onnxruntime as ort
 from .batching import Scheduler
 from .config import ModelConfig
 from .errors import ModelUnavailableError
+from .pipeline import Pipeline
 from .runtime import OnnxModel, TensorSpec
 from .settings import DEFAULT_MAX_QUEUE_SIZE
 from .stats import ModelStats
@@ -48,10 +49,22 @@ class ModelVersion:
     sessions (:attr:`onnx`).
     """
 
-    def __init__(self, onnx: OnnxModel, *, max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE) -> None:
+    def __init__(
+        self,
+        onnx: OnnxModel,
+        *,
+        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+        pipeline: Pipeline | None = None,
+    ) -> None:
         self.onnx = onnx
         self.stats = ModelStats()
         self.scheduler = Scheduler(onnx, self.stats, max_queue_size)
+        self.pipeline = pipeline
+        # a pipeline model's requests queue and batch here, the raw ones ("pipeline": false)
+        # in ``scheduler``; both count in the same statistics
+        self.pipeline_scheduler = (
+            Scheduler(pipeline.runner, self.stats, max_queue_size) if pipeline else None
+        )
         self.engine: Engine | None = None
         self._lock = threading.Lock()
         self._retired = False
@@ -176,8 +189,12 @@ class ModelVersion:
             engine, self.engine = self.engine, None
         try:
             self.scheduler.close()
+            if self.pipeline_scheduler is not None:
+                self.pipeline_scheduler.close()
             if engine is not None:
                 engine.close()
+            if self.pipeline is not None:
+                self.pipeline.close()
             self.onnx.close()
         finally:
             self._closed.set()

@@ -1,7 +1,10 @@
 """OpenAI's wire format over the same text-generation models, so that the ``openai`` package
 pointed at ``http://host:port/v1`` works unchanged: ``GET /v1/models[/{model}]``,
 ``POST /v1/completions`` and ``POST /v1/chat/completions``, streaming (server-sent events ending
-with ``data: [DONE]``) and not.
+with ``data: [DONE]``) and not; and ``POST /v1/embeddings`` over embedding models
+(``"task": "embedding"``): ``input`` as a string, a list of strings, a list of token ids or a
+list of such lists, ``encoding_format`` ``float`` or ``base64``, ``dimensions`` where the model's
+configuration sets ``pipeline.outputs.matryoshka``. ``/v1/models`` lists both kinds.
 
 ``model`` names a repository model (its newest ready version). Supported: ``prompt`` (a string,
 a list of strings, a list of token ids or a list of such lists), ``messages`` (rendered with the
@@ -17,6 +20,7 @@ Errors use OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``.
 
 from __future__ import annotations
 
+import base64
 import functools
 import time
 import uuid
@@ -27,9 +31,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from maas_wire.openai import ChatCompletionRequest, CompletionRequest, OpenAIRequest
+from maas_wire.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    OpenAIRequest,
+)
 
 from .auth import model_allowed, require_model_access
+from .dataplane import DataPlane
 from .errors import BadRequestError, InternalError, ModelNotFoundError, ServerError
 from .generate_routes import collect_until_disconnect, service
 from .generation import GenerationEngine, GenerationParams
@@ -85,15 +95,30 @@ def _model_entry(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "maas"}
 
 
+def _dataplane(request: Request) -> DataPlane:
+    plane: DataPlane = request.app.state.dataplane
+    return plane
+
+
+def _openai_models(request: Request) -> list[str]:
+    """The loaded text-generation and embedding models."""
+    embedding = {
+        m.name
+        for m in _dataplane(request).repository.loaded_models()
+        if m.pipeline is not None and m.pipeline.task == "embedding"
+    }
+    return sorted(embedding.union(service(request).model_names()))
+
+
 async def list_models(request: Request) -> Response:
-    names = [n for n in service(request).model_names() if model_allowed(request, n)]
+    names = [n for n in _openai_models(request) if model_allowed(request, n)]
     return JSONBytesResponse({"object": "list", "data": [_model_entry(n) for n in names]})
 
 
 async def retrieve_model(request: Request) -> Response:
     name = request.path_params["model"]
-    if name not in service(request).model_names():
-        raise ModelNotFoundError(f"no text-generation model {name!r} is loaded")
+    if name not in _openai_models(request):
+        raise ModelNotFoundError(f"no text-generation or embedding model {name!r} is loaded")
     return JSONBytesResponse(_model_entry(name))
 
 
@@ -354,9 +379,32 @@ async def chat_completions(request: Request) -> Response:
     )
 
 
+async def embeddings(request: Request) -> Response:
+    body = await read_message(request, EmbeddingRequest)
+    require_model_access(request, body.model)  # the model is in the body
+    result = await _dataplane(request).embed(body.model, body.inputs(), body.dimensions)
+    vectors = result.vectors
+    if body.encoding_format == "base64":
+        little = vectors.astype("<f4", copy=False)
+        encoded: list[Any] = [base64.b64encode(row.tobytes()).decode("ascii") for row in little]
+    else:
+        encoded = vectors.tolist()
+    return JSONBytesResponse(
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)
+            ],
+            "model": body.model,
+            "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens},
+        }
+    )
+
+
 openai_routes: list[Route] = [
     Route("/v1/models", _openai_errors(list_models), methods=["GET"]),
     Route("/v1/models/{model}", _openai_errors(retrieve_model), methods=["GET"]),
     Route("/v1/completions", _openai_errors(completions), methods=["POST"]),
     Route("/v1/chat/completions", _openai_errors(chat_completions), methods=["POST"]),
+    Route("/v1/embeddings", _openai_errors(embeddings), methods=["POST"]),
 ]

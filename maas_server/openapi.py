@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from maas_wire.generate import GenerateRequest, GenerateResponse
-from maas_wire.openai import ChatCompletionRequest, CompletionRequest
+from maas_wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from maas_wire.types import (
     ErrorResponse,
     InferenceRequest,
@@ -98,10 +98,12 @@ _OPERATIONS: dict[str, _Operation] = {
     "generate_stream": _Operation("Generate text as server-sent events, one GenerateResponse "
                                   "per piece of text", "generation", GenerateRequest,
                                   GenerateResponse, body_required=True, events=True),
-    "list_models": _Operation("OpenAI: the text-generation models", "openai", None,
-                              {"type": "object"}),
-    "retrieve_model": _Operation("OpenAI: one text-generation model", "openai", None,
-                                 {"type": "object"}),
+    "list_models": _Operation("OpenAI: the text-generation and embedding models", "openai",
+                              None, {"type": "object"}),
+    "retrieve_model": _Operation("OpenAI: one text-generation or embedding model", "openai",
+                                 None, {"type": "object"}),
+    "embeddings": _Operation("OpenAI embeddings of texts or token ids", "openai",
+                             EmbeddingRequest, {"type": "object"}, body_required=True),
     "completions": _Operation("OpenAI completions (server-sent events with stream: true)",
                               "openai", CompletionRequest, {"type": "object"},
                               body_required=True, events=True),
@@ -151,6 +153,7 @@ def _schemas() -> dict[str, Any]:
     models: list[type[BaseModel]] = [
         ChatCompletionRequest,
         CompletionRequest,
+        EmbeddingRequest,
         ErrorResponse,
         GenerateRequest,
         GenerateResponse,

@@ -38,6 +38,7 @@ from .config import CONFIG_FILES, ConfigError, ModelConfig, load_config, parse_c
 from .errors import BadRequestError, ConflictError, ModelNotFoundError, ModelUnavailableError
 from .model_index import INDEX_DIR, ModelIndex
 from .model_version import ModelVersion
+from .pipeline import Pipeline
 from .runtime import ModelLoadError, OnnxModel, read_labels
 from .settings import DEFAULT_MAX_QUEUE_SIZE
 from .stats import ModelStats
@@ -104,8 +105,10 @@ class ModelRepository:
         max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
         threads: ThreadBudget | None = None,
         small_model_us: float = SMALL_MODEL_US,
+        allow_model_code: bool = False,
     ) -> None:
         self.root = root.resolve()
+        self.allow_model_code = allow_model_code
         self.max_queue_size = max_queue_size
         self.threads = threads if threads is not None else ThreadBudget()
         self.small_model_us = small_model_us
@@ -324,7 +327,9 @@ class ModelRepository:
         else the model's), running ``warmup`` dummy requests on top of the configured ones;
         :class:`ModelLoadError` or :class:`ConfigError` say why it cannot be."""
         labels = None
-        if config.labels:
+        if isinstance(config.labels, list):
+            labels = list(config.labels)
+        elif config.labels:
             own = path.parent / config.labels
             labels = read_labels(path.parent if own.is_file() else model_dir, config.labels)
         onnx = OnnxModel.load(
@@ -343,7 +348,16 @@ class ModelRepository:
             except ModelLoadError:
                 onnx.close()
                 raise
-        return ModelVersion(onnx, max_queue_size=self.max_queue_size)
+        pipeline = None
+        if config.steps() is not None:
+            try:
+                pipeline = Pipeline.load(
+                    onnx, path.parent, model_dir, labels, self.allow_model_code
+                )
+            except (ModelLoadError, ConfigError):
+                onnx.close()
+                raise
+        return ModelVersion(onnx, max_queue_size=self.max_queue_size, pipeline=pipeline)
 
     # --- publishing -------------------------------------------------------------------------
 

@@ -64,6 +64,9 @@ class Settings:
     ``request_timeout_s`` until the answer starts (504; 0: none). ``cors_origins``: CORS stays
     off unless origins are listed. ``metrics_port``: serve ``/metrics`` there instead of on the
     main port. ``access_log``: one line per request on logger ``maas_server.access``.
+    ``allow_model_code``: load pipeline models whose version folder holds Python hooks
+    (``pre.py``, ``post.py``), which run as code inside the server: trusted models only; off,
+    such a model fails to load.
     """
 
     repository: Path
@@ -88,6 +91,7 @@ class Settings:
     access_log: AccessLogFormat = "off"
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     poll_interval_s: float = 5.0
+    allow_model_code: bool = False
 
     @property
     def auth_enabled(self) -> bool:

@@ -1,5 +1,6 @@
-"""Wire models of the OpenAI routes maas serves: ``POST /v1/completions`` and
-``POST /v1/chat/completions`` (requests; the answers follow OpenAI's documented shapes).
+"""Wire models of the OpenAI routes maas serves: ``POST /v1/completions``,
+``POST /v1/chat/completions`` and ``POST /v1/embeddings`` (requests; the answers follow OpenAI's
+documented shapes).
 
 Only what maas implements is typed. Other keys are kept (``extra="allow"``) so that a server can
 refuse options that would change the answer (``logprobs``, ``echo``, penalties, tools) by name
@@ -12,7 +13,7 @@ rather than ignore them: :meth:`OpenAIRequest.unsupported` lists those a request
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -32,6 +33,7 @@ __all__ = [
     "ChatCompletionRequest",
     "ChatMessage",
     "CompletionRequest",
+    "EmbeddingRequest",
     "OpenAIRequest",
     "StreamOptions",
 ]
@@ -180,3 +182,32 @@ class ChatCompletionRequest(OpenAIRequest):
         if self.max_completion_tokens is not None:
             return self.max_completion_tokens
         return self.max_tokens
+
+
+class EmbeddingRequest(BaseModel):
+    """``POST /v1/embeddings``. ``input``: a string, a list of strings, a list of token ids or
+    a list of such lists; ``encoding_format`` ``float`` or ``base64`` (little-endian float32);
+    ``dimensions`` asks for shorter embeddings where the model allows it."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    model: Annotated[StrictStr, Field(min_length=1, description="a repository model's name")]
+    input: Prompt
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: StrictStr | None = None
+
+    _whole = field_validator("dimensions", mode="before")(whole_number)
+
+    def inputs(self) -> list[str] | list[list[int]]:
+        """The texts, or the token id lists (an empty list when ``input`` is one)."""
+        given = self.input
+        if isinstance(given, str):
+            return [given]
+        if not given:
+            return []
+        if all(isinstance(item, str) for item in given):
+            return [item for item in given if isinstance(item, str)]
+        if all(isinstance(item, int) for item in given):
+            return [[item for item in given if isinstance(item, int)]]
+        return [list(item) for item in given if isinstance(item, list)]

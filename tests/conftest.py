@@ -161,6 +161,22 @@ def server_url(server: RunningServer) -> str:
     return server.url
 
 
+@pytest.fixture(scope="session")
+def pipeline_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Pipeline models (``minilm``, ``minilm_short``, ``ppocr_dir``, ``sentiment``; see
+    tests/pipelines.py)."""
+    from tests.pipelines import build_pipeline_repository
+
+    return build_pipeline_repository(tmp_path_factory.mktemp("pipelines"))
+
+
+@pytest.fixture(scope="session")
+def pipeline_server(pipeline_repository: Path) -> Iterator[RunningServer]:
+    running = start_server(Settings(repository=pipeline_repository))
+    yield running
+    running.stop()
+
+
 @pytest.fixture
 async def asgi_client(repository: Path) -> AsyncIterator[httpx.AsyncClient]:
     """An in-process server with its own state, and an httpx client wired straight to it."""
