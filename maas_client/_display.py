@@ -167,7 +167,7 @@ def classifications_repr(result: ClassificationsLike, rows: int) -> str:
     ]
     for index in range(min(count, rows)):
         classes = _classes_text(result.labels[index], result.scores[index])
-        lines.append(one_line(f"  [{index}] {result.describe(index)!r}: {classes}"))
+        lines.append("  " + one_line(f"[{index}] {result.describe(index)!r}: {classes}"))
     if count > rows:
         lines.append(f"  … {count - rows} more")
     return "\n".join(lines)
