@@ -9,6 +9,7 @@ from typer.core import TyperGroup
 
 from ._common import accept_global_options, root
 from .bench import bench
+from .embed import embed
 from .generate import generate
 from .health import health
 from .keys import keys_app
@@ -45,6 +46,7 @@ app.add_typer(keys_app, name="keys")
 app.command(name="health")(health)
 app.add_typer(models_app, name="models")
 app.command(name="predict")(predict)
+app.command(name="embed")(embed)
 app.command(name="bench")(bench)
 
 

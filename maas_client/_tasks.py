@@ -80,7 +80,7 @@ def require_embedding_model(metadata: ModelMetadata) -> None:
     ):
         return
     what = (
-        f"a {task!r} model"
+        f"a model of task {task!r}"
         if task
         else f"not an embedding model (inputs: {_inputs_text(metadata)})"
     )
@@ -102,7 +102,11 @@ def classification_input(metadata: ModelMetadata) -> InputKind:
         and _has_outputs(metadata, "label", "score")
     ):
         return TEXT_INPUT if name == TEXT_INPUT else IMAGE_INPUT
-    what = f"a {task!r} model" if task else f"not a classifier (inputs: {_inputs_text(metadata)})"
+    what = (
+        f"a model of task {task!r}"
+        if task
+        else f"not a classifier (inputs: {_inputs_text(metadata)})"
+    )
     raise InputError(
         f"model {metadata.name!r} is {what}; classify needs a model whose configuration says "
         '"task": "text-classification" or "image-classification"'

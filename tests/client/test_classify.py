@@ -296,7 +296,7 @@ def test_what_an_image_classifier_does_not_take(client: Client) -> None:
 
 
 def test_a_model_that_is_not_a_classifier(client: Client) -> None:
-    with pytest.raises(InputError, match="'minilm' is a 'embedding' model; classify needs"):
+    with pytest.raises(InputError, match="'minilm' is a model of task 'embedding'; classify needs"):
         client.classify("minilm", ["hello"])
 
 

@@ -179,7 +179,7 @@ def test_what_is_not_a_text_is_refused(
 def test_a_model_that_is_not_an_embedding_model(client: Client, counter: InferCounter) -> None:
     with pytest.raises(InputError) as info:
         client.embed("sentiment", ["hello"])
-    assert "'sentiment' is a 'text-classification' model" in str(info.value)
+    assert "'sentiment' is a model of task 'text-classification'" in str(info.value)
     assert '"task": "embedding"' in str(info.value)
     assert counter.calls == 0
 

@@ -1,0 +1,179 @@
+"""``maas predict MODEL --text/--image`` and ``maas embed``, driven by typer's CliRunner against
+the real pipeline server (tests/pipelines.py: MiniLM, PaddleOCR's direction classifier, a text
+classifier)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner, Result
+
+from maas_cli import app
+from tests.conftest import RunningServer
+from tests.pipelines import reference_embeddings, text_image
+
+runner = CliRunner()
+TEXTS = ["a cat sat on the mat", "Ünïcödé and emoji 🙂 too", "the stock market fell"]
+
+
+@pytest.fixture(scope="module")
+def url(pipeline_server: RunningServer) -> str:
+    return pipeline_server.url
+
+
+@pytest.fixture
+def lines(tmp_path: Path) -> tuple[Path, Path]:
+    up, down = tmp_path / "up.png", tmp_path / "down.jpg"
+    up.write_bytes(text_image("Hello World 12345"))
+    down.write_bytes(text_image("The quick brown fox", rotate=True, fmt="JPEG"))
+    return up, down
+
+
+def maas(url: str, *args: str, **kwargs: Any) -> Result:
+    return runner.invoke(app, ["--url", url, *args], **kwargs)
+
+
+def ok(result: Result) -> str:
+    assert result.exit_code == 0, (result.exit_code, result.output, result.exception)
+    return result.stdout
+
+
+def usage_error(result: Result) -> str:
+    """The output of a command that ended with a usage error, on one line (rich boxes it)."""
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    return " ".join(result.output.replace("│", " ").split())
+
+
+def cosines(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of each body row of a rich table (not the lines a wrapped cell continues on)."""
+    rows = [
+        [cell.strip() for cell in line.split("│")[1:-1]]
+        for line in text.splitlines()
+        if line.startswith("│")
+    ]
+    return [row for row in rows if row[0]]
+
+
+# --- predict --text / --image -------------------------------------------------------------------
+
+
+def test_predict_images_prints_labels_and_scores(url: str, lines: tuple[Path, Path]) -> None:
+    up, down = lines
+    out = ok(maas(url, "predict", "ppocr_dir", "--image", str(up), "--image", str(down)))
+    assert out.startswith("ppocr_dir version 1, ")
+    rows = table_rows(out)
+    assert [row[:3] for row in rows] == [["0", "up.png", "0"], ["1", "down.jpg", "180"]]
+    assert all(float(row[3]) > 0.99 for row in rows)
+    assert rows[0][4].startswith("180 ") and rows[1][4].startswith("0 ")
+
+
+def test_predict_texts_with_a_classifier_sends_top_k(url: str) -> None:
+    out = ok(maas(url, "predict", "sentiment", "--text", "great movie", "-t", "x", "-k", "2"))
+    rows = table_rows(out)
+    assert [row[1] for row in rows] == ["great movie", "x"]
+    assert all(len(row[4].split(", ")) == 1 for row in rows)  # the second of 2 classes
+    document = json.loads(ok(maas(url, "predict", "sentiment", "-t", "great movie", "--json")))
+    assert document["outputs"]["label"]["shape"] == [1, 3]
+    assert document["outputs"]["score"]["datatype"] == "FP32"
+
+
+def test_predict_texts_with_an_embedding_model(url: str) -> None:
+    args = [arg for text in TEXTS for arg in ("--text", text)]
+    out = ok(maas(url, "predict", "minilm", *args))
+    assert "3 embeddings of 384 dimensions (float32)" in out
+    rows = table_rows(out)
+    assert [row[1] for row in rows] == TEXTS and all(row[2] == "1.0000" for row in rows)
+    document = json.loads(ok(maas(url, "predict", "minilm", *args, "--json")))
+    vectors = np.array(document["outputs"]["embedding"]["data"], dtype=np.float32)
+    assert cosines(vectors, reference_embeddings(TEXTS)).min() >= 0.9999
+
+
+def test_predict_images_to_npz_and_global_options_after_the_command(
+    url: str, lines: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, down = lines
+    target = tmp_path / "out.npz"
+    result = runner.invoke(
+        app, ["predict", "ppocr_dir", "--image", str(down), "-o", str(target), "--url", url]
+    )
+    ok(result)
+    with np.load(target, allow_pickle=True) as saved:
+        assert saved["label"][0, 0] == b"180"
+
+
+def test_predict_text_and_image_errors(url: str, lines: tuple[Path, Path], tmp_path: Path) -> None:
+    up, _ = lines
+    both = usage_error(maas(url, "predict", "minilm", "--text", "x", "--image", str(up)))
+    assert "give --text or --image, not both" in both
+    mixed = usage_error(maas(url, "predict", "minilm", "--text", "x", "--data", "[[1]]"))
+    assert "replace --input and --data" in mixed
+    missing = usage_error(maas(url, "predict", "ppocr_dir", "--image", str(tmp_path / "no.png")))
+    assert "does not exist" in missing
+    wrong = usage_error(maas(url, "predict", "ppocr_dir", "--text", "hello"))
+    assert "has no input 'text'" in wrong and "'image' (BYTES [-1])" in wrong
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(up.read_bytes()[:40])
+    failed = maas(url, "predict", "ppocr_dir", "--image", str(corrupt))
+    assert failed.exit_code == 1 and "element 0" in failed.stderr
+
+
+# --- embed --------------------------------------------------------------------------------------
+
+
+def test_embed_prints_a_summary(url: str) -> None:
+    out = ok(maas(url, "embed", "minilm", *TEXTS))
+    assert out.startswith("minilm: 3 embeddings of 384 dimensions (float32)")
+    rows = table_rows(out)
+    assert [row[1] for row in rows] == TEXTS and all(row[2] == "1.0000" for row in rows)
+
+
+def test_embed_as_json_equals_the_reference(url: str) -> None:
+    vectors = np.array(json.loads(ok(maas(url, "embed", "minilm", *TEXTS, "--format", "json"))))
+    assert vectors.shape == (3, 384)
+    assert cosines(vectors, reference_embeddings(TEXTS)).min() >= 0.9999
+
+
+def test_embed_to_files(url: str, tmp_path: Path) -> None:
+    npy, as_json = tmp_path / "vectors.npy", tmp_path / "vectors.json"
+    result = maas(url, "embed", "minilm", *TEXTS, "-o", str(npy), "--batch-size", "2")
+    ok(result)
+    assert f"wrote 3 embeddings of 384 dimensions to {npy}" in result.stderr
+    vectors = np.load(npy)
+    assert vectors.dtype == np.float32 and vectors.shape == (3, 384)
+    assert cosines(vectors, reference_embeddings(TEXTS)).min() >= 0.9999
+    ok(maas(url, "embed", "minilm", *TEXTS, "--output", str(as_json)))
+    np.testing.assert_allclose(np.array(json.loads(as_json.read_text())), vectors, atol=1e-6)
+
+
+def test_embed_npy_to_stdout(url: str) -> None:
+    result = maas(url, "embed", "minilm", TEXTS[0], "--format", "npy")
+    ok(result)
+    vectors = np.load(io.BytesIO(result.stdout_bytes))
+    assert vectors.shape == (1, 384)
+
+
+def test_embed_texts_from_stdin(url: str) -> None:
+    out = ok(maas(url, "embed", "minilm", "-f", "json", input="\n".join(TEXTS) + "\n\n"))
+    vectors = np.array(json.loads(out))
+    assert cosines(vectors, reference_embeddings(TEXTS)).min() >= 0.9999
+
+
+def test_embed_errors(url: str) -> None:
+    assert "stdin holds no texts" in usage_error(maas(url, "embed", "minilm", input=""))
+    wrong = usage_error(maas(url, "embed", "sentiment", "hello"))
+    assert "'sentiment' is a model of task 'text-classification'" in wrong
+    bad = usage_error(maas(url, "embed", "minilm", "x", "--format", "csv"))
+    assert "'csv' is not one of 'json', 'npy'" in bad
+    long = maas(url, "embed", "minilm_short", "short", "word " * 40)
+    assert long.exit_code == 1 and "at most 16" in long.stderr
+    unknown = maas(url, "embed", "no_such_model", "x")
+    assert unknown.exit_code == 1 and "no_such_model" in unknown.stderr
