@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +179,42 @@ def test_embed_errors(url: str) -> None:
     assert long.exit_code == 1 and "at most 16" in long.stderr
     unknown = maas(url, "embed", "no_such_model", "x")
     assert unknown.exit_code == 1 and "no_such_model" in unknown.stderr
+
+
+# --- the commands of the pipelines guide --------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent.parent / "docs"
+SECTION = "## From Python and the command line"
+
+
+def guide_commands() -> list[tuple[list[str], str | None]]:
+    """Each ``maas ...`` line of the bash blocks in the guide's section on the client and the
+    CLI, with the file it reads on stdin (``< FILE``)."""
+    pages = [p for p in sorted(DOCS.glob("*.md")) if SECTION in p.read_text(encoding="utf-8")]
+    assert len(pages) == 1, pages
+    text = pages[0].read_text(encoding="utf-8").split(SECTION, 1)[1]
+    commands = []
+    for block in re.findall(r"^```bash\n(.*?)^```", text, re.DOTALL | re.MULTILINE):
+        for line in block.splitlines():
+            words = shlex.split(line, comments=True)
+            if words[:1] == ["maas"]:
+                stdin = None
+                if "<" in words:
+                    at = words.index("<")
+                    stdin, words = words[at + 1], words[:at] + words[at + 2 :]
+                commands.append((words[1:], stdin))
+    return commands
+
+
+def test_the_guide_commands_run(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    commands = guide_commands()
+    assert len(commands) >= 7
+    (tmp_path / "line.png").write_bytes(text_image("Hello World 12345"))
+    (tmp_path / "sentences.txt").write_text("\n".join(f"sentence {i}" for i in range(40)))
+    monkeypatch.chdir(tmp_path)
+    for words, stdin in commands:
+        given = (tmp_path / stdin).read_text() if stdin else None
+        result = runner.invoke(app, words, input=given, env={"MAAS_BASE_URL": url})
+        assert result.exit_code == 0, (words, result.output)
+    assert np.load(tmp_path / "vectors.npy").shape == (2, 384)
+    assert np.array(json.loads((tmp_path / "vectors.json").read_text())).shape == (40, 384)
