@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 import respx
@@ -30,22 +29,11 @@ from maas_client import (
 from maas_client._exceptions import APIError
 from maas_client._thumbnails import thumbnail_uri
 from tests.client.conftest import ClientFactory
+from tests.client.test_embed import InferCounter
 from tests.conftest import RunningServer
 from tests.pipelines import SENTIMENT_LABELS, ppocr_reference, text_image
 
 LINES = ["Hello World 12345", "The quick brown fox", "maas 2026", "Invoice total: 42.00"]
-
-
-class InferCounter:
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, request: httpx.Request) -> None:
-        if request.url.path.endswith("/infer"):
-            self.calls += 1
-
-    async def hook(self, request: httpx.Request) -> None:
-        self(request)
 
 
 @pytest.fixture(scope="module")

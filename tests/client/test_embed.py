@@ -21,8 +21,9 @@ from maas_client import (
     InputError,
 )
 from maas_client._exceptions import APIError
-from maas_client._task_inputs import text_list
-from maas_client._tasks import DEFAULT_TASK_BATCH
+from maas_client._task_inputs import TEXT_INPUT, TaskInputs, text_list
+from maas_client._tasks import DEFAULT_TASK_BATCH, plan_task_batch
+from maas_client.types import ModelMetadata
 from tests.client.conftest import ClientFactory
 from tests.conftest import RunningServer
 from tests.pipelines import reference_embeddings
@@ -203,6 +204,21 @@ def test_a_failed_chunk_among_others_keeps_the_rest(client: Client) -> None:
 def test_non_utf8_bytes_are_refused_by_the_server(client: Client) -> None:
     with pytest.raises(BadRequestError, match="UTF-8"):
         client.embed("minilm", [b"fine", b"\xff\xfe bad"])
+
+
+def test_chunk_sizes() -> None:
+    inputs = TaskInputs(TEXT_INPUT, ["x"] * 100)
+
+    def size(declared: int | None, batch_size: int | None) -> int:
+        parameters = {} if declared is None else {"max_batch_size": declared}
+        metadata = ModelMetadata(name="m", parameters=parameters)
+        return plan_task_batch(inputs, metadata, None, batch_size).size
+
+    assert size(8, None) == 8 and size(8, 100) == 8 and size(8, 3) == 3
+    assert size(0, None) == DEFAULT_TASK_BATCH and size(0, 100) == 100
+    assert size(None, None) == DEFAULT_TASK_BATCH  # no configuration either
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        size(8, 0)
 
 
 def test_text_list_keeps_strings_and_bytes() -> None:
