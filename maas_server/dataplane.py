@@ -79,9 +79,6 @@ class Embeddings:
         self.tokens = tokens
 
 
-_PIPELINE_OFFLOAD = 64  # texts checked on a worker thread from this many (images: always)
-
-
 def _describe(spec: TensorSpec) -> str:
     return f"{spec.datatype} {list(spec.shape)}"
 
@@ -259,7 +256,7 @@ class DataPlane:
             top = pipeline.top_k(request)
             name = pipeline.input_name
             array = tensors[name]
-            if pipeline.input_name == "image" or array.size >= _PIPELINE_OFFLOAD:
+            if pipeline.offload(array.size):
                 feeds = await asyncio.to_thread(pipeline.prepare, name, array)
             else:
                 feeds = pipeline.prepare(name, array)
@@ -329,7 +326,7 @@ class DataPlane:
             if isinstance(inputs[0], str):
                 texts = np.empty(len(inputs), dtype=object)
                 texts[:] = inputs
-                if len(inputs) >= _PIPELINE_OFFLOAD:
+                if pipeline.offload(len(inputs)):
                     feeds = await asyncio.to_thread(pipeline.prepare, "input", texts)
                 else:
                     feeds = pipeline.prepare("input", texts)

@@ -63,6 +63,7 @@ dimension must be variable)."""
 
 Array = np.ndarray[Any, Any]
 _TOKENS = "tokens"  # internal output: tokens of each text, for usage counts
+_OFFLOAD_TEXTS = 64  # texts checked on a worker thread from this many
 
 
 def wants_pipeline(has_pipeline: bool, request: InferenceRequest) -> bool:
@@ -309,6 +310,8 @@ class Pipeline:
                     ) from None
             if self.text is not None and self.hooks.pre is None:
                 self.text.check_lengths(name, list(texts))
+                if self.text.steps.merge == "after":
+                    return {"token_ids": self.text.token_ids(list(texts))}
             return {"text": texts}
         data = [bytes(x) if not isinstance(x, str) else x.encode("utf-8") for x in items]
         if self.image is None:  # a pre hook decodes
@@ -316,6 +319,15 @@ class Pipeline:
             raw[:] = data
             return {"image_bytes": raw}
         return {"image": self.image.batch(name, data)}
+
+    def offload(self, count: int) -> bool:
+        """Whether preparing ``count`` elements belongs on a worker thread: images, texts
+        tokenized on arrival, or many texts."""
+        return (
+            self.input_name == "image"
+            or (self.text is not None and self.text.steps.merge == "after")
+            or count >= _OFFLOAD_TEXTS
+        )
 
     def prepare_ids(self, sequences: Sequence[Sequence[int]]) -> dict[str, Array]:
         """The scheduler's feeds for token ids given by the caller (the OpenAI route)."""
@@ -345,7 +357,7 @@ class Pipeline:
                 if "text" in part:
                     batch = self.text.encode(list(part["text"]))
                 else:
-                    batch = self.text.from_ids([list(ids) for ids in part["token_ids"]])
+                    batch = self.text.from_ids(list(part["token_ids"]))
                 feeds = self.text.feeds(batch, self._input_types)
                 mask = batch.mask
         elif "image_bytes" in part:

@@ -103,6 +103,16 @@ class TextEncoder:
         )
         return self._pad([e.ids for e in encodings], [e.type_ids for e in encodings])
 
+    def token_ids(self, texts: Sequence[str]) -> np.ndarray[Any, Any]:
+        """Each text's token ids (truncated, not padded), as an object array of int64 arrays."""
+        encodings = self.tokenizer.encode_batch(
+            list(texts), add_special_tokens=self.steps.add_special_tokens
+        )
+        out = np.empty(len(encodings), dtype=object)
+        for index, encoding in enumerate(encodings):
+            out[index] = np.asarray(encoding.ids, dtype=np.int64)
+        return out
+
     def from_ids(self, sequences: Sequence[Sequence[int]]) -> TokenBatch:
         """Token ids given by the caller (no special tokens added), truncated as texts are."""
         limit = self.steps.max_length
@@ -113,7 +123,7 @@ class TextEncoder:
                         f"input 'input': element {index} has {len(ids)} tokens; the model takes "
                         f"at most {limit} (truncation is off)"
                     )
-        cut = [list(ids)[:limit] for ids in sequences]
+        cut = [ids[:limit] for ids in sequences]
         return self._pad(cut, [[0] * len(ids) for ids in cut])
 
     def _pad(self, ids: Sequence[Sequence[int]], type_ids: Sequence[Sequence[int]]) -> TokenBatch:

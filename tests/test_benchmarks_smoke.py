@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,3 +74,23 @@ async def test_loadgen_refuses_non_loopback_targets(url: str) -> None:
 )
 def test_loopback_targets_are_accepted(url: str) -> None:
     loadgen.check_loopback(url)
+
+
+def test_embeddings_benchmark_prints_its_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import embeddings
+
+    out = tmp_path / "embeddings.json"
+    assert embeddings.main(["--quick", "--json", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert embeddings.HEADER in lines
+    table = lines[lines.index(embeddings.HEADER) + 1 :]
+    assert table[0].startswith("in process (pre-tokenised)")
+    assert table[1].startswith("/v1/embeddings c=16 merge before")
+    assert table[2].startswith("/v1/embeddings c=16 merge after")
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert all(row["embeddings_per_s"] > 0 for row in rows)
+    assert report["ratio"] == rows[1]["embeddings_per_s"] / rows[0]["embeddings_per_s"]
+    assert report["pass"] == (report["ratio"] >= embeddings.TARGET)
