@@ -27,6 +27,7 @@ from maas_client import (
     PayloadTooLargeError,
 )
 from maas_client._exceptions import APIError
+from maas_client._task_inputs import task_inputs
 from maas_client._thumbnails import thumbnail_uri
 from tests.client.conftest import ClientFactory
 from tests.client.test_embed import InferCounter
@@ -236,6 +237,19 @@ def test_thumbnails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "PIL", None)  # Pillow missing: small images as they are
     assert thumbnail_uri(png) == "data:image/png;base64," + base64.b64encode(png).decode()
     assert thumbnail_uri(b"\xff\xd8\xff" + bytes(300_000)) is None
+
+
+def test_images_are_encoded_as_png_whatever_their_mode() -> None:
+    cmyk = Image.new("CMYK", (6, 4), (0, 255, 0, 0))
+    grey = np.linspace(0.0, 1.0, 24).reshape(4, 6, 1)
+    inputs = task_inputs([cmyk, grey, np.zeros((4, 6, 4), np.uint8)], "image", "m")
+    decoded = [Image.open(io.BytesIO(data)) for data in inputs.encode(0, 3)]
+    assert [(image.format, image.mode, image.size) for image in decoded] == [
+        ("PNG", "RGB", (6, 4)),
+        ("PNG", "L", (6, 4)),
+        ("PNG", "RGBA", (6, 4)),
+    ]
+    assert decoded[1].getpixel((5, 3)) == 255 and decoded[1].getpixel((0, 0)) == 0
 
 
 # --- errors -------------------------------------------------------------------------------------
