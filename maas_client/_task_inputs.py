@@ -205,14 +205,12 @@ def task_inputs(inputs: Any, kind: InputKind, model: str, call: str = "classify"
     """``inputs`` (one or an iterable) for a model whose input is ``kind``, checked before
     anything is sent: texts are str or bytes, image paths name files that exist."""
     if kind == TEXT_INPUT:
-        for_text = inputs
-        if isinstance(for_text, os.PathLike) or is_pil_image(for_text) or _is_pixels(for_text):
+        if isinstance(inputs, os.PathLike) or is_pil_image(inputs) or _is_pixels(inputs):
             raise InputError(
-                f"model {model!r} classifies texts, not a {type(for_text).__name__}; "
+                f"model {model!r} classifies texts, not a {type(inputs).__name__}; "
                 "read the text yourself and pass the str"
             )
-        items = text_list(for_text, call)
-        return TaskInputs(TEXT_INPUT, list(items))
+        return TaskInputs(TEXT_INPUT, list(text_list(inputs, call)))
     items = _as_list(inputs, call)
     for index, item in enumerate(items):
         if isinstance(item, (str, os.PathLike)):

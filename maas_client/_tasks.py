@@ -12,7 +12,7 @@ parameters; elsewhere the names of its input and outputs tell.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -150,7 +150,7 @@ def plan_task_batch(
     return TaskBatch(items=[], rows=len(inputs), size=size, index=None, inputs=inputs)
 
 
-def raise_batch_error(error: BatchError) -> None:
+def raise_batch_error(error: BatchError) -> NoReturn:
     """When no input got an answer, the first chunk's own error says more than a BatchError
     (which carries nothing computed): raise that one."""
     if error.result is None and error.failures:

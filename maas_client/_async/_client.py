@@ -343,7 +343,6 @@ class AsyncClient(ClientCore[httpx.AsyncClient]):
             )
         except BatchError as exc:
             raise_batch_error(exc)
-            raise
 
     # --- text generation -----------------------------------------------------------------------
 

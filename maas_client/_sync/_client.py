@@ -344,7 +344,6 @@ class Client(ClientCore[httpx.Client]):
             )
         except BatchError as exc:
             raise_batch_error(exc)
-            raise
 
     # --- text generation -----------------------------------------------------------------------
 
