@@ -143,6 +143,12 @@ async def test_async_embed_equals_the_reference(
     assert cosines(one, reference_embeddings(TEXTS[:1]))[0] >= 0.9999
 
 
+def test_in_process_server(pipeline_repository: Path) -> None:
+    with Client.local(pipeline_repository) as local:
+        vectors = local.embed("minilm", TEXTS, batch_size=2)
+    assert cosines(vectors, reference_embeddings(TEXTS)).min() >= 0.9999
+
+
 # --- errors -------------------------------------------------------------------------------------
 
 
