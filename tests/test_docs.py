@@ -35,7 +35,7 @@ def docs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSer
     # a copy: docs/publishing.md publishes and deletes models
     repository = tmp_path_factory.mktemp("docs") / "repository"
     shutil.copytree(default_repository(), repository)
-    build_pipeline_repository(repository)  # minilm, ppocr_dir...: the pipelines guide
+    build_pipeline_repository(repository)  # minilm, for the README's embed example
     running = start_server(Settings(repository=repository))
     yield running
     running.stop()

@@ -8,6 +8,8 @@ import io
 import json
 import re
 import shlex
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from maas_cli import app
-from tests.conftest import RunningServer
+from maas_server import Settings
+from tests.conftest import RunningServer, start_server
 from tests.pipelines import reference_embeddings, text_image
 
 runner = CliRunner()
@@ -206,7 +209,22 @@ def guide_commands() -> list[tuple[list[str], str | None]]:
     return commands
 
 
-def test_the_guide_commands_run(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="module")
+def guide_server(
+    pipeline_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """The models of the guide under its names: ``minilm`` and ``text_direction``."""
+    root = tmp_path_factory.mktemp("guide")
+    shutil.copytree(pipeline_repository / "minilm", root / "minilm")
+    shutil.copytree(pipeline_repository / "ppocr_dir", root / "text_direction")
+    running = start_server(Settings(repository=root))
+    yield running
+    running.stop()
+
+
+def test_the_guide_commands_run(
+    guide_server: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     commands = guide_commands()
     assert len(commands) >= 7
     (tmp_path / "line.png").write_bytes(text_image("Hello World 12345"))
@@ -214,7 +232,7 @@ def test_the_guide_commands_run(url: str, tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.chdir(tmp_path)
     for words, stdin in commands:
         given = (tmp_path / stdin).read_text() if stdin else None
-        result = runner.invoke(app, words, input=given, env={"MAAS_BASE_URL": url})
+        result = runner.invoke(app, words, input=given, env={"MAAS_BASE_URL": guide_server.url})
         assert result.exit_code == 0, (words, result.output)
     assert np.load(tmp_path / "vectors.npy").shape == (2, 384)
     assert np.array(json.loads((tmp_path / "vectors.json").read_text())).shape == (40, 384)
