@@ -143,6 +143,15 @@ async def test_async_embed_equals_the_reference(
     assert cosines(one, reference_embeddings(TEXTS[:1]))[0] >= 0.9999
 
 
+def test_progress(client: Client, capsys: pytest.CaptureFixture[str]) -> None:
+    texts = [f"text {i}" for i in range(40)]
+    client.embed("minilm", texts, batch_size=16)  # progress=False by default
+    assert capsys.readouterr().err == ""
+    client.embed("minilm", texts, batch_size=16, progress="always")
+    err = capsys.readouterr().err
+    assert "minilm" in err and "40/40" in err
+
+
 def test_in_process_server(pipeline_repository: Path) -> None:
     with Client.local(pipeline_repository) as local:
         vectors = local.embed("minilm", TEXTS, batch_size=2)
