@@ -35,7 +35,7 @@ from .repository import ModelRepository
 from .runtime import TensorSpec
 from .settings import Settings
 
-__all__ = ["EXTENSIONS", "DataPlane", "Embeddings", "InferenceResult"]
+__all__ = ["EXTENSIONS", "MAX_EMBEDDING_INPUTS", "DataPlane", "Embeddings", "InferenceResult"]
 
 logger = logging.getLogger("maas_server")
 
@@ -50,6 +50,10 @@ EXTENSIONS = [
     "generate",
 ]
 
+MAX_EMBEDDING_INPUTS = 2048
+"""The most texts (or token lists) one ``/v1/embeddings`` request may hold, as OpenAI's."""
+
+_FINISH_OFFLOAD = 1 << 20  # output elements ranked (top-k) on a worker thread from this many
 _TEXT_OFFLOAD = 10_000  # BYTES elements converted to text on a worker thread from this many
 
 _CLIENT_FAULTS = (
@@ -207,7 +211,7 @@ class DataPlane:
         disconnected: Callable[[], Coroutine[Any, Any, None]] | None = None,
     ) -> InferenceResult:
         model = self.repository.get(name, version)
-        if model.pipeline is not None and wants_pipeline(True, request):
+        if model.pipeline is not None and wants_pipeline(request):
             return await self._infer_pipeline(model, model.pipeline, request, tensors, disconnected)
         try:
             if sum(a.size for a in tensors.values() if a.dtype == object) >= _TEXT_OFFLOAD:
@@ -265,7 +269,10 @@ class DataPlane:
             model.stats.record_failure(0, "invalid_request")
             raise
         results = await self._run_pipeline(model, feeds, priority, timeout_us, disconnected)
-        outputs = pipeline.finish(results, top)
+        if sum(a.size for a in results.values()) >= _FINISH_OFFLOAD:
+            outputs = await asyncio.to_thread(pipeline.finish, results, top)
+        else:
+            outputs = pipeline.finish(results, top)
         wanted = request.outputs or [RequestOutput(name=s.name) for s in pipeline.outputs]
         binary_default = bool((request.parameters or {}).get("binary_data_output", False))
         payloads = []
@@ -322,6 +329,11 @@ class DataPlane:
         try:
             if not inputs:
                 raise BadRequestError("input 'input' is empty: give at least one text")
+            if len(inputs) > MAX_EMBEDDING_INPUTS:
+                raise BadRequestError(
+                    f"input 'input' holds {len(inputs)} elements; at most "
+                    f"{MAX_EMBEDDING_INPUTS} per request"
+                )
             pipeline.check_dimensions(dimensions)
             if isinstance(inputs[0], str):
                 texts = np.empty(len(inputs), dtype=object)
@@ -418,7 +430,7 @@ class DataPlane:
             if "binary_data_size" in (entry.parameters or {}):
                 _check_declared_size(entry, max_elements)
         try:
-            if model.pipeline is not None and wants_pipeline(True, request):
+            if model.pipeline is not None and wants_pipeline(request):
                 model.pipeline.check_request(model.name, request, None)
                 return
             self.check_inputs(model, request)

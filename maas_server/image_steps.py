@@ -1,5 +1,6 @@
 """Encoded images to the tensor an image model takes: decode (JPEG, PNG, WebP and whatever else
-Pillow reads), colour mode, resize, center crop, scale, mean and std, layout and datatype.
+Pillow reads; turned upright as their EXIF orientation says), colour mode, resize, center crop,
+scale, mean and std, layout and datatype.
 
 An image larger than ``max_pixels`` is refused before its pixels are decoded (413), an image
 Pillow cannot read is a 400; both name the input and the element.
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import BadRequestError, PayloadTooLargeError
 from .pipeline_config import ImageSteps
@@ -95,6 +96,7 @@ class ImagePreprocessor:
     def array(self, image: Image.Image) -> Array:
         """One decoded image as the model's [C, H, W] (or [H, W, C]) array."""
         steps = self.steps
+        image = ImageOps.exif_transpose(image)  # a photo as its camera held it
         image = image.convert("L" if steps.mode == "L" else "RGB")
         resample = _RESAMPLE[steps.resample]
         pad_to = None

@@ -14,8 +14,9 @@ A request goes through three stages:
    longest text. The runner, on its own threads, tokenizes, runs the session and applies the
    output steps (pooling and normalisation, or softmax/sigmoid), in chunks of at most the
    batch size; the tokenizing and output steps count as compute_input and compute_output in the
-   statistics. (Tokenizing each request on arrival and merging the ids was measured slower:
-   see ``benchmarks/embeddings.py --merge after``.)
+   statistics. (Tokenizing each request on arrival and merging the ids, ``"merge": "after"``,
+   takes twice the CPU per text and was no faster through the server: see
+   ``benchmarks/embeddings.py``.)
 3. :meth:`Pipeline.finish`: what depends on the request (``top_k`` and labels, the embedding
    ``dimensions``) is applied to its own rows.
 
@@ -66,14 +67,13 @@ _TOKENS = "tokens"  # internal output: tokens of each text, for usage counts
 _OFFLOAD_TEXTS = 64  # texts checked on a worker thread from this many
 
 
-def wants_pipeline(has_pipeline: bool, request: InferenceRequest) -> bool:
-    """Whether a request runs through the steps (the ``pipeline`` parameter, default true)."""
+def wants_pipeline(request: InferenceRequest) -> bool:
+    """Whether a request to a pipeline model runs through the steps (the ``pipeline``
+    parameter, default true)."""
     flag = (request.parameters or {}).get(PIPELINE_PARAMETER, True)
     if not isinstance(flag, bool):
         raise BadRequestError(f"parameter {PIPELINE_PARAMETER!r} must be true or false")
-    if not flag:
-        return False
-    return has_pipeline
+    return flag
 
 
 def _now() -> int:
@@ -323,9 +323,10 @@ class Pipeline:
     def offload(self, count: int) -> bool:
         """Whether preparing ``count`` elements belongs on a worker thread: images, texts
         tokenized on arrival, or many texts."""
+        text = self.text.steps if self.text is not None else None
         return (
             self.input_name == "image"
-            or (self.text is not None and self.text.steps.merge == "after")
+            or (text is not None and (text.merge == "after" or not text.truncation))
             or count >= _OFFLOAD_TEXTS
         )
 
@@ -333,11 +334,24 @@ class Pipeline:
         """The scheduler's feeds for token ids given by the caller (the OpenAI route)."""
         if self.text is None or self.hooks.pre is not None:
             raise BadRequestError("this model takes text, not token ids")
-        if self.text.steps.truncation is False:
-            self.text.from_ids(sequences)  # refuses sequences that are too long
+        vocabulary = self.text.vocab_size
+        limit = None if self.text.steps.truncation else self.text.steps.max_length
         ids = np.empty(len(sequences), dtype=object)
         for index, seq in enumerate(sequences):
-            ids[index] = np.asarray(seq, dtype=np.int64)
+            array = np.asarray(seq, dtype=np.int64)
+            if not array.size:
+                raise BadRequestError(f"input 'input': element {index} holds no token ids")
+            if array.min() < 0 or array.max() >= vocabulary:
+                raise BadRequestError(
+                    f"input 'input': element {index} holds token ids outside the model's "
+                    f"vocabulary (0 to {vocabulary - 1})"
+                )
+            if limit is not None and array.size > limit:
+                raise BadRequestError(
+                    f"input 'input': element {index} has {array.size} tokens; the model takes "
+                    f"at most {limit} (truncation is off)"
+                )
+            ids[index] = array
         return {"token_ids": ids}
 
     # --- in the runner ------------------------------------------------------------------------
@@ -422,12 +436,14 @@ class Pipeline:
 
     def metadata(self) -> dict[str, Any]:
         """What model metadata adds under ``parameters`` for a pipeline model."""
-        return {
-            "task": self.task,
-            "pipeline": True,
-            "top_k": self.output_steps.top_k if self.task != "embedding" else None,
-            "labels": len(self.labels) if self.labels else 0,
-        }
+        found: dict[str, Any] = {"task": self.task, "pipeline": True}
+        if self.task == "embedding":
+            found["dimensions"] = self.dimensions
+            found["matryoshka"] = self.output_steps.matryoshka
+        else:
+            found["top_k"] = self.output_steps.top_k
+            found["labels"] = list(self.labels or [])
+        return found
 
 
 def _check_text_inputs(onnx: OnnxModel, steps: PipelineSteps) -> None:

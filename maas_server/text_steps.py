@@ -1,9 +1,9 @@
 """Text to the tensors a transformer encoder takes: a ``tokenizers`` tokenizer, truncation,
 padding to the batch's longest text (or a fixed length) and the model's input names.
 
->>> encoder = TextEncoder.load(folder, TextSteps(max_length=128))
+>>> encoder = TextEncoder.load(folder, folder, TextSteps(max_length=128))
 >>> batch = encoder.encode(["a sentence", "another one"])
->>> batch.feeds("int64")["input_ids"].shape
+>>> encoder.feeds(batch, {"input_ids": "INT64", "attention_mask": "INT64"})["input_ids"].shape
 (2, 4)
 """
 
@@ -67,6 +67,7 @@ class TextEncoder:
         if pad_id is None:
             pad_id = tokenizer.token_to_id("<pad>")
         self.pad_id = int(pad_id or 0)
+        self.vocab_size = int(tokenizer.get_vocab_size(with_added_tokens=True))
 
     @classmethod
     def load(cls, version_dir: Path, model_dir: Path, steps: TextSteps) -> TextEncoder:

@@ -125,6 +125,12 @@ def test_errors_in_openai_shape(client: openai.OpenAI, url: str) -> None:
         client.embeddings.create(model="minilm_short", input="word " * 40)
     with pytest.raises(openai.BadRequestError, match="at most 16"):
         client.embeddings.create(model="minilm_short", input=[list(range(1000, 1040))])
+    with pytest.raises(openai.BadRequestError, match="element 1 holds no token ids"):
+        client.embeddings.create(model="minilm", input=[[101, 102], []])
+    with pytest.raises(openai.BadRequestError, match="outside the model's vocabulary"):
+        client.embeddings.create(model="minilm", input=[[101, 30522, 102]])
+    with pytest.raises(openai.BadRequestError, match="at most 2048"):
+        client.embeddings.create(model="minilm", input=["x"] * 2049)
     answer = httpx.post(
         f"{url}/v1/embeddings", json={"model": "minilm", "input": "x", "encoding_format": "int8"}
     )

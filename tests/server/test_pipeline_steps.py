@@ -129,6 +129,18 @@ def test_image_steps_take_the_model_size_and_bgr() -> None:
     assert out[0, 2].min() == pytest.approx(1.0) and out[0, 0].max() == 0.0  # red comes last
 
 
+def test_exif_orientation_is_applied() -> None:
+    pixels = np.zeros((10, 20, 3), dtype=np.uint8)
+    pixels[:, :5] = 255  # white on the left
+    exif = Image.Exif()
+    exif[0x0112] = 3  # stored upside down: turn by 180 degrees
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG", exif=exif, quality=100)
+    steps = ImageSteps(scale=1.0, layout="NHWC")
+    (upright,) = ImagePreprocessor(steps, "x", "FP32", (-1, 10, 20, 3)).batch("i", [out.getvalue()])
+    assert upright[:, 15:].mean() > 200 and upright[:, :5].mean() < 50  # white on the right
+
+
 def test_image_sizes_that_differ_cannot_batch() -> None:
     pre = ImagePreprocessor(ImageSteps(), "x", "FP32", (-1, 3, -1, -1))
     small, large = np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4, 3), np.uint8)

@@ -4,7 +4,11 @@ statistics; every bad input refused with a 4xx that names it."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,8 +18,17 @@ from PIL import Image
 
 from maas_client.codec import HEADER_LENGTH
 from maas_client.protocol import TensorPayload, decode_response, encode_request
+from maas_server import Settings
 from tests.conftest import RunningServer
-from tests.pipelines import SENTIMENT_LABELS, ppocr_reference, reference_embeddings, text_image
+from tests.pipelines import (
+    SENTIMENT_LABELS,
+    minilm_path,
+    minilm_tokenizer_path,
+    ppocr_reference,
+    reference_embeddings,
+    text_image,
+)
+from tests.server.apps import asgi_app
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -92,6 +105,7 @@ def test_metadata_shows_the_pipeline_and_the_raw_tensors(url: str) -> None:
     parameters = meta["parameters"]
     assert parameters["task"] == "embedding"
     assert parameters["pipeline"] is True
+    assert parameters["dimensions"] == 384 and parameters["matryoshka"] is False
     assert [t["name"] for t in parameters["raw_inputs"]] == [
         "input_ids",
         "attention_mask",
@@ -103,6 +117,8 @@ def test_metadata_shows_the_pipeline_and_the_raw_tensors(url: str) -> None:
     image = httpx.get(f"{url}/v2/models/ppocr_dir").json()
     assert image["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
     assert [o["name"] for o in image["outputs"]] == ["label", "score"]
+    assert image["parameters"]["labels"] == ["0", "180"]
+    assert image["parameters"]["top_k"] == 5
 
 
 def test_raw_mode_exposes_the_model_tensors(url: str) -> None:
@@ -249,3 +265,38 @@ def test_wrong_names_datatypes_and_parameters_are_refused(url: str) -> None:
     }
     answer = httpx.post(f"{url}/v2/models/minilm/infer", json=body)
     assert "no output 'logits'" in _error(answer, 400)
+
+
+@pytest.mark.parametrize("merge", ["before", "after"])
+async def test_requests_waiting_together_run_as_one_batch(tmp_path: Path, merge: str) -> None:
+    version = tmp_path / "minilm" / "1"
+    version.mkdir(parents=True)
+    shutil.copyfile(minilm_path(), version / "model.onnx")
+    shutil.copyfile(minilm_tokenizer_path(), version / "tokenizer.json")
+    config = {
+        "task": "embedding",
+        "max_batch_size": 8,
+        # a batch waits (up to a minute) until it is full: the 4 requests below run as one
+        "dynamic_batching": {"max_queue_delay_microseconds": 60_000_000},
+        "pipeline": {"text": {"merge": merge}},
+    }
+    (tmp_path / "minilm" / "config.json").write_text(json.dumps(config))
+    texts = (TEXTS * 2)[:8]  # of very different lengths
+    requests = [texts[i : i + 2] for i in range(0, 8, 2)]
+    async with asgi_app(Settings(repository=tmp_path), ["minilm"]) as (_, client):
+
+        async def embed(pair: list[str]) -> np.ndarray:
+            body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": pair}]}
+            answer = await client.post("/v2/models/minilm/infer", json=body)
+            assert answer.status_code == 200, answer.text
+            (output,) = answer.json()["outputs"]
+            return np.array(output["data"], dtype=np.float32).reshape(output["shape"])
+
+        results = await asyncio.gather(*(embed(pair) for pair in requests))
+        stats = (await client.get("/v2/models/minilm/stats")).json()["model_stats"][0]
+    assert [(b["batch_size"], b["compute_infer"]["count"]) for b in stats["batch_stats"]] == [
+        (8, 1)
+    ]
+    for pair, result in zip(requests, results, strict=True):
+        # padded to the batch's longest text, pooled under each text's own mask
+        assert (_cosines(result, reference_embeddings(pair)) >= 0.9999).all()
