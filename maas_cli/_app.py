@@ -9,6 +9,7 @@ from typer.core import TyperGroup
 
 from ._common import accept_global_options, root
 from .bench import bench
+from .datasets import datasets_app
 from .embed import embed
 from .generate import generate
 from .health import health
@@ -45,6 +46,7 @@ app.command(name="generate")(generate)
 app.add_typer(keys_app, name="keys")
 app.command(name="health")(health)
 app.add_typer(models_app, name="models")
+app.add_typer(datasets_app, name="datasets")
 app.command(name="predict")(predict)
 app.command(name="embed")(embed)
 app.command(name="bench")(bench)

@@ -50,7 +50,7 @@ def _split(text: str | None) -> list[str] | None:
 def create(
     name: Annotated[str, typer.Option("--name", help="Who the key is for (shown in logs).")],
     scopes: Annotated[
-        str, typer.Option("--scopes", help="Comma-separated: infer, read, admin.")
+        str, typer.Option("--scopes", help="Comma-separated: infer, read, admin, jobs.")
     ] = "infer,read",
     models: Annotated[
         str | None,

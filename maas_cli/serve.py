@@ -179,6 +179,20 @@ def serve(
             "above; 0: no limit).",
         ),
     ] = 4 * 64 * 1024 * 1024,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="MAAS_SERVER_DATA_DIR",
+            help="Folder of the datasets (default: <repository>/.maas/data).",
+        ),
+    ] = None,
+    max_dataset_bytes: Annotated[
+        int,
+        typer.Option(
+            envvar="MAAS_SERVER_MAX_DATASET_BYTES",
+            help="The largest dataset upload in bytes (413 above).",
+        ),
+    ] = 8 * 1024 * 1024 * 1024,
     allow_model_code: Annotated[
         bool,
         typer.Option(
@@ -218,6 +232,7 @@ def serve(
         (request_timeout, "--request-timeout"),
         (max_queue_size, "--max-queue-size"),
         (max_inflight_body_bytes, "--max-inflight-body-bytes"),
+        (max_dataset_bytes, "--max-dataset-bytes"),
     ):
         if not value >= 0:  # also refuses nan
             raise typer.BadParameter("give 0 or more", param_hint=flag)
@@ -249,6 +264,8 @@ def serve(
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         access_log=access_log,  # type: ignore[arg-type]
+        data_dir=data_dir,
+        max_dataset_bytes=max_dataset_bytes,
         allow_model_code=allow_model_code,
     )
     if not settings.auth_enabled and not _loopback(host):

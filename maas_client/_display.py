@@ -14,6 +14,7 @@ import numpy as np
 from ._html import LINE_WIDTH, block, e, one_line, preview, table
 
 if TYPE_CHECKING:
+    from maas_wire.datasets import DatasetInfo
     from maas_wire.types import ModelMetadata, RepositoryModel, TensorMetadata
 
 __all__ = [
@@ -22,6 +23,9 @@ __all__ = [
     "ResultLike",
     "classifications_html",
     "classifications_repr",
+    "dataset_info_html",
+    "dataset_info_repr",
+    "dataset_list_html",
     "infer_result_html",
     "model_metadata_html",
     "model_metadata_repr",
@@ -229,4 +233,79 @@ def repository_index_html(models: Sequence[RepositoryModel]) -> str:
         f"{len(models)} model versions",
         [],
         [table(("model", "version", "state", "reason"), rows)],
+    )
+
+
+# --- datasets --------------------------------------------------------------------------------
+
+
+def _field_text(name: str, datatype: str, shape: Sequence[int]) -> str:
+    return f"{name} {datatype}" + (f"[{','.join(str(d) for d in shape)}]" if shape else "")
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024  # type: ignore[assignment]
+    return f"{size} B"  # pragma: no cover
+
+
+def dataset_info_repr(info: DatasetInfo) -> str:
+    fields = ", ".join(_field_text(f.name, f.datatype, f.shape) for f in info.schema_)
+    return one_line(
+        f"{type(info).__name__}(name={info.name!r}, version={info.version}, "
+        f"format={info.format!r}, rows={info.rows}, schema=[{fields}])"
+    )
+
+
+def dataset_info_html(info: DatasetInfo) -> str:
+    facts = [
+        ("version", e(info.version)),
+        ("format", e(f"{info.format} ({info.kind})")),
+        ("rows", e(f"{info.rows:,}")),
+        ("size", e(_size(info.size_bytes))),
+        ("sha256", f"<code>{e(info.sha256[:16])}…</code>"),
+        ("created", e(info.created)),
+        ("owner", e(info.owner or "-")),
+    ]
+    versions = getattr(info, "versions", None)
+    if versions:
+        facts.insert(1, ("versions", e(", ".join(str(v) for v in versions))))
+    tables = [
+        table(
+            ("field", "datatype", "shape per row"),
+            [(e(f.name), e(f.datatype), e(f.shape)) for f in info.schema_],
+        )
+    ]
+    rows: list[dict[str, Any]] = getattr(info, "preview", None) or []
+    if rows:
+        names = list(rows[0])
+        tables.append(
+            table(
+                names,
+                [[e(one_line(str(row.get(n)), 40)) for n in names] for row in rows],
+                caption=f"first {len(rows)} rows",
+            )
+        )
+    return block(f"dataset {e(info.name)}", facts, tables)
+
+
+def dataset_list_html(datasets: Sequence[DatasetInfo]) -> str:
+    rows = [
+        (
+            e(d.name),
+            e(d.version),
+            e(d.format),
+            e(f"{d.rows:,}"),
+            e(_size(d.size_bytes)),
+            e(", ".join(_field_text(f.name, f.datatype, f.shape) for f in d.schema_)),
+            e(d.owner or "-"),
+        )
+        for d in datasets
+    ]
+    return block(
+        f"{len(datasets)} datasets",
+        [],
+        [table(("dataset", "version", "format", "rows", "size", "schema", "owner"), rows)],
     )

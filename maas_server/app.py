@@ -21,6 +21,7 @@ from .access_log import AccessLog
 from .asgi import SCOPE_REQUEST_ID
 from .auth import AccessControl, KeyStore
 from .dataplane import DataPlane
+from .dataset_routes import close_dataset_store, dataset_routes
 from .errors import ServerError
 from .generate_routes import generate_routes
 from .generation import GenerationService
@@ -177,9 +178,17 @@ def create_app(settings: Settings) -> Starlette:
             await asyncio.to_thread(generation.close)
             await asyncio.to_thread(repository.close)
             repository.bind_loop(None)
+            close_dataset_store(app)
 
     app = Starlette(
-        routes=[*routes, *publish_routes, *generate_routes, *openai_routes, *extra_routes],
+        routes=[
+            *routes,
+            *publish_routes,
+            *dataset_routes,
+            *generate_routes,
+            *openai_routes,
+            *extra_routes,
+        ],
         middleware=build_middleware(settings, rejections, keys, shutdown),
         lifespan=lifespan,
         exception_handlers={

@@ -9,8 +9,10 @@ Each request names its key as ``Authorization: Bearer <key>``:
 - over the key's rate (a token bucket) or its concurrency quota: 429 with ``Retry-After``.
 
 Scopes: ``infer`` for inference and generation (POST under ``/v2/models/`` and ``/v1/``),
-``read`` for metadata, health, statistics, metrics and the OpenAPI document, ``admin`` for the
-repository API. Paths in ``Settings.open_paths`` (health by default) need no key.
+``read`` for metadata, health, statistics, metrics, the OpenAPI document and reading datasets
+and jobs, ``admin`` for the repository API, ``jobs`` to upload and delete datasets and to create
+and cancel jobs (``/v2/datasets``, ``/v2/jobs``). Paths in ``Settings.open_paths`` (health
+by default) need no key.
 
 Routes that find the model in the body instead of the path (``/v1/completions``) call
 :func:`require_model_access`; routes that list models filter them with :func:`model_allowed`.
@@ -62,6 +64,8 @@ ADMIN_KEY_NAME = "admin"
 """The name under which the admin key given at start appears in logs."""
 
 _ADMITTED_ENTRIES = 4096
+_DATA_PATHS = ("/v2/datasets", "/v2/jobs")
+"""Datasets and jobs: ``read`` to read, ``jobs`` to upload, create, delete and cancel."""
 SCOPE_KEY = "maas.api_key"
 """Where the middleware leaves the request's :class:`ApiKey` in the ASGI scope."""
 SCOPE_MODEL = "maas.model"
@@ -297,6 +301,8 @@ def access_rule(method: str, path: str) -> tuple[str, str | None]:
     which the route then filters with :func:`model_allowed`)."""
     if path.startswith("/v2/repository/"):
         return "admin", path_target(path)[0]
+    if path.startswith(_DATA_PATHS):
+        return ("read" if method in ("GET", "HEAD") else "jobs"), None
     scope = "read" if method in ("GET", "HEAD") else "infer"
     if path.startswith("/v2/models/"):
         return scope, path_target(path)[0]

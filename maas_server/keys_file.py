@@ -42,9 +42,10 @@ __all__ = [
     "write_keys",
 ]
 
-SCOPES = ("infer", "read", "admin")
-"""``infer``: inference and generation; ``read``: metadata, health, statistics, metrics;
-``admin``: the repository API (index, load, unload)."""
+SCOPES = ("infer", "read", "admin", "jobs")
+"""``infer``: inference and generation; ``read``: metadata, health, statistics, metrics, and
+reading datasets and jobs; ``admin``: the repository API (index, load, unload); ``jobs``:
+uploading and deleting datasets, creating and cancelling jobs."""
 
 KEY_PREFIX = "maas_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}$")

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from maas_wire.datasets import DatasetInfo, DatasetList, DatasetPreview
 from maas_wire.generate import GenerateRequest, GenerateResponse
 from maas_wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from maas_wire.types import (
@@ -50,6 +51,7 @@ class _Operation:
     binary: bool = False
     body_required: bool = False  # an empty body is a 400 (else it reads as {})
     events: bool = False  # the answer may be server-sent events (text/event-stream)
+    files: tuple[str, ...] = ()  # the body (request) or answer (GET) is a file of these types
 
 
 _DURATION = {
@@ -77,6 +79,13 @@ _STATS = {
     },
 }
 _READY = {"type": "object", "properties": {"ready": {"type": "boolean"}}}
+_DATASET_TYPES = (
+    "text/csv",
+    "application/vnd.apache.parquet",
+    "application/x-ndjson",
+    "application/x-npy",
+    "application/x-npz",
+)
 
 _OPERATIONS: dict[str, _Operation] = {
     "server_metadata": _Operation("Server metadata and protocol extensions", "server", None,
@@ -121,6 +130,18 @@ _OPERATIONS: dict[str, _Operation] = {
     "repository_unload": _Operation("Unload a model", "repository", None, {"type": "object"}),
     "metrics_endpoint": _Operation("Prometheus metrics (text format)", "observability"),
     "openapi_endpoint": _Operation("This OpenAPI document", "server", None, {"type": "object"}),
+    "upload_dataset": _Operation("Store the streamed body (CSV, Parquet, JSON Lines, NPY or NPZ) "
+                                 "as the next version of a dataset", "datasets", None,
+                                 DatasetInfo, files=_DATASET_TYPES),
+    "list_datasets": _Operation("The newest version of each dataset", "datasets", None,
+                                DatasetList),
+    "show_dataset": _Operation("A dataset version, its versions and first rows", "datasets",
+                               None, DatasetPreview),
+    "download_dataset": _Operation("A dataset version's file, as uploaded or converted "
+                                   "(?format=original|parquet|csv|npz)", "datasets",
+                                   files=_DATASET_TYPES),
+    "delete_dataset": _Operation("Delete a dataset version, or every version (409 while a job "
+                                 "reads one)", "datasets", None, {"type": "object"}),
 }  # fmt: skip
 
 _ERRORS = {
@@ -161,6 +182,9 @@ def _schemas() -> dict[str, Any]:
         InferenceResponse,
         ModelConfiguration,
         ModelMetadata,
+        DatasetInfo,
+        DatasetList,
+        DatasetPreview,
         RepositoryIndexRequest,
         RepositoryModel,
         RepositoryModelLoadRequest,
@@ -206,6 +230,11 @@ def _operation(path: str, method: str, endpoint: Any, open_path: bool) -> dict[s
                 "Inference-Header-Content-Length",
             }
         operation["requestBody"] = {"required": known.body_required, "content": content}
+    elif method == "POST" and known.files:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in known.files},
+        }
     elif method == "POST":
         operation["requestBody"] = {
             "required": False,
@@ -213,6 +242,8 @@ def _operation(path: str, method: str, endpoint: Any, open_path: bool) -> dict[s
         }
     if name == "metrics_endpoint":
         ok: dict[str, Any] = {"text/plain": {"schema": {"type": "string"}}}
+    elif method == "GET" and known.files:
+        ok = {t: {"schema": {"type": "string", "format": "binary"}} for t in known.files}
     else:
         ok = {"application/json": {"schema": _schema(known.answer or {"type": "object"})}}
         if known.binary:

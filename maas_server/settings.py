@@ -8,6 +8,7 @@ from typing import Literal
 
 __all__ = [
     "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_DATASET_BYTES",
     "DEFAULT_MAX_QUEUE_SIZE",
     "DEFAULT_MAX_UPLOAD_BYTES",
     "OPEN_PATHS",
@@ -22,6 +23,9 @@ AccessLogFormat = Literal["text", "json", "off"]
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 8 * 1024 * 1024 * 1024
 DEFAULT_MAX_QUEUE_SIZE = 512
+DEFAULT_MAX_DATASET_BYTES = 8 * 1024 * 1024 * 1024
+DATA_DIR_NAME = (".maas", "data")
+"""Where the data folder is by default, under the repository."""
 """Requests that may wait in each priority queue of a model whose configuration sets no
 ``max_queue_size``; one more gets 503 with ``Retry-After``."""
 OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
@@ -64,6 +68,9 @@ class Settings:
     ``request_timeout_s`` until the answer starts (504; 0: none). ``cors_origins``: CORS stays
     off unless origins are listed. ``metrics_port``: serve ``/metrics`` there instead of on the
     main port. ``access_log``: one line per request on logger ``maas_server.access``.
+
+    ``data_dir``: the folder of datasets (and jobs); None: ``<repository>/.maas/data``, made on
+    first use. ``max_dataset_bytes``: the largest dataset upload (413).
     ``allow_model_code``: load pipeline models whose version folder holds Python hooks
     (``pre.py``, ``post.py``), which run as code inside the server: trusted models only; off,
     such a model fails to load.
@@ -91,7 +98,16 @@ class Settings:
     access_log: AccessLogFormat = "off"
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     poll_interval_s: float = 5.0
+    data_dir: Path | None = None
+    max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES
     allow_model_code: bool = False
+
+    @property
+    def data_root(self) -> Path:
+        """``data_dir``, or its default under the repository."""
+        return (
+            self.data_dir if self.data_dir is not None else self.repository.joinpath(*DATA_DIR_NAME)
+        )
 
     @property
     def auth_enabled(self) -> bool:

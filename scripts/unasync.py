@@ -33,6 +33,7 @@ REPLACEMENTS = {
     "AsyncPipeline": "Pipeline",
     "AsyncServer": "Server",
     "AsyncModels": "Models",
+    "AsyncDatasets": "Datasets",
     "AsyncClientAdapter": "ClientAdapter",
     "AsyncBaseTransport": "BaseTransport",
     "AsyncByteStream": "SyncByteStream",

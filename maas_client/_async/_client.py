@@ -41,6 +41,7 @@ from .._tasks import (
 )
 from .._types import CallOptions, VersionLike
 from ..types import ModelConfiguration, ModelMetadata
+from ._datasets import AsyncDatasets
 from ._pipeline import AsyncPipeline
 from ._raw_calls import async_to_raw_response_wrapper
 from ._resources import AsyncModels, AsyncServer
@@ -74,6 +75,7 @@ class AsyncClient(ClientCore[httpx.AsyncClient]):
 
     server: AsyncServer
     models: AsyncModels
+    datasets: AsyncDatasets
 
     def _open(
         self,
@@ -104,6 +106,7 @@ class AsyncClient(ClientCore[httpx.AsyncClient]):
     def _attach(self) -> None:
         self.server = AsyncServer(self._pipeline)
         self.models = AsyncModels(self._pipeline)
+        self.datasets = AsyncDatasets(self._pipeline)
 
     def _serve_in_process(self, app: Any) -> None:
         self._pipeline.use_transport(AsyncLocalTransport(app))

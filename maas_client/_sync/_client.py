@@ -42,6 +42,7 @@ from .._tasks import (
 )
 from .._types import CallOptions, VersionLike
 from ..types import ModelConfiguration, ModelMetadata
+from ._datasets import Datasets
 from ._pipeline import Pipeline
 from ._raw_calls import to_raw_response_wrapper
 from ._resources import Models, Server
@@ -75,6 +76,7 @@ class Client(ClientCore[httpx.Client]):
 
     server: Server
     models: Models
+    datasets: Datasets
 
     def _open(
         self,
@@ -105,6 +107,7 @@ class Client(ClientCore[httpx.Client]):
     def _attach(self) -> None:
         self.server = Server(self._pipeline)
         self.models = Models(self._pipeline)
+        self.datasets = Datasets(self._pipeline)
 
     def _serve_in_process(self, app: Any) -> None:
         self._pipeline.use_transport(LocalTransport(app))

@@ -12,12 +12,17 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from maas_client.codec import HEADER_LENGTH
+from maas_client.protocol import TensorPayload, encode_request
 from maas_server import Settings
+from tests.conftest import ppocr_cls_path
 from tests.pipelines import (
     minilm_path,
     minilm_tokenizer_path,
+    ppocr_reference,
     reference_embeddings,
     text_classifier_model,
+    text_image,
 )
 from tests.server.apps import asgi_app
 
@@ -118,3 +123,53 @@ async def test_a_hook_that_fails_to_import_is_a_load_error(hooked: Path) -> None
         record = await asyncio.to_thread(app.state.dataplane.repository.load, "chars")
     assert record.state == "UNAVAILABLE"
     assert "pre.py failed to import" in record.reason and "no_such_module_here" in record.reason
+
+
+PRE_IMAGE = """
+import io
+import math
+
+import numpy as np
+from PIL import Image
+
+def preprocess(images):
+    batch = []
+    for data in images:
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+        width = min(192, math.ceil(48 * image.width / image.height))
+        pixels = np.asarray(image.resize((width, 48), Image.Resampling.BILINEAR), np.float32)
+        padded = np.zeros((3, 48, 192), dtype=np.float32)
+        padded[:, :, :width] = (pixels.transpose(2, 0, 1) / 255 - 0.5) / 0.5
+        batch.append(padded)
+    return {"x": np.stack(batch)}
+"""
+
+
+async def test_an_image_pre_hook(tmp_path: Path) -> None:
+    version = tmp_path / "direction" / "1"
+    version.mkdir(parents=True)
+    shutil.copyfile(ppocr_cls_path(), version / "model.onnx")
+    (version / "pre.py").write_text(PRE_IMAGE)
+    config = {"task": "image-classification", "labels": ["0", "180"]}
+    (tmp_path / "direction" / "config.json").write_text(
+        json.dumps({**config, "pipeline": {"outputs": {"activation": "none"}}})
+    )
+    images = [text_image("Turn me around", rotate=True), text_image("Upright")]
+    array = np.empty(2, dtype=object)
+    array[:] = images
+    body = encode_request([TensorPayload("image", array, "BYTES", True)])
+    async with asgi_app(Settings(repository=tmp_path, allow_model_code=True), ["direction"]) as (
+        _,
+        client,
+    ):
+        answer = await client.post(
+            "/v2/models/direction/infer",
+            content=bytes(body.content),
+            headers={HEADER_LENGTH: str(body.header_length)},
+        )
+    assert answer.status_code == 200, answer.text
+    outputs = {o["name"]: o["data"] for o in answer.json()["outputs"]}
+    reference = ppocr_reference(images)
+    assert outputs["label"] == ["180", "0", "0", "180"]
+    expected = [reference[0, 1], reference[0, 0], reference[1, 0], reference[1, 1]]
+    np.testing.assert_allclose(outputs["score"], expected, atol=1e-5)
