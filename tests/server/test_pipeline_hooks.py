@@ -173,3 +173,35 @@ async def test_an_image_pre_hook(tmp_path: Path) -> None:
     assert outputs["label"] == ["180", "0", "0", "180"]
     expected = [reference[0, 1], reference[0, 0], reference[1, 0], reference[1, 1]]
     np.testing.assert_allclose(outputs["score"], expected, atol=1e-5)
+
+
+def test_maas_serve_allow_model_code_flag(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import uvicorn
+    from typer.main import get_command
+
+    import maas_server
+    from maas_cli._app import app
+
+    seen: list[Settings] = []
+
+    class Served(Exception):
+        pass
+
+    def fake_run(server: uvicorn.Server, sockets: object = None) -> None:
+        raise Served
+
+    monkeypatch.setattr(maas_server, "create_app", lambda settings: seen.append(settings))
+    monkeypatch.setattr(uvicorn.Server, "run", fake_run)
+    monkeypatch.delenv("MAAS_SERVER_ALLOW_MODEL_CODE", raising=False)
+    for args, env, allowed in (
+        ([], None, False),
+        (["--allow-model-code"], None, True),
+        ([], "1", True),
+    ):
+        if env is not None:
+            monkeypatch.setenv("MAAS_SERVER_ALLOW_MODEL_CODE", env)
+        with pytest.raises(Served):
+            get_command(app).main(
+                ["serve", str(tmp_path), *args], prog_name="maas", standalone_mode=False
+            )
+        assert seen[-1].allow_model_code is allowed
