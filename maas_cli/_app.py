@@ -10,6 +10,7 @@ from typer.core import TyperGroup
 from ._common import accept_global_options, root
 from .bench import bench
 from .datasets import datasets_app
+from .embed import embed
 from .generate import generate
 from .health import health
 from .jobs import jobs_app
@@ -50,6 +51,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(jobs_app, name="jobs")
 app.command(name="predict")(predict)
+app.command(name="embed")(embed)
 app.command(name="bench")(bench)
 app.command(name="train")(train)
 

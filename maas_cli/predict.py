@@ -1,6 +1,11 @@
-"""``maas predict MODEL``: one inference from files, inline JSON or stdin.
+"""``maas predict MODEL``: one inference from files, inline JSON or stdin, or from texts and
+images for a pipeline model.
 
-The answer is a table (classifier outputs with a labels file as their top-k labels and scores,
+``--text "..."`` (repeated) sends the texts as the BYTES input ``text``, ``--image FILE``
+(repeated) the files' bytes as the BYTES input ``image``: the inputs of a model whose
+configuration names a ``task`` (embedding, text or image classification; ``--top-k`` is sent as
+the ``top_k`` parameter to a classifier). The answer is a table (labels and scores per input,
+an embeddings summary, classifier outputs with a labels file as their top-k labels and scores,
 other outputs as values), ``--json`` (every output in full), or ``--output FILE.npz``.
 """
 
@@ -14,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 import typer
 
-from ._common import client_from, console, reporting_errors
+from ._common import USAGE_ERROR, client_from, console, fail, reporting_errors
 from ._tensors import read_inputs
 
 if TYPE_CHECKING:
@@ -138,13 +143,46 @@ def predict(
         int, typer.Option("--top-k", "-k", min=1, help="Classes shown per row of a classifier.")
     ] = 3,
     rows: Annotated[int, typer.Option("--rows", min=1, help="Rows shown in the table.")] = 10,
+    text: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--text",
+            "-t",
+            help="A text for a model that takes texts (task embedding or text-classification). "
+            "Repeat for several.",
+        ),
+    ] = None,
+    image: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--image",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="An image file (JPEG, PNG, WebP...) for an image-classification model. Repeat "
+            "for several.",
+        ),
+    ] = None,
 ) -> None:
-    """Run a model once on inputs from files, inline JSON or stdin.
+    """Run a model once on inputs from files, inline JSON or stdin, or on texts or images.
 
     Example: maas predict digits --input input=images.npy --top-k 3
+
+    Example: maas predict minilm --text "a cat sat on the mat" --text "a kitten"
     """
     from maas_client import Output
 
+    if text or image:
+        if input or data is not None:
+            raise fail("--text and --image replace --input and --data: give one kind", USAGE_ERROR)
+        if text and image:
+            raise fail(
+                "a model takes texts or images: give --text or --image, not both", USAGE_ERROR
+            )
+        _predict_pipeline(
+            ctx, model, version, text or [], image or [], top_k, as_json, output, rows
+        )
+        return
     stdin = _stdin() if not input and data is None else None
     inputs = read_inputs(input or [], data, stdin)
     with client_from(ctx) as client, reporting_errors(ctx):
@@ -156,6 +194,19 @@ def predict(
                 names = [spec.name for spec in client.models.get(model, version).outputs]
                 wanted = [Output(n, classification=top_k) if n in classified else n for n in names]
         result = client.infer(model, inputs, version=version, outputs=wanted)
+    _answer(result, classified, as_json, output, rows)
+
+
+def _answer(
+    result: InferResult,
+    classified: set[str],
+    as_json: bool,
+    output: Path | None,
+    rows: int,
+    shown: list[str] | None = None,
+) -> None:
+    """The result as ``--output``, ``--json`` or a table (``shown``: the texts or files given
+    with --text or --image)."""
     if output is not None:
         arrays: dict[str, Any] = dict(result.outputs)
         np.savez(output, **arrays)
@@ -175,5 +226,99 @@ def predict(
             },
         }
         typer.echo(json.dumps(document))
+    elif output is None and shown is not None and {"label", "score"} <= set(result.outputs):
+        _labels_table(result, shown, rows)
+    elif output is None and shown is not None and "embedding" in result.outputs:
+        _embeddings_table(result, shown, rows)
     elif output is None:
         _table(result, classified, rows)
+
+
+# --- texts and images -----------------------------------------------------------------------------
+
+
+def _predict_pipeline(
+    ctx: typer.Context,
+    model: str,
+    version: str | None,
+    texts: list[str],
+    images: list[Path],
+    top_k: int,
+    as_json: bool,
+    output: Path | None,
+    rows: int,
+) -> None:
+    """Texts or images as the BYTES input ``text`` or ``image``; ``top_k`` to a classifier."""
+    values = np.empty(len(texts) or len(images), dtype=object)
+    with client_from(ctx) as client, reporting_errors(ctx):
+        if images:
+            values[:] = [path.read_bytes() for path in images]
+        else:
+            values[:] = texts
+        metadata = client.models.get(model, version)
+        outputs = {spec.name for spec in metadata.outputs}
+        parameters = {"top_k": top_k} if "label" in outputs else None
+        name = "image" if images else "text"
+        result = client.infer(model, {name: values}, version=version, parameters=parameters)
+    shown = [path.name for path in images] if images else texts
+    _answer(result, set(), as_json, output, rows, shown)
+
+
+def _heading(result: InferResult) -> str:
+    return (
+        f"[bold]{result.model_name}[/bold] version {result.model_version or '-'}, "
+        f"{result.timing.seconds * 1000:.1f} ms, request id {result.request_id}"
+    )
+
+
+def _short(text: str, width: int = 48) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def _labels_table(result: InferResult, shown: list[str], rows: int) -> None:
+    from rich.table import Table
+
+    out = console()
+    out.print(_heading(result), highlight=False)
+    labels, scores = result["label"], result["score"]
+    table = Table("row", "input", "label", "score", "next classes")
+    for row in range(min(len(shown), rows)):
+        pairs = [
+            (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v), float(p))
+            for v, p in zip(np.ravel(labels[row]), np.ravel(scores[row]), strict=True)
+        ]
+        best, rest = pairs[0], pairs[1:]
+        table.add_row(
+            str(row),
+            _short(shown[row]),
+            best[0],
+            f"{best[1]:.3f}",
+            ", ".join(f"{label} {score:.3f}" for label, score in rest),
+        )
+    out.print(table)
+    if len(shown) > rows:
+        out.print(f"… {len(shown) - rows} more rows (--rows N, --json or --output FILE.npz)")
+
+
+def _embeddings_table(result: InferResult, shown: list[str], rows: int) -> None:
+    from rich.table import Table
+
+    out = console()
+    out.print(_heading(result), highlight=False)
+    vectors = np.asarray(result["embedding"], dtype=np.float32)
+    out.print(
+        f"{vectors.shape[0]} embedding{'s' if vectors.shape[0] != 1 else ''} of "
+        f"{vectors.shape[-1]} dimensions ({vectors.dtype})",
+        highlight=False,
+    )
+    table = Table("row", "input", "norm", "first values")
+    for row in range(min(len(shown), rows)):
+        vector = vectors[row]
+        head = ", ".join(f"{v:.4f}" for v in vector[:3])
+        table.add_row(
+            str(row), _short(shown[row]), f"{float(np.linalg.norm(vector)):.4f}", f"[{head}, …]"
+        )
+    out.print(table)
+    if len(shown) > rows:
+        out.print(f"… {len(shown) - rows} more rows (--rows N, --json or --output FILE.npz)")

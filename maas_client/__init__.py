@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ._async import AsyncClient, AsyncGenerationStream, AsyncJob, AsyncStream, AsyncTrainedModel
 from ._batch_result import BatchError, BatchResult, ChunkFailure
+from ._classifications import Classifications
 from ._endpoints import Endpoints
 from ._exceptions import (
     APIConnectionError,
@@ -63,6 +64,7 @@ __all__ = [
     "BatchError",
     "BatchResult",
     "ChunkFailure",
+    "Classifications",
     "Client",
     "ConflictError",
     "EndpointNotSupportedError",

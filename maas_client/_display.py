@@ -19,7 +19,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LINE_WIDTH",
+    "ClassificationsLike",
     "ResultLike",
+    "classifications_html",
+    "classifications_repr",
     "dataset_info_html",
     "dataset_info_repr",
     "dataset_list_html",
@@ -118,6 +121,106 @@ def infer_result_html(result: ResultLike) -> str:
         f"{e(type(result).__name__)} of {e(result.model_name)}",
         facts,
         [table(("output", "dtype", "shape", "preview"), rows)],
+    )
+
+
+# --- classifications -------------------------------------------------------------------------
+
+
+class ClassificationsLike(Protocol):
+    """What the display reads of a classification result."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def sources(self) -> list[Any]: ...
+    @property
+    def labels(self) -> np.ndarray[Any, Any]: ...
+    @property
+    def scores(self) -> np.ndarray[Any, Any]: ...
+    @property
+    def model_name(self) -> str: ...
+    @property
+    def model_version(self) -> str | None: ...
+    @property
+    def timing(self) -> _TimingLike: ...
+    @property
+    def request_ids(self) -> list[str | None]: ...
+
+    def __len__(self) -> int: ...
+    def describe(self, index: int) -> str: ...
+
+
+_HTML_ROWS = 50
+"""Inputs shown in a notebook; the rest are counted."""
+
+
+def _classes_text(labels: np.ndarray[Any, Any], scores: np.ndarray[Any, Any]) -> str:
+    return ", ".join(
+        f"{label} {float(score):.3f}" for label, score in zip(labels, scores, strict=True)
+    )
+
+
+def classifications_repr(result: ClassificationsLike, rows: int) -> str:
+    """A header line, then one line per input (the first ``rows`` of them)."""
+    count = len(result)
+    version = f" version {result.model_version}" if result.model_version else ""
+    lines = [
+        f"Classifications of {result.model_name!r}{version}: {count} "
+        f"{result.kind}{'s' if count != 1 else ''}, top {result.labels.shape[1] if count else 0}"
+    ]
+    for index in range(min(count, rows)):
+        classes = _classes_text(result.labels[index], result.scores[index])
+        lines.append("  " + one_line(f"[{index}] {result.describe(index)!r}: {classes}"))
+    if count > rows:
+        lines.append(f"  … {count - rows} more")
+    return "\n".join(lines)
+
+
+def _bar(score: float) -> str:
+    width = max(0.0, min(1.0, score)) * 60
+    return (
+        f'<span style="display:inline-block;width:{width:.0f}px;height:0.7em;'
+        'background:#4c78a8;margin-right:4px"></span>'
+    )
+
+
+def _input_cell(result: ClassificationsLike, index: int) -> str:
+    from ._thumbnails import thumbnail_uri
+
+    name = e(result.describe(index))
+    if result.kind != "image":
+        return name
+    uri = thumbnail_uri(result.sources[index])
+    if uri is None:
+        return name
+    return f'<img src="{uri}" alt="{name}" style="max-width:160px;max-height:96px"><br>{name}'
+
+
+def classifications_html(result: ClassificationsLike) -> str:
+    count = len(result)
+    rows = []
+    for index in range(min(count, _HTML_ROWS)):
+        classes = "<br>".join(
+            f"{_bar(float(score))}{'<b>' if rank == 0 else ''}{e(label)}"
+            f"{'</b>' if rank == 0 else ''} {float(score):.3f}"
+            for rank, (label, score) in enumerate(
+                zip(result.labels[index], result.scores[index], strict=True)
+            )
+        )
+        rows.append((e(index), _input_cell(result, index), classes))
+    facts = [
+        ("version", e(result.model_version or "-")),
+        ("inputs", e(count)),
+        ("requests", e(len(result.request_ids))),
+        ("latency", f"{result.timing.seconds * 1000:.1f} ms"),
+    ]
+    if count > _HTML_ROWS:
+        facts.append(("shown", f"the first {_HTML_ROWS}"))
+    return block(
+        f"Classifications of {e(result.model_name)}",
+        facts,
+        [table(("#", result.kind, "top classes"), rows)],
     )
 
 

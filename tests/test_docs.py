@@ -1,5 +1,6 @@
 """Every ```python block of README.md and docs/*.md runs, top to bottom, one namespace per file,
-against a real server on the bundled example repository. The blocks are written for a server at
+against a real server on the bundled example repository (with the pipeline models of
+tests/pipelines.py beside it). The blocks are written for a server at
 http://127.0.0.1:8000; the test points them at its own server instead."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pytest
 
 from maas_server import Settings, default_repository
 from tests.conftest import RunningServer, start_server
+from tests.pipelines import build_pipeline_repository
 
 ROOT = Path(__file__).resolve().parent.parent
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
@@ -33,6 +35,7 @@ def docs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSer
     # a copy: docs/publishing.md publishes and deletes models
     repository = tmp_path_factory.mktemp("docs") / "repository"
     shutil.copytree(default_repository(), repository)
+    build_pipeline_repository(repository)  # minilm, for the README's embed example
     running = start_server(Settings(repository=repository))
     yield running
     running.stop()

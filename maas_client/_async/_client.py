@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import httpx
+import numpy as np
 
 from .._answers import infer_call
-from .._batch_result import BatchResult
+from .._batch_result import BatchError, BatchResult
 from .._batched import (
     NO_CONFIG_STATUSES,
     ProgressLike,
@@ -20,6 +21,7 @@ from .._batched import (
     declared_max_batch_size,
     plan_batch,
 )
+from .._classifications import Classifications
 from .._core import ClientCore, EventHooks
 from .._exceptions import APIStatusError, BadRequestError, NotFoundError
 from .._generation import Generation, parse_generation, plan_generate
@@ -28,6 +30,16 @@ from .._jobs import JobError
 from .._local import AsyncLocalTransport
 from .._raw import CLIENT_CALLS, RawMirror
 from .._result import InferResult
+from .._task_inputs import TEXT_INPUT, TaskInputs, task_inputs, text_list
+from .._tasks import (
+    check_top_k,
+    classification_input,
+    classifications_of,
+    embeddings_of,
+    plan_task_batch,
+    raise_batch_error,
+    require_embedding_model,
+)
 from .._types import CallOptions, VersionLike
 from ..types import ModelConfiguration, ModelMetadata
 from ._datasets import AsyncDatasets
@@ -199,15 +211,7 @@ class AsyncClient(ClientCore[httpx.AsyncClient]):
         started = time.monotonic()
         pipeline = self._pipeline
         metadata = await pipeline.model_metadata(model, version, options)
-        config: ModelConfiguration | None = None
-        has_config = True
-        if declared_max_batch_size(metadata) is None:
-            try:
-                config = await self.models.config(model, version, **options)
-            except APIStatusError as exc:
-                if exc.status_code not in NO_CONFIG_STATUSES:
-                    raise
-                has_config = False  # MLServer, KServe: the batch size may be unknown
+        config, has_config = await self._batch_config(model, version, metadata, options)
         batch = plan_batch(inputs, metadata, config, batch_size, has_config=has_config)
         return await async_infer_batched(
             self.infer,
@@ -223,6 +227,129 @@ class AsyncClient(ClientCore[httpx.AsyncClient]):
             parameters=parameters,
             options=options,
         )
+
+    async def _batch_config(
+        self, model: str, version: VersionLike, metadata: ModelMetadata, options: CallOptions
+    ) -> tuple[ModelConfiguration | None, bool]:
+        """The model's configuration when its metadata does not declare its batch size, and
+        whether the server has a configuration endpoint."""
+        if declared_max_batch_size(metadata) is not None:
+            return None, True
+        try:
+            return await self.models.config(model, version, **options), True
+        except APIStatusError as exc:
+            if exc.status_code not in NO_CONFIG_STATUSES:
+                raise
+            return None, False  # MLServer, KServe: the batch size may be unknown
+
+    # --- pipelines: texts and images in, embeddings and labels out -----------------------------
+
+    async def embed(
+        self,
+        model: str,
+        texts: str | Iterable[str],
+        *,
+        batch_size: int | None = None,
+        concurrency: int = 4,
+        progress: ProgressLike = False,
+        version: VersionLike = None,
+        **options: Unpack[CallOptions],
+    ) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """The embeddings of ``texts`` (a str, or any number of them) as a float32 array
+        ``[texts, dimensions]``, by a model whose configuration says ``"task": "embedding"``.
+
+        The texts go in requests of at most the model's ``max_batch_size`` (or ``batch_size``),
+        ``concurrency`` at a time, as :meth:`infer_batched` sends rows; the rows come back in
+        the order of the texts. A request that fails after its retries raises its error when no
+        text got an embedding, else a :class:`~maas_client.BatchError` carrying the others.
+
+        >>> vectors = client.embed("minilm", ["a cat", "a kitten"])  # doctest: +SKIP
+        >>> float(vectors[0] @ vectors[1])  # cosine: the vectors have length 1  # doctest: +SKIP
+        """
+        check_concurrency(concurrency)
+        inputs = TaskInputs(TEXT_INPUT, text_list(texts, "embed"))
+        metadata = await self._pipeline.model_metadata(model, version, options)
+        require_embedding_model(metadata)
+        result = await self._run_task(
+            model, inputs, metadata, batch_size, concurrency, progress, version, None, options
+        )
+        return embeddings_of(result, len(inputs))
+
+    async def classify(
+        self,
+        model: str,
+        inputs: Any,
+        *,
+        top_k: int = 5,
+        batch_size: int | None = None,
+        concurrency: int = 4,
+        progress: ProgressLike = False,
+        version: VersionLike = None,
+        **options: Unpack[CallOptions],
+    ) -> Classifications:
+        """The ``top_k`` labels and scores of each input, by a model whose configuration says
+        ``"task": "text-classification"`` or ``"image-classification"``.
+
+        ``inputs`` is one input or any iterable of them: texts (``str``) for a text classifier;
+        for an image classifier, image files (a ``str`` or :class:`~pathlib.Path` is a path),
+        their encoded bytes (JPEG, PNG, WebP...), PIL images or arrays of pixels (``uint8``
+        ``[height, width(, channels)]``; both sent as PNG). Images are read when their request
+        is sent. Requests are cut and sent as :meth:`embed` sends them.
+
+        >>> result = client.classify("ppocr_cls", ["line.png", "flipped.png"])  # doctest: +SKIP
+        >>> result[0][0]  # the best (label, score) of the first image  # doctest: +SKIP
+        ('0', 0.9991)
+        """
+        check_concurrency(concurrency)
+        check_top_k(top_k)
+        metadata = await self._pipeline.model_metadata(model, version, options)
+        kind = classification_input(metadata)
+        task_input = task_inputs(inputs, kind, model)
+        result = await self._run_task(
+            model,
+            task_input,
+            metadata,
+            batch_size,
+            concurrency,
+            progress,
+            version,
+            {"top_k": top_k},
+            options,
+        )
+        return classifications_of(result, task_input)
+
+    async def _run_task(
+        self,
+        model: str,
+        inputs: TaskInputs,
+        metadata: ModelMetadata,
+        batch_size: int | None,
+        concurrency: int,
+        progress: ProgressLike,
+        version: VersionLike,
+        parameters: Mapping[str, Any] | None,
+        options: CallOptions,
+    ) -> BatchResult:
+        started = time.monotonic()
+        config, _ = await self._batch_config(model, version, metadata, options)
+        batch = plan_task_batch(inputs, metadata, config, batch_size)
+        try:
+            return await async_infer_batched(
+                self.infer,
+                model,
+                batch,
+                started=started,
+                concurrency=concurrency,
+                progress=progress,
+                version=version,
+                outputs=None,
+                binary=await self._pipeline.use_binary(None, options),
+                validate=None,
+                parameters=parameters,
+                options=options,
+            )
+        except BatchError as exc:
+            raise_batch_error(exc)
 
     # --- text generation -----------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ PUBLIC = {
     "BatchError",
     "BatchResult",
     "ChunkFailure",
+    "Classifications",
     "Client",
     "ConflictError",
     "EndpointNotSupportedError",
