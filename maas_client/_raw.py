@@ -15,7 +15,8 @@ __all__ = ["CLIENT_CALLS", "RawMirror", "public_methods"]
 
 CLIENT_CALLS = ("infer", "generate")
 """The client's own calls that send one request and parse its answer; the others
-(``infer_batched``: many requests, ``generate_stream``: a stream, and the client's lifetime)
+(``infer_batched``, ``embed`` and ``classify``: many requests, ``train``: an upload, a job and
+its wait, ``generate_stream``: a stream, and the client's lifetime)
 have no single raw response."""
 
 NESTED = ("server", "models")
