@@ -32,10 +32,12 @@ import asyncio
 import functools
 import math
 import os
+import threading
 import time
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -457,6 +459,11 @@ class _BatchRun:
         self.done_rows = 0
         self.client: Any = None
         self.pacing = Pacing()
+        # The numeric results of this run's parts, by part file, while they fit the in-memory
+        # result: the result is made from these without reading the parts back.
+        self.kept: dict[str, dict[str, np.ndarray[Any, Any]]] = {}
+        self.kept_bytes = 0
+        self.kept_lock = threading.Lock()
 
     # --- the chunks ---------------------------------------------------------------------------
 
@@ -642,9 +649,10 @@ class _BatchRun:
         row = np.concatenate([np.arange(s, e, dtype=np.int64) for s, e, _ in good])
         columns: dict[str, Any] = {"row": pa.array(row)}
         metadata: dict[str, str] = {}
+        arrays: dict[str, np.ndarray[Any, Any]] = {}
         for name in outputs:
-            array = np.concatenate([np.asarray(a[name]) for _, _, a in good])
-            columns[name], metadata[name] = to_part_column(array)
+            arrays[name] = np.concatenate([np.asarray(a[name]) for _, _, a in good])
+            columns[name], metadata[name] = to_part_column(arrays[name])
         table = pa.table(columns).replace_schema_metadata(
             {f"maas:{k}": v for k, v in metadata.items()}
         )
@@ -655,7 +663,27 @@ class _BatchRun:
             sink.flush()
             os.fsync(sink.fileno())
         os.replace(temporary, path)
+        self.keep(path.name, {"row": row, **arrays})
         return path.name
+
+    def keep(self, part: str, columns: dict[str, np.ndarray[Any, Any]]) -> None:
+        """Hold a part's numeric columns in memory while the result fits there."""
+        if any(array.dtype == object for array in columns.values()):
+            return
+        size = sum(array.nbytes for array in columns.values())
+        with self.kept_lock:
+            if self.kept_bytes + size <= IN_MEMORY_RESULT_BYTES:
+                self.kept[part] = columns
+                self.kept_bytes += size
+
+    def part_column(
+        self, path: Path, column: str, kinds: Mapping[str, Mapping[str, Any]]
+    ) -> np.ndarray[Any, Any]:
+        """One column of a committed part: from memory when this run wrote it, else read."""
+        kept = self.kept.get(path.name)
+        if kept is not None:
+            return kept[column]
+        return read_part_column(path, column, kinds)
 
     # --- the result ---------------------------------------------------------------------------
 
@@ -689,7 +717,7 @@ class _BatchRun:
         )
         if rows * row_bytes <= IN_MEMORY_RESULT_BYTES:  # one copy in memory, written once
             columns = {
-                column: np.concatenate([read_part_column(path, column, kinds) for path in paths])
+                column: np.concatenate([self.part_column(path, column, kinds) for path in paths])
                 for column in ["row", *outputs]
             }
             return self.ctx.datasets.create_from_columns(

@@ -122,7 +122,7 @@ def ingest(original: Path, format: str, folder: Path) -> Ingested:
         raise BadRequestError(f"the upload is empty: send a {format.upper()} file with rows")
     if format in ("npy", "npz"):
         arrays = _read_arrays(original, format)
-        return _store_arrays(arrays, folder)
+        return store_arrays(arrays, folder)
     table = _read_table_file(original, format)
     if table.num_rows == 0:
         raise BadRequestError(f"the {format.upper()} file has no rows")
@@ -291,7 +291,9 @@ def _read_arrays(path: Path, format: str) -> dict[str, np.ndarray[Any, Any]]:
     return arrays
 
 
-def _store_arrays(arrays: dict[str, np.ndarray[Any, Any]], folder: Path) -> Ingested:
+def store_arrays(arrays: dict[str, np.ndarray[Any, Any]], folder: Path) -> Ingested:
+    """Check named arrays (rows along the first axis) and write their stored form into
+    ``folder``. Blocking."""
     rows: int | None = None
     first = ""
     schema: list[DatasetField] = []

@@ -57,6 +57,7 @@ from .dataset_formats import (
     read_rows,
     read_table,
     sniff_format,
+    store_arrays,
     write_download,
 )
 from .errors import (
@@ -491,13 +492,18 @@ class DatasetStore:
         size: int,
         digest: str,
         owner: str | None,
+        arrays: dict[str, np.ndarray[Any, Any]] | None = None,
     ) -> DatasetInfo:
-        """Read, check and store a received upload, then publish it (blocking)."""
+        """Read, check and store a received upload, then publish it (blocking). ``arrays``:
+        what the upload holds, when the caller has it in memory (not read back)."""
         try:
             original = staged / "version" / original_name(format)
             original.parent.mkdir()
             os.rename(received, original)
-            found = ingest(original, format, original.parent)
+            if arrays is not None:
+                found = store_arrays(arrays, original.parent)
+            else:
+                found = ingest(original, format, original.parent)
             _fsync_tree(original.parent)
             return self._commit(name, original.parent, format, found, size, digest, owner)
         except OSError as exc:
@@ -629,7 +635,10 @@ class DatasetStore:
             except OSError as exc:
                 raise storage_error(exc, "the dataset") from None
             size = path.stat().st_size
-            return self._finish(name, staged, path, format, size, digest.hexdigest(), owner)
+            arrays = dict(columns) if format == "npz" else None  # no need to read them back
+            return self._finish(
+                name, staged, path, format, size, digest.hexdigest(), owner, arrays=arrays
+            )
         finally:
             shutil.rmtree(staged, ignore_errors=True)
 
