@@ -27,7 +27,7 @@ from typing import IO, Any
 
 import orjson
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
@@ -42,7 +42,7 @@ from maas_wire.datasets import (
 from .auth import ApiKey, request_key
 from .datasets import DatasetNotFound, DatasetStore, valid_dataset_name
 from .errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
-from .request_body import holding_body
+from .request_body import holding_body, upload_stream
 
 __all__ = ["close_dataset_store", "dataset_routes", "dataset_store"]
 
@@ -150,24 +150,6 @@ def _format(request: Request) -> str | None:
     return found
 
 
-async def _body(request: Request, declared: int | None) -> AsyncIterator[bytes]:
-    """The request body as it arrives; a client that goes away mid-body is a 400."""
-    received = 0
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if chunk:
-                yield chunk
-    except ClientDisconnect:
-        raise BadRequestError(
-            f"upload interrupted: the client went away after {received} bytes"
-        ) from None
-    if declared is not None and received < declared:
-        raise BadRequestError(
-            f"upload interrupted: {received} of its Content-Length of {declared} bytes came"
-        )
-
-
 async def upload_dataset(request: Request) -> Response:
     """Store the streamed body as the next version of a dataset."""
     name = valid_dataset_name(request.path_params["name"])
@@ -191,7 +173,7 @@ async def upload_dataset(request: Request) -> Response:
         hold.grow(min(declared, _HELD) if declared is not None else _HELD)
         info = await store.upload(
             name,
-            _body(request, declared),
+            upload_stream(request, declared),
             format=format,
             limit=limit,
             owner=key.name if key is not None else None,

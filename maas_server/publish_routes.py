@@ -21,18 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from .auth import request_key
 from .errors import BadRequestError, UnsupportedMediaTypeError
 from .publish import Publisher, Upload
-from .request_body import read_json
+from .request_body import read_json, upload_stream
 from .worker_store import Change
 from .worker_sync import WorkerSync
 
@@ -102,24 +102,6 @@ def upload_for(request: Request) -> Upload:
     )
 
 
-async def _body(request: Request, declared: int | None) -> AsyncIterator[bytes]:
-    """The request body as it arrives; a client that goes away mid-body is a 400."""
-    received = 0
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if chunk:
-                yield chunk
-    except ClientDisconnect:
-        raise BadRequestError(
-            f"upload interrupted: the client went away after {received} bytes"
-        ) from None
-    if declared is not None and received < declared:
-        raise BadRequestError(
-            f"upload interrupted: {received} of its Content-Length of {declared} bytes came"
-        )
-
-
 async def _publish(request: Request, version: int | None) -> Response:
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
@@ -128,7 +110,9 @@ async def _publish(request: Request, version: int | None) -> Response:
         )
     upload = upload_for(request)
     name = request.path_params["model"]
-    entry = await publisher(request).upload(name, version, _body(request, upload.declared), upload)
+    entry = await publisher(request).upload(
+        name, version, upload_stream(request, upload.declared), upload
+    )
     return _json(entry, status_code=201)
 
 

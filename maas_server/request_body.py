@@ -16,13 +16,13 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from maas_wire.protocol import format_validation_error
 
@@ -42,6 +42,7 @@ __all__ = [
     "read_json",
     "read_message",
     "require_body",
+    "upload_stream",
     "validate_message",
 ]
 
@@ -286,3 +287,22 @@ def validate_message(data: dict[str, Any], model: type[Message]) -> Message:
 async def read_message(request: Request, model: type[Message]) -> Message:
     """The request body (required) validated by ``model``."""
     return validate_message(await read_json(request, required=True), model)
+
+
+async def upload_stream(request: Request, declared: int | None) -> AsyncIterator[bytes]:
+    """The request body as it arrives, for uploads streamed to disk; a client that goes away
+    mid-body, or sends less than its ``Content-Length``, is a 400."""
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if chunk:
+                yield chunk
+    except ClientDisconnect:
+        raise BadRequestError(
+            f"upload interrupted: the client went away after {received} bytes"
+        ) from None
+    if declared is not None and received < declared:
+        raise BadRequestError(
+            f"upload interrupted: {received} of its Content-Length of {declared} bytes came"
+        )
