@@ -325,14 +325,15 @@ class JobStore:
                 return self._add_event(db, job_id, "state", event)
         return None
 
-    def claim(self, job_id: str) -> bool | None:
-        """Mark a queued (or resumed) job ``running`` for the runner that is about to run it:
-        None when it is no longer queued or running (cancelled meanwhile), else whether a
-        cancel was asked for."""
+    def claim(self, job_id: str, *, resume: bool = False) -> bool | None:
+        """Mark a queued job (with ``resume``: or a running one, left by the last run of the
+        server) ``running`` for the runner that is about to run it: None when it is no longer
+        in that state (cancelled, or already taken), else whether a cancel was asked for."""
+        states = ("queued", "running") if resume else ("queued", "queued")
         with self._transaction() as db:
             row = db.execute(
-                "SELECT cancel_requested FROM jobs WHERE id = ? AND state IN ('queued', 'running')",
-                (job_id,),
+                "SELECT cancel_requested FROM jobs WHERE id = ? AND state IN (?, ?)",
+                (job_id, *states),
             ).fetchone()
             if row is None:
                 return None

@@ -446,6 +446,8 @@ class JobRunner:
 
     def _enqueue(self, job: JobInfo) -> None:
         assert self._loop is not None, "JobRunner.start() first"
+        if job.id in self._tasks:
+            return  # the look at the store found the job this process queued itself
         task = self._loop.create_task(self._run(job), name=f"maas-job-{job.id}")
         self._tasks[job.id] = task
         task.add_done_callback(lambda _: self._tasks.pop(job.id, None))
@@ -474,7 +476,7 @@ class JobRunner:
         async with self._slots:
             if self._stopping:
                 return
-            cancel_asked = self.store.claim(job.id)
+            cancel_asked = self.store.claim(job.id, resume=job.state == "running")
             current = self.store.get(job.id)
             if cancel_asked is None or current is None:
                 return  # cancelled while it waited
