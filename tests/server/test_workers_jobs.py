@@ -29,7 +29,7 @@ import pytest
 from maas_server.datasets import DatasetStore
 from tests import models
 from tests.conftest import free_port, wait_for
-from tests.server.test_workers import DEADLINE_S, Served
+from tests.server.test_workers import DEADLINE_S, Served, _model_bytes
 
 ROWS = 200
 BATCH = {"type": "batch", "model": "mlp", "dataset": "rows", "batch_size": 8, "chunk_rows": 16}
@@ -170,8 +170,11 @@ def _upload_rows(served: Workers) -> np.ndarray:
     return rows
 
 
-def _check_result(served: Workers, info: dict[str, Any], rows: np.ndarray) -> None:
-    """Every row's result once, in order, and right."""
+def _check_result(
+    served: Workers, info: dict[str, Any], rows: np.ndarray, model: bytes | None = None
+) -> None:
+    """Every row's result once, in order, and right (as ``model`` answers: by default the mlp's
+    version 1)."""
     assert info["state"] == "succeeded", info
     assert info["progress"]["done"] == ROWS and not info["chunk_errors"]
     store = DatasetStore(served.data_dir)
@@ -182,9 +185,9 @@ def _check_result(served: Workers, info: dict[str, Any], rows: np.ndarray) -> No
     finally:
         store.close()
     assert columns["row"].tolist() == list(range(ROWS))
-    session = ort.InferenceSession(
-        str(served.repository / "mlp" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
+    if model is None:
+        model = (served.repository / "mlp" / "1" / "model.onnx").read_bytes()
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     (expected,) = session.run(["output"], {"input": rows})
     np.testing.assert_allclose(columns["output"], expected, rtol=1e-5, atol=1e-5)
 
@@ -314,6 +317,9 @@ def test_streams_and_cancels_through_either_worker(launch: Callable[..., Workers
 def test_a_trained_model_is_served_by_every_worker_when_its_job_succeeds(
     launch: Callable[..., Workers],
 ) -> None:
+    """A training created through worker 1 runs in worker 0, which publishes the model: every
+    worker serves it once the job says succeeded. A version published through worker 1 is what
+    a batch job running in worker 0 uses."""
     served = launch()
     rng = np.random.default_rng(3)
     x = rng.standard_normal((240, 4)).astype(np.float32)
@@ -335,6 +341,14 @@ def test_a_trained_model_is_served_by_every_worker_when_its_job_succeeds(
         lambda a: a.status_code == 200 and a.json()["model_version"] == "1",
         json=body,
     )
+    version_2 = _model_bytes(models.mlp_model(seed=1))
+    answer = served.on(1, "PUT", "/v2/repository/models/mlp/versions/2", content=version_2)
+    assert answer.status_code == 201, answer.text
+    rows = _upload_rows(served)
+    job_id = served.on(1, "POST", "/v2/jobs", json=BATCH).json()["id"]
+    info = served.over(job_id)
+    assert info["spec"]["version"] in (None, "2", 2), info["spec"]
+    _check_result(served, info, rows, version_2)
 
 
 def test_worker_0_killed_mid_job_is_replaced_and_resumes_every_row_once(
