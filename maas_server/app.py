@@ -166,7 +166,7 @@ def create_app(settings: Settings) -> Starlette:
         data_dir=settings.data_root,
         settings=settings,
     )
-    jobs.register(TrainingKind(publisher, settings))
+    jobs.register(TrainingKind(publisher, settings, sync))
 
     def not_ready() -> None:  # the first thing the drain does (see maas_server.shutdown)
         dataplane.started = False

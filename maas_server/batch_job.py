@@ -457,6 +457,7 @@ class _BatchRun:
         self.parts = ctx.data_dir
         self.failures: list[str] = []
         self.done_rows = 0
+        self.committing = asyncio.Lock()  # chunks commit one at a time: progress never goes back
         self.client: Any = None
         self.pacing = Pacing()
         # The numeric results of this run's parts, by part file, while they fit the in-memory
@@ -527,17 +528,18 @@ class _BatchRun:
             (s, e, a) for (s, e), a in zip(bounds, answers, strict=True) if not isinstance(a, str)
         ]
         part = await asyncio.to_thread(self.write_part, start, good)
-        self.done_rows += stop - start
-        progress = self.ctx.measure(self.done_rows, self.rows, "rows")
-        await asyncio.to_thread(
-            self.ctx.store.commit_chunk,
-            self.ctx.job_id,
-            start,
-            stop,
-            part=part,
-            failed=failed,
-            progress=progress,
-        )
+        async with self.committing:
+            self.done_rows += stop - start
+            progress = self.ctx.measure(self.done_rows, self.rows, "rows")
+            await asyncio.to_thread(
+                self.ctx.store.commit_chunk,
+                self.ctx.job_id,
+                start,
+                stop,
+                part=part,
+                failed=failed,
+                progress=progress,
+            )
         for s, e, error in failed:
             self.ctx.emit("chunk_error", {"start": s, "stop": e, "error": error})
         self.ctx.progress_event(force=self.done_rows >= self.rows)

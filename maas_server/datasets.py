@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -88,6 +89,10 @@ logger = logging.getLogger("maas_server")
 T = TypeVar("T")
 
 CATALOG_FILE = "datasets.sqlite3"
+_USERS_LOCK = ".users.lock"
+"""Every open store holds a shared lock on this file; only a store that alone holds it (no other
+process, a worker of ``maas serve --workers N`` say, uses the folder) removes what a crash
+left, which could otherwise be another process's upload in progress."""
 _FILES_DIR = "datasets"
 _STAGING = ".staging"
 _BATCH = 1024 * 1024
@@ -274,11 +279,21 @@ class DatasetStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
-        self._recover()
+        self._users = os.open(self.root / _USERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # another process uses the folder: what looks left over may be its work
+        else:
+            self._recover()
+        fcntl.flock(self._users, fcntl.LOCK_SH)
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._users >= 0:
+                os.close(self._users)  # and its lock
+                self._users = -1
 
     # --- the catalog ------------------------------------------------------------------------
 

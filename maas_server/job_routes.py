@@ -8,7 +8,8 @@
 - ``GET /v2/jobs/{id}/events``: the job's events as server-sent events (``id:`` is the event's
   number). A client that reconnects with ``Last-Event-ID`` (or ``?after=N``) gets the events after
   that one; the stream ends after the event that says the job is over (with ``?follow=false``:
-  once the events so far are sent).
+  once the events so far are sent). With several workers, a stream on a worker that does not run
+  the job reads the events the runner stores, as they come (every ``SHARED_POLL_S``).
 - ``POST /v2/jobs/{id}/cancel``.
 
 Creating and cancelling need the ``jobs`` scope, reading the ``read`` scope; a job belongs to the
@@ -18,6 +19,7 @@ name of the key that created it.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import orjson
@@ -29,7 +31,7 @@ from maas_wire.jobs import TERMINAL_STATES, JobEvent, JobInfo, JobList
 
 from .auth import request_key
 from .errors import BadRequestError
-from .jobs import STREAM_END, JobNotFoundError, JobRunner
+from .jobs import SHARED_POLL_S, STREAM_END, JobNotFoundError, JobRunner
 from .request_body import read_json
 from .shutdown import Shutdown
 from .sse import EventStreamResponse
@@ -109,6 +111,58 @@ def _ends(event: JobEvent) -> bool:
     return event.type == "state" and event.data.get("state") in TERMINAL_STATES
 
 
+async def _stream(
+    jobs: JobRunner, job_id: str, after: int, follow: bool, queue: asyncio.Queue[JobEvent]
+) -> AsyncIterator[bytes]:
+    """The frames of a job's event stream: the events after ``after``, then (``follow``) the
+    new ones until the job is over; ``STREAM_END`` in ``queue`` ends it."""
+    last = after
+    for event in await asyncio.to_thread(jobs.store.events, job_id, after):
+        last = event.seq
+        yield _frame(event)
+        if _ends(event):
+            return
+    if not follow:
+        return
+    current = await asyncio.to_thread(jobs.store.get, job_id)
+    if current is not None and current.state in TERMINAL_STATES and queue.empty():
+        # over: its last event is stored with its state, and was replayed (or came since)
+        for event in await asyncio.to_thread(jobs.store.events, job_id, last):
+            yield _frame(event)
+        return
+    # with other workers, events may be stored by another process: look at the store too
+    wait_s = SHARED_POLL_S if jobs.shared else KEEPALIVE_S
+    sent_at = time.monotonic()
+    while True:
+        try:
+            found = [await asyncio.wait_for(queue.get(), wait_s)]
+        except asyncio.TimeoutError:
+            found = []
+            if jobs.shared:
+                found = await asyncio.to_thread(jobs.store.events, job_id, last)
+            if not found and time.monotonic() - sent_at >= KEEPALIVE_S:
+                sent_at = time.monotonic()
+                yield b": keep-alive\n\n"
+        for event in found:
+            if event is STREAM_END:
+                return
+            if event.seq <= last:
+                continue
+            if event.seq > last + 1 and jobs.shared:  # one stored elsewhere came between
+                for missed in await asyncio.to_thread(jobs.store.events, job_id, last):
+                    if missed.seq >= event.seq:
+                        break
+                    last = missed.seq
+                    yield _frame(missed)
+                    if _ends(missed):
+                        return
+            last = event.seq
+            sent_at = time.monotonic()
+            yield _frame(event)
+            if _ends(event):
+                return
+
+
 async def job_events(request: Request) -> Response:
     job = _visible(request, request.path_params["job_id"])
     after = _after(request)
@@ -119,32 +173,9 @@ async def job_events(request: Request) -> Response:
     unsubscribe = shutdown.subscribe(lambda: queue.put_nowait(STREAM_END)) if shutdown else None
 
     async def events() -> AsyncIterator[bytes]:
-        last = after
         try:
-            for event in await asyncio.to_thread(jobs.store.events, job.id, after):
-                last = event.seq
-                yield _frame(event)
-                if _ends(event):
-                    return
-            if not follow:
-                return
-            current = jobs.store.get(job.id)
-            if current is not None and current.state in TERMINAL_STATES and queue.empty():
-                return  # over, and every event was replayed
-            while True:
-                try:
-                    event = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
-                except asyncio.TimeoutError:
-                    yield b": keep-alive\n\n"
-                    continue
-                if event is STREAM_END:
-                    return
-                if event.seq <= last:
-                    continue
-                last = event.seq
-                yield _frame(event)
-                if _ends(event):
-                    return
+            async for frame in _stream(jobs, job.id, after, follow, queue):
+                yield frame
         finally:
             jobs.unlisten(job.id, queue)
             if unsubscribe is not None:

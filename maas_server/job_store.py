@@ -6,6 +6,10 @@ ranges a job has committed, done or failed, so that a job resumed after a crash 
 own transaction with ``synchronous=FULL``: once a method returns, what it wrote survives a
 ``kill -9`` and a power cut.
 
+Several processes may share the database (``maas serve --workers N``): one runs the jobs, the
+others create them (``queued``), ask for a cancel (:meth:`JobStore.request_cancel`) and read
+the events that the runner writes.
+
 A create carries an optional idempotency key: a second create with the same key and owner returns
 the first job instead of making another (a client retrying a create whose answer it lost).
 
@@ -47,12 +51,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     progress TEXT NOT NULL,
     result TEXT,
     error TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
     idempotency_key TEXT,
     idempotency_owner TEXT,
     request_digest TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency
     ON jobs (idempotency_owner, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS chunks (
     job_id TEXT NOT NULL,
     start INTEGER NOT NULL,
@@ -112,6 +118,21 @@ class JobStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """A database made before ``cancel_requested`` existed gets it (two processes may
+        both try: the second finds it there)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        if "cancel_requested" not in columns:
+            try:
+                self._db.execute(
+                    "ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0"
+                )
+            except sqlite3.OperationalError:
+                columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+                if "cancel_requested" not in columns:
+                    raise
 
     def close(self) -> None:
         with self._lock:
@@ -280,7 +301,10 @@ class JobStore:
         result: Mapping[str, Any] | None = None,
         started: bool = False,
         finished: bool = False,
-    ) -> None:
+        event: Mapping[str, Any] | None = None,
+    ) -> JobEvent | None:
+        """Set the job's state; with ``event``, add a ``state`` event with that data in the same
+        transaction (a reader never sees the state without its event) and return it."""
         sets = ["state = ?"]
         params: list[Any] = [state]
         if error is not None:
@@ -297,6 +321,60 @@ class JobStore:
             params.append(utc_now())
         with self._transaction() as db:
             db.execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ?", (*params, job_id))
+            if event is not None:
+                return self._add_event(db, job_id, "state", event)
+        return None
+
+    def claim(self, job_id: str, *, resume: bool = False) -> bool | None:
+        """Mark a queued job (with ``resume``: or a running one, left by the last run of the
+        server) ``running`` for the runner that is about to run it: None when it is no longer
+        in that state (cancelled, or already taken), else whether a cancel was asked for."""
+        states = ("queued", "running") if resume else ("queued", "queued")
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT cancel_requested FROM jobs WHERE id = ? AND state IN (?, ?)",
+                (job_id, *states),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET state = 'running', started = COALESCE(started, ?) WHERE id = ?",
+                (utc_now(), job_id),
+            )
+        return bool(row[0])
+
+    def request_cancel(self, job_id: str) -> tuple[str, JobEvent | None]:
+        """Cancel a job, in one transaction: a queued one is ``cancelled`` at once (with its
+        ``state`` event, returned); a running one gets the ``cancel_requested`` flag that its
+        runner honours at its next look. The state the job was in: ``queued``, ``running``, or
+        a terminal one (nothing changed)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return "", None
+            state = str(row[0])
+            if state == "queued":
+                db.execute(
+                    "UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ?",
+                    (utc_now(), job_id),
+                )
+                return state, self._add_event(db, job_id, "state", {"state": "cancelled"})
+            if state == "running":
+                db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        return state, None
+
+    def pending(self) -> tuple[list[JobInfo], set[str]]:
+        """What a runner shared with other processes looks at: the queued jobs (oldest first)
+        and the ids of running jobs whose cancel was asked for."""
+        queued = self.in_state("queued")
+        with self._lock:
+            cancels = {
+                str(r[0])
+                for r in self._db.execute(
+                    "SELECT id FROM jobs WHERE state = 'running' AND cancel_requested = 1"
+                )
+            }
+        return queued, cancels
 
     def set_progress(self, job_id: str, progress: JobProgress) -> None:
         with self._transaction() as db:
@@ -354,14 +432,20 @@ class JobStore:
     def add_event(self, job_id: str, type_: str, data: Mapping[str, Any]) -> JobEvent:
         """Append an event (numbered after the job's last one) and return it."""
         with self._transaction() as db:
-            (last,) = db.execute(
-                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?", (job_id,)
-            ).fetchone()
-            event = JobEvent(seq=last + 1, time=utc_now(), type=type_, data=dict(data))
-            db.execute(
-                "INSERT INTO events (job_id, seq, time, type, data) VALUES (?, ?, ?, ?, ?)",
-                (job_id, event.seq, event.time, type_, orjson.dumps(event.data).decode()),
-            )
+            return self._add_event(db, job_id, type_, data)
+
+    @staticmethod
+    def _add_event(
+        db: sqlite3.Connection, job_id: str, type_: str, data: Mapping[str, Any]
+    ) -> JobEvent:
+        (last,) = db.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id = ?", (job_id,)
+        ).fetchone()
+        event = JobEvent(seq=last + 1, time=utc_now(), type=type_, data=dict(data))
+        db.execute(
+            "INSERT INTO events (job_id, seq, time, type, data) VALUES (?, ?, ?, ?, ?)",
+            (job_id, event.seq, event.time, type_, orjson.dumps(event.data).decode()),
+        )
         return event
 
     def events(self, job_id: str, after: int = 0) -> list[JobEvent]:

@@ -14,6 +14,14 @@ step and kind-specific event is stored and handed to the listeners of the job's 
 (:attr:`JobContext.cancelled`) and ends at its next check. When the server stops, running jobs
 are left ``running`` in the store: at the next start each kind decides whether they resume.
 
+Under ``maas serve --workers N`` the jobs run in one process, worker 0 (``runs_jobs``); the other
+workers share its store: a create there stores the job ``queued``, a cancel there sets the job's
+``cancel_requested`` flag (a queued job is cancelled at once, in the store), and an event stream
+there reads the events the runner stores. The runner looks at the store every
+:data:`SHARED_POLL_S` for queued jobs it does not hold yet and for cancels asked elsewhere; only
+it resumes jobs at start (a replacement of a worker 0 that died included: it was the only
+runner). One process alone does not look at the store: its creates and cancels are its own.
+
 >>> runner = JobRunner(store, {"batch": BatchKind()}, ...)  # doctest: +SKIP
 >>> await runner.start()  # in the app's lifespan  # doctest: +SKIP
 >>> job, created = await runner.submit("batch", spec, owner="ci", idempotency_key=None)
@@ -57,6 +65,9 @@ logger = logging.getLogger("maas_server.jobs")
 RestartPolicy = Literal["resume", "fail", "restart"]
 INTERRUPTED = "interrupted by a server restart"
 _PROGRESS_EVERY_S = 0.25
+SHARED_POLL_S = 0.1
+"""How often the runner shared with other workers looks for the jobs and cancels they stored,
+and how often an event stream looks for the events another process stored."""
 
 
 class JobFailed(Exception):
@@ -207,6 +218,12 @@ class JobRunner:
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
+        self._poll_task: asyncio.Task[None] | None = None
+        worker = settings.worker
+        self.shared = worker is not None and worker.count > 1
+        """Whether other processes (workers) use the same store."""
+        self.runs_jobs = worker is None or worker.index == 0
+        """Whether jobs run in this process (with workers: only in worker 0)."""
 
     @property
     def store(self) -> JobStore:
@@ -240,6 +257,10 @@ class JobRunner:
         self._loop_thread = threading.get_ident()
         self._slots = asyncio.Semaphore(max(1, self.settings.max_running_jobs))
         self._stopping = False
+        if not self.runs_jobs:
+            return  # the runner (worker 0) resumes them
+        if self.shared:
+            self._poll_task = self._loop.create_task(self._poll(), name="maas-jobs-poll")
         if self._store is None and not (self.data_dir / JOBS_FILE).exists():
             return  # no job was ever made here
         try:
@@ -265,6 +286,10 @@ class JobRunner:
     async def stop(self) -> None:
         """Stop running jobs without changing their state (they resume at the next start)."""
         self._stopping = True
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            await asyncio.gather(self._poll_task, return_exceptions=True)
+            self._poll_task = None
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -322,7 +347,8 @@ class JobRunner:
         )
         if created:
             self.emit(job.id, "state", {"state": "queued"})
-            self._enqueue(job)
+            if self.runs_jobs:
+                self._enqueue(job)
         return job, created
 
     def get(self, job_id: str) -> JobInfo:
@@ -333,7 +359,8 @@ class JobRunner:
 
     async def cancel(self, job_id: str) -> JobInfo:
         """Cancel a queued job (at once) or a running one (at its next check); 409 when it is
-        already over."""
+        already over. A job running in another process (the runner worker) is told through the
+        store."""
         job = self.get(job_id)
         if job.state in TERMINAL_STATES:
             raise ConflictError(f"job {job_id} is already {job.state}")
@@ -341,11 +368,18 @@ class JobRunner:
         if ctx is not None:
             ctx.cancel()
             ctx.log("cancel requested")
-        else:
-            task = self._tasks.pop(job_id, None)
-            if task is not None:
-                task.cancel()
+            return self.get(job_id)
+        task = self._tasks.pop(job_id, None)
+        if task is not None:  # waiting here for a slot
+            task.cancel()
             self._finish(job_id, "cancelled")
+            return self.get(job_id)
+        state, event = await asyncio.to_thread(self.store.request_cancel, job_id)
+        if state in TERMINAL_STATES:
+            raise ConflictError(f"job {job_id} is already {state}")
+        if event is not None:  # it was queued: cancelled now
+            self._deliver(job_id, event)
+        # running in the runner worker: it logs "cancel requested" when it sees the flag
         return self.get(job_id)
 
     # --- events -----------------------------------------------------------------------------
@@ -354,12 +388,15 @@ class JobRunner:
         """Store an event and hand it to the job's listeners; safe to call from any thread (a
         kind's worker thread, say)."""
         event = self.store.add_event(job_id, type_, data)
+        self._deliver(job_id, event)
+        return event
+
+    def _deliver(self, job_id: str, event: JobEvent) -> None:
         loop = self._loop
         if loop is not None and threading.get_ident() != self._loop_thread:
             loop.call_soon_threadsafe(self._fan_out, job_id, event)
         else:
             self._fan_out(job_id, event)
-        return event
 
     def _fan_out(self, job_id: str, event: JobEvent) -> None:
         for queue in self._listeners.get(job_id, ()):
@@ -380,8 +417,37 @@ class JobRunner:
 
     # --- running ----------------------------------------------------------------------------
 
+    async def _poll(self) -> None:
+        """The runner shared with other workers: queue the jobs they stored, pass on the
+        cancels they asked for (every :data:`SHARED_POLL_S`)."""
+        while not self._stopping:
+            await asyncio.sleep(SHARED_POLL_S)
+            if self._store is None and not (self.data_dir / JOBS_FILE).exists():
+                continue
+            try:
+                queued, cancels = await asyncio.to_thread(lambda: self.store.pending())
+            except Exception:
+                logger.exception("looking for jobs stored by the other workers")
+                continue
+            if self._stopping:
+                return
+            for job in queued:
+                if job.id in self._tasks:
+                    continue
+                if job.type in self.kinds:
+                    self._enqueue(job)
+                else:
+                    self._finish(job.id, "failed", error=f"no job kind {job.type!r} here")
+            for job_id in cancels:
+                ctx = self._contexts.get(job_id)
+                if ctx is not None and not ctx.cancelled:
+                    ctx.cancel()
+                    ctx.log("cancel requested")
+
     def _enqueue(self, job: JobInfo) -> None:
         assert self._loop is not None, "JobRunner.start() first"
+        if job.id in self._tasks:
+            return  # the look at the store found the job this process queued itself
         task = self._loop.create_task(self._run(job), name=f"maas-job-{job.id}")
         self._tasks[job.id] = task
         task.add_done_callback(lambda _: self._tasks.pop(job.id, None))
@@ -394,22 +460,26 @@ class JobRunner:
         error: str | None = None,
         result: Mapping[str, Any] | None = None,
     ) -> None:
-        self.store.set_state(job_id, state, error=error, result=result, finished=True)
         data: dict[str, Any] = {"state": state}
         if error is not None:
             data["error"] = error
         if result is not None:
             data["result"] = dict(result)
-        self.emit(job_id, "state", data)
+        event = self.store.set_state(
+            job_id, state, error=error, result=result, finished=True, event=data
+        )
+        assert event is not None
+        self._deliver(job_id, event)
 
     async def _run(self, job: JobInfo) -> None:
         assert self._slots is not None
         async with self._slots:
             if self._stopping:
                 return
+            cancel_asked = self.store.claim(job.id, resume=job.state == "running")
             current = self.store.get(job.id)
-            if current is None or current.state in TERMINAL_STATES:
-                return
+            if cancel_asked is None or current is None:
+                return  # cancelled while it waited
             kind = self.kinds[job.type]
             scratch = self.data_dir / "jobs" / job.id
             scratch.mkdir(parents=True, exist_ok=True)
@@ -421,8 +491,10 @@ class JobRunner:
                 data_dir=scratch,
             )
             self._contexts[job.id] = ctx
-            self.store.set_state(job.id, "running", started=True)
             self.emit(job.id, "state", {"state": "running"})
+            if cancel_asked:  # through another worker, before the job began here
+                ctx.cancel()
+                ctx.log("cancel requested")
             try:
                 result = await kind.run(ctx)
             except asyncio.CancelledError:

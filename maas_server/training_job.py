@@ -14,7 +14,10 @@ the model through the lifecycle path (:class:`~maas_server.publish.Publisher`: v
 loading it, then atomically) as the next version of ``name``, with the provenance in the
 version's metadata. A training that was running when the server stopped fails with
 "interrupted by a server restart" (or starts again from the beginning with
-``"on_restart": "restart"``); nothing is published before a training has ended well.
+``"on_restart": "restart"``); nothing is published before a training has ended well. Under
+``maas serve --workers N`` the publication goes through the workers' log of changes, as the
+repository API's does (:mod:`maas_server.worker_sync`): the job succeeds once every serving
+worker serves the new version.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from .train_params import ParamError, TrainingParams
 from .train_preprocess import FeatureColumn, FeatureError, check_categories, plan_features
 from .train_process import TrainingProcess, TrainingRequest, write_columns
 from .train_torch import available as torch_available
+from .worker_store import Change
+from .worker_sync import WorkerSync
 
 __all__ = ["TrainingKind", "training_threads"]
 
@@ -65,9 +70,12 @@ class TrainingKind:
 
     type = "training"
 
-    def __init__(self, publisher: Publisher, settings: Settings) -> None:
+    def __init__(
+        self, publisher: Publisher, settings: Settings, sync: WorkerSync | None = None
+    ) -> None:
         self.publisher = publisher
         self.settings = settings
+        self.sync = sync
         self.threads = training_threads(settings)
         self._slots: asyncio.Semaphore | None = None
 
@@ -230,10 +238,20 @@ class TrainingKind:
             key=ctx.owner,
             metadata={"framework": provenance["engine"], "training": provenance},
         )
+        since = self.sync.mark() if self.sync is not None else 0
         try:
-            return await self.publisher.upload(name, None, _chunks(path), upload)
+            entry = await self.publisher.upload(name, None, _chunks(path), upload)
         except ServerError as exc:
             raise JobFailed(f"the trained model could not be published: {exc.message}") from None
+        if self.sync is not None:  # every worker serves it before the job says succeeded
+            try:
+                await self.sync.changed(Change("follow", name), since)
+            except ServerError as exc:
+                raise JobFailed(
+                    f"the trained model is published as version {entry['version']}, but not "
+                    f"served by every worker yet: {exc.message}"
+                ) from None
+        return entry
 
 
 def _epochs(spec: Mapping[str, Any]) -> int:
