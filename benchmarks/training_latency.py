@@ -117,6 +117,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     command += ["--data-dir", str(workdir / "data")]
     if args.training_threads:
         command += ["--training-threads", str(args.training_threads)]
+    command += ["--training-nice", str(args.training_nice)]
     spec = infer_body({"input": np.ones((1, 64), dtype=np.float32)}, binary=True)
     results: dict[str, list[LoadResult]] = {"alone": [], "training": []}
     epochs: list[float] = []
@@ -168,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--engine", choices=["raw", "httpx"], default="raw")
     parser.add_argument("--rows", type=int, default=None, help="synthetic rows (default: digits)")
     parser.add_argument("--training-threads", type=int, default=None)
+    parser.add_argument(
+        "--training-nice", type=int, default=19, help="the server's --training-nice (default 19)"
+    )
     parser.add_argument("--quick", action="store_true", help="1 round of 1 s (smoke run)")
     parser.add_argument("--json", type=Path, help="write the summary here")
     args = parser.parse_args(argv)

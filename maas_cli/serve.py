@@ -240,6 +240,16 @@ def serve(
             help="CPU threads each training may use (default: half the server's CPUs).",
         ),
     ] = None,
+    training_nice: Annotated[
+        int,
+        typer.Option(
+            envvar="MAAS_SERVER_TRAINING_NICE",
+            min=0,
+            max=19,
+            help="Niceness of the training processes: 19 (the default) lets serving go first; "
+            "0 gives trainings an equal share of the CPU with everything else on the machine.",
+        ),
+    ] = 19,
     max_running_jobs: Annotated[
         int,
         typer.Option(
@@ -322,6 +332,7 @@ def serve(
         allow_model_code=allow_model_code,
         max_trainings=max_trainings,
         training_threads=training_threads,
+        training_nice=training_nice,
         max_running_jobs=max_running_jobs,
     )
     if not settings.auth_enabled and not _loopback(host):

@@ -94,6 +94,8 @@ class Settings:
     ``max_running_jobs``: jobs that run at once (the others wait in a queue).
     ``max_trainings``: training jobs that train at once (each in a process of its own);
     ``training_threads``: CPU threads each may use (None: half the CPUs the server may use);
+    ``training_nice``: the niceness of the training processes (19, the lowest priority: serving
+    in the same container or cgroup goes first; 0: an equal share of the CPU with everything else);
     ``keep_training_artifacts``: keep each training's fitted estimator under
     ``<data_dir>/trainings/<job id>/``.
     """
@@ -128,6 +130,7 @@ class Settings:
     max_running_jobs: int = 2
     max_trainings: int = 1
     training_threads: int | None = None
+    training_nice: int = 19
     keep_training_artifacts: bool = False
 
     @property

@@ -166,6 +166,7 @@ class TrainingKind:
                 out_dir=str(ctx.data_dir),
                 metadata={"maas.training": provenance},
                 threads=self.threads,
+                nice=self.settings.training_nice,
                 parent_pid=os.getpid(),
             )
 
@@ -207,6 +208,7 @@ class TrainingKind:
             "rows": trained["rows"],
             "engine": trained["engine"],
             "engine_version": trained["engine_version"],
+            "process": trained.get("process"),  # the niceness and thread pools it ran with
         }
 
     def _read(self, ctx: JobContext, params: TrainingParams) -> tuple[Any, list[FeatureColumn]]:

@@ -18,7 +18,9 @@ from tests.test_cli import maas, ok
 @pytest.fixture(scope="module")
 def train_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     root = tmp_path_factory.mktemp("cli-train")
-    running = start_server(Settings(repository=root, data_dir=root.parent / "train-data"))
+    running = start_server(  # nice 0: at 19 a training crawls on a busy shared machine
+        Settings(repository=root, data_dir=root.parent / "train-data", training_nice=0)
+    )
     digits = load_digits()
     with Client(running.url) as client:
         columns = {"image": digits.images.astype(np.float32), "digit": digits.target}

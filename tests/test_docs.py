@@ -36,7 +36,8 @@ def docs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSer
     repository = tmp_path_factory.mktemp("docs") / "repository"
     shutil.copytree(default_repository(), repository)
     build_pipeline_repository(repository)  # minilm, for the README's embed example
-    running = start_server(Settings(repository=repository))
+    # nice 0: at 19 the guides' trainings crawl when the tests share a busy machine
+    running = start_server(Settings(repository=repository, training_nice=0))
     yield running
     running.stop()
 

@@ -33,7 +33,9 @@ DIGITS = load_digits()
 @pytest.fixture(scope="module")
 def training_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     root = tmp_path_factory.mktemp("training-models")
-    running = start_server(Settings(repository=root, data_dir=root.parent / "training-data"))
+    running = start_server(  # nice 0: at 19 a training crawls on a busy shared machine
+        Settings(repository=root, data_dir=root.parent / "training-data", training_nice=0)
+    )
     with Client(running.url) as client:
         client.datasets.upload(
             "digits",

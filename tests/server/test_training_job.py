@@ -4,6 +4,8 @@ regression and a table with text and missing values trained and served raw, each
 
 from __future__ import annotations
 
+import os
+
 import asyncio
 import csv
 import io
@@ -41,7 +43,13 @@ async def training_app(
 ) -> AsyncIterator[tuple[Starlette, httpx.AsyncClient]]:
     repository = tmp_path / "models"
     repository.mkdir(exist_ok=True)
-    base = Settings(repository=repository, data_dir=tmp_path / "data", keep_training_artifacts=True)
+    # nice 0: at the default 19 a training crawls when the tests share a busy machine
+    base = Settings(
+        repository=repository,
+        data_dir=tmp_path / "data",
+        keep_training_artifacts=True,
+        training_nice=0,
+    )
     app = create_app(replace(base, **settings))
     async with (
         LifespanManager(app) as manager,
@@ -142,6 +150,8 @@ async def test_digits_default_mlp_end_to_end(tmp_path: Path) -> None:
         assert result["model"] == "digits" and result["version"] == 1
         assert result["metrics"]["accuracy"] >= 0.95
         assert result["rows"]["test"] == 360
+        # it ran at the server's --training-nice (0 here: no change from this process)
+        assert result["process"]["nice"] == os.nice(0)
 
         epochs = events(app, job_id, "epoch")
         assert [e.data["epoch"] for e in epochs] == list(range(1, len(epochs) + 1))
