@@ -4,12 +4,11 @@ regression and a table with text and missing values trained and served raw, each
 
 from __future__ import annotations
 
-import os
-
 import asyncio
 import csv
 import io
 import math
+import os
 import pickle
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
