@@ -47,7 +47,7 @@ from maas_wire.datasets import DatasetField, DatasetInfo
 from maas_wire.jobs import JobInfo, JobProgress
 
 from .batch_parts import part_kinds, read_part_column, to_part_column
-from .datasets import OpenDataset
+from .datasets import DatasetNotFound, OpenDataset
 from .errors import BadRequestError, ServerError
 from .job_pacing import POLITE_ROWS, Pacing
 from .jobs import JobCancelled, JobContext, JobFailed, RestartPolicy, ValidationContext
@@ -340,6 +340,8 @@ class BatchKind:
         ):
             raise BadRequestError(f"'dataset_version' must be an integer, not {dataset_version!r}")
         info = ctx.datasets.get(dataset, dataset_version)
+        if not ctx.may_read(info.owner):  # another key's dataset: not there, as its routes say
+            raise DatasetNotFound(f"no dataset named {dataset!r}")
         fields = _field_map(info)
         inputs = spec.get("inputs")
         if inputs is not None and not isinstance(inputs, dict):

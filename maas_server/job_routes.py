@@ -70,9 +70,11 @@ def _visible(request: Request, job_id: str) -> JobInfo:
 
 async def create_job(request: Request) -> Response:
     body = await read_json(request, required=True)
-    owner, _ = _owner(request)
+    owner, everyone = _owner(request)
     key = request.headers.get(IDEMPOTENCY_HEADER)
-    job, created = await runner(request).submit(body, owner=owner, idempotency_key=key)
+    job, created = await runner(request).submit(
+        body, owner=owner, idempotency_key=key, admin=everyone
+    )
     return _json(job.model_dump(), 201 if created else 200)
 
 

@@ -84,12 +84,20 @@ class JobNotFoundError(ServerError):
 
 @dataclass
 class ValidationContext:
-    """What a kind may look at to check a spec: who asks, the models, the datasets."""
+    """What a kind may look at to check a spec: who asks, the models, the datasets.
+    ``admin``: the key that asks sees every key's datasets."""
 
     owner: str | None
     repository: ModelRepository
     datasets: DatasetStore
     settings: Settings
+    admin: bool = False
+
+    def may_read(self, dataset_owner: str | None) -> bool:
+        """Whether the key that asks may read a dataset ``dataset_owner`` uploaded."""
+        return (
+            self.admin or self.owner is None or dataset_owner is None or dataset_owner == self.owner
+        )
 
 
 class JobContext:
@@ -304,8 +312,8 @@ class JobRunner:
 
     # --- jobs -------------------------------------------------------------------------------
 
-    def validation_context(self, owner: str | None) -> ValidationContext:
-        return ValidationContext(owner, self.repository, self.datasets, self.settings)
+    def validation_context(self, owner: str | None, *, admin: bool = False) -> ValidationContext:
+        return ValidationContext(owner, self.repository, self.datasets, self.settings, admin)
 
     async def submit(
         self,
@@ -313,6 +321,7 @@ class JobRunner:
         *,
         owner: str | None,
         idempotency_key: str | None = None,
+        admin: bool = False,
     ) -> tuple[JobInfo, bool]:
         """Check and queue a job (``spec["type"]`` names its kind); True if it is new, False
         if ``idempotency_key`` found the job an earlier create made."""
@@ -334,7 +343,7 @@ class JobRunner:
             earlier = await asyncio.to_thread(self.store.find, owner, idempotency_key, digest)
             if earlier is not None:
                 return earlier, False
-        ctx = self.validation_context(owner)
+        ctx = self.validation_context(owner, admin=admin)
         checked = await asyncio.to_thread(kind.validate, body, ctx)
         job, created = await asyncio.to_thread(
             self.store.create,

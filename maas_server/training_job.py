@@ -93,7 +93,7 @@ class TrainingKind:
                 "pip install 'maas[torch]', or use engine 'sklearn'"
             )
         info = ctx.datasets.get(params.dataset, params.dataset_version)
-        if ctx.owner is not None and info.owner is not None and info.owner != ctx.owner:
+        if not ctx.may_read(info.owner):
             raise DatasetNotFound(f"no dataset named {params.dataset!r}")  # as its routes say
         self._check_model_owner(params.name, ctx.owner)
         schema = [(f.name, f.datatype, f.shape) for f in info.schema_]

@@ -5,6 +5,7 @@ deleting a dataset a job reads, and a job spread over two servers."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -436,3 +437,34 @@ async def test_a_large_result_is_streamed_from_the_part_files(
     assert columns["row"].tolist() == list(range(300))
     expected = reference(repository, "mlp", {"input": rows})["output"]
     np.testing.assert_allclose(columns["output"], expected, rtol=1e-5, atol=1e-5)
+
+
+async def test_a_batch_job_reads_only_its_keys_datasets(repository: Path, tmp_path: Path) -> None:
+    """With API keys, a batch job over another key's dataset is a 404 (as the dataset's own
+    routes say); the owner's job and an admin key's job are accepted."""
+    from maas_server.keys_file import add_key
+
+    keys = tmp_path / "keys.json"
+    alice, _ = add_key(keys, "alice", ["jobs", "read", "infer"])
+    bob, _ = add_key(keys, "bob", ["jobs", "read", "infer"])
+    root, _ = add_key(keys, "root", ["admin", "jobs", "read"])
+    rows = np.random.default_rng(1).standard_normal((20, FEATURES)).astype(np.float32)
+    buffer = io.BytesIO()
+    np.save(buffer, rows)
+    body = {"type": "batch", "model": "mlp", "dataset": "rows"}
+    async with batch_app(repository, tmp_path / "data", api_keys_file=keys) as (_, client):
+        uploaded = await client.post(
+            "/v2/datasets/rows?format=npy",
+            content=buffer.getvalue(),
+            headers={"Authorization": f"Bearer {alice}"},
+        )
+        assert uploaded.status_code == 201, uploaded.text
+        refused = await client.post(
+            "/v2/jobs", json=body, headers={"Authorization": f"Bearer {bob}"}
+        )
+        assert refused.status_code == 404 and "no dataset named 'rows'" in refused.text
+        for key in (alice, root):
+            made = await client.post(
+                "/v2/jobs", json=body, headers={"Authorization": f"Bearer {key}"}
+            )
+            assert made.status_code == 201, made.text
