@@ -26,6 +26,7 @@ from maas_server import Settings
 from tests.client.conftest import Delays
 from tests.client.test_client import mlp_reference
 from tests.conftest import RunningServer, free_port, start_server, wait_for
+from tests.waiting import until
 
 X = np.random.default_rng(7).standard_normal((2, 64)).astype(np.float32)
 
@@ -235,8 +236,9 @@ async def test_one_server_stopped_mid_run_async(two_servers: list[RunningServer]
         rest += await asyncio.gather(*(client.infer("mlp", X) for _ in range(50)))
         assert len(first) + len(rest) == 250
         assert all(r["output"].shape == (2, 10) for r in [*first, *rest])
-        assert client._pool is not None and client._pool.endpoints[0].ejected
-        await asyncio.sleep(0.3)
+        stopped = client._pool.endpoints[0] if client._pool is not None else None
+        assert stopped is not None and stopped.ejected
+        await until(lambda: stopped.probe_at <= time.monotonic())  # its probe is due
         await client.infer("mlp", X)  # starts a probe task of the stopped server
     # Everything sent once the first server was gone went to the second. (How the 150 sent
     # while it stopped split between the two depends on when the stop lands.)
