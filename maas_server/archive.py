@@ -18,11 +18,11 @@ import stat
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import IO, Literal
 
 from .errors import BadRequestError, PayloadTooLargeError
+from .received_files import Writer, write_all
 from .repository import MODEL_FILENAME
 
 __all__ = [
@@ -36,14 +36,7 @@ __all__ = [
 ]
 
 ArchiveKind = Literal["onnx", "zip", "tar", "tar.gz"]
-Writer = Callable[[IO[bytes], bytes], None]
-"""Writes bytes to an open file (tests inject one that fails with ENOSPC)."""
-
 _CHUNK = 1024 * 1024
-
-
-def write_all(out: IO[bytes], data: bytes) -> None:
-    out.write(data)
 
 
 def sniff(path: Path) -> ArchiveKind:

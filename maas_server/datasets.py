@@ -24,7 +24,6 @@ array([0., 1.])
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import fcntl
@@ -38,10 +37,10 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -66,9 +65,9 @@ from .errors import (
     ConflictError,
     InsufficientStorageError,
     InternalError,
-    PayloadTooLargeError,
     ServerError,
 )
+from .received_files import BATCH_BYTES, Writer, receive, to_end, write_all
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -86,7 +85,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("maas_server")
-T = TypeVar("T")
 
 CATALOG_FILE = "datasets.sqlite3"
 _USERS_LOCK = ".users.lock"
@@ -95,7 +93,6 @@ process, a worker of ``maas serve --workers N`` say, uses the folder) removes wh
 left, which could otherwise be another process's upload in progress."""
 _FILES_DIR = "datasets"
 _STAGING = ".staging"
-_BATCH = 1024 * 1024
 """Bytes gathered before one write (and hash) on a worker thread."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _SCHEMA = """
@@ -118,13 +115,6 @@ CREATE TABLE IF NOT EXISTS last_versions (
 );
 """
 _COLUMNS = "name, version, format, kind, schema, rows, size_bytes, sha256, created, owner"
-
-Writer = Callable[[IO[bytes], bytes], None]
-"""Writes bytes to an open file (tests inject one that fails with ENOSPC)."""
-
-
-def write_all(out: IO[bytes], data: bytes) -> None:
-    out.write(data)
 
 
 class DatasetNotFound(ServerError, KeyError):
@@ -177,17 +167,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-async def _to_end(function: Callable[..., T], *args: Any) -> T:
-    """``function`` on a worker thread, waited for to its end even when the request is
-    cancelled (its deadline): it owns staged files that must not be removed under it."""
-    work = asyncio.ensure_future(asyncio.to_thread(function, *args))
-    try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError:
-        await asyncio.wait([work])
-        raise
 
 
 class OpenDataset:
@@ -450,53 +429,28 @@ class DatasetStore:
             raise BadRequestError(
                 f"unknown dataset format {format!r}; use one of {list(DATASET_FORMATS)}"
             )
-        staged = await _to_end(self._stage)
+        staged = await to_end(self._stage)
         try:
             received = staged / "upload.bin"
-            size, digest, head = await self._receive(chunks, received, limit)
+            try:
+                got = await receive(
+                    chunks,
+                    received,
+                    limit=limit,
+                    too_large=f"the dataset upload exceeds the server's limit of {limit} bytes "
+                    "(max_dataset_bytes)",
+                    write=self.write,
+                    head_bytes=512,
+                )
+            except OSError as exc:
+                raise storage_error(exc) from None
+            size, digest, head = got.size, got.sha256, got.head
             if size == 0:
                 raise BadRequestError("the upload is empty: send a dataset file with rows")
             chosen = format or sniff_format(head) or "csv"
-            return await _to_end(self._finish, name, staged, received, chosen, size, digest, owner)
+            return await to_end(self._finish, name, staged, received, chosen, size, digest, owner)
         finally:
-            await _to_end(shutil.rmtree, staged, True)
-
-    async def _receive(
-        self, chunks: AsyncIterator[bytes], path: Path, limit: int
-    ) -> tuple[int, str, bytes]:
-        digest = hashlib.sha256()
-        size = 0
-        head = b""
-        pending: list[bytes] = []
-        pending_size = 0
-        try:
-            with path.open("xb") as out:
-
-                def flush(parts: list[bytes]) -> None:
-                    data = b"".join(parts)
-                    digest.update(data)
-                    self.write(out, data)
-
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if size > limit:
-                        raise PayloadTooLargeError(
-                            f"the dataset upload exceeds the server's limit of {limit} bytes "
-                            "(max_dataset_bytes)"
-                        )
-                    if len(head) < 512:
-                        head += chunk[: 512 - len(head)]
-                    pending.append(chunk)
-                    pending_size += len(chunk)
-                    if pending_size >= _BATCH:
-                        await _to_end(flush, pending)
-                        pending, pending_size = [], 0
-                if pending:
-                    await _to_end(flush, pending)
-                await _to_end(out.flush)
-        except OSError as exc:
-            raise storage_error(exc) from None
-        return size, digest.hexdigest(), head
+            await to_end(shutil.rmtree, staged, True)
 
     def _finish(
         self,
@@ -610,7 +564,7 @@ class DatasetStore:
             size = 0
             try:
                 with path.open("rb") as source, received.open("xb") as out:
-                    while block := source.read(_BATCH):
+                    while block := source.read(BATCH_BYTES):
                         digest.update(block)
                         size += len(block)
                         self.write(out, block)
@@ -645,7 +599,7 @@ class DatasetStore:
                     pq.write_table(arrays_to_table(dict(columns)), path)
                 digest = hashlib.sha256()
                 with path.open("rb") as written:
-                    while block := written.read(_BATCH):
+                    while block := written.read(BATCH_BYTES):
                         digest.update(block)
             except OSError as exc:
                 raise storage_error(exc, "the dataset") from None

@@ -26,12 +26,12 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from .archive import Writer, remove_tree, safe_member_path, unpack, write_all
+from .archive import remove_tree, safe_member_path, unpack
 from .config import CONFIG_FILES, ConfigError, ModelConfig, load_config, parse_config
 from .errors import (
     BadRequestError,
@@ -43,15 +43,14 @@ from .errors import (
 )
 from .model_index import ModelIndex, PublishedVersion
 from .model_version import ModelVersion
+from .received_files import Writer, receive, to_end, write_all
 from .repository import MODEL_FILENAME, ModelRepository, folder_signature, valid_model_name
 from .runtime import ModelLoadError
 
 __all__ = ["Publisher", "Upload", "triton_config"]
 
 logger = logging.getLogger("maas_server")
-T = TypeVar("T")
 
-_BATCH = 1024 * 1024
 """Bytes gathered before one write (and hash) on a worker thread."""
 
 
@@ -127,27 +126,36 @@ class Publisher:
             raise error
         if version is not None:
             self._check_free(name, version)
-        staged = await _to_end(self._stage)
+        staged = await to_end(self._stage)
         try:
             try:
                 path = staged / "upload.bin"
-                size, digest = await self._receive(chunks, path, upload.limit)
+                received = await receive(
+                    chunks,
+                    path,
+                    limit=upload.limit,
+                    too_large=f"the upload exceeds the limit of {upload.limit} bytes",
+                    write=self.write,
+                )
+                size, digest = received.size, received.sha256
+                if size == 0:
+                    raise BadRequestError("the upload is empty: send the model file or an archive")
                 if upload.sha256 is not None and upload.sha256.lower() != digest:
                     raise BadRequestError(
                         f"checksum mismatch: the upload's sha256 is {digest}, the client sent "
                         f"{upload.sha256}"
                     )
-                folder = await _to_end(
+                folder = await to_end(
                     unpack, path, staged / "version", limit=upload.limit, write=self.write
                 )
-                config_file = await _to_end(_take_config, folder, staged)
+                config_file = await to_end(_take_config, folder, staged)
                 if config_file is not None and upload.config is not None:
                     raise BadRequestError(
                         "the archive holds a configuration file and one was sent beside it; "
                         "send one of them"
                     )
                 if upload.config is not None:
-                    config_file = await _to_end(_write_config, staged, upload.config, self.write)
+                    config_file = await to_end(_write_config, staged, upload.config, self.write)
                 return await self._publish(name, version, folder, config_file, size, digest, upload)
             except OSError as exc:
                 raise _storage_error(exc) from None
@@ -158,7 +166,7 @@ class Publisher:
             await self._failed(name, version, _CANCELLED, upload)
             raise
         finally:
-            await _to_end(remove_tree, staged)
+            await to_end(remove_tree, staged)
 
     async def load_files(
         self, name: str, config: str | None, files: dict[str, Any], upload: Upload
@@ -175,7 +183,7 @@ class Publisher:
         except ServerError as exc:
             await self._failed(name, None, exc, upload)
             raise
-        staged = await _to_end(self._stage)
+        staged = await to_end(self._stage)
         try:
             try:
                 folder = staged / "version"
@@ -183,7 +191,7 @@ class Publisher:
                 size = 0
                 for relative, data in decoded:
                     target = folder.joinpath(*relative.parts)
-                    await _to_end(_write_file, target, data, self.write)
+                    await to_end(_write_file, target, data, self.write)
                     digest.update(data)
                     size += len(data)
                 if not (folder / MODEL_FILENAME).is_file():
@@ -191,9 +199,7 @@ class Publisher:
                         f"the files hold no {version}/{MODEL_FILENAME}: name the model file "
                         f"'file:{version}/{MODEL_FILENAME}'"
                     )
-                config_file = await _to_end(
-                    _write_config, staged, triton_config(config), self.write
-                )
+                config_file = await to_end(_write_config, staged, triton_config(config), self.write)
                 return await self._publish(
                     name, version, folder, config_file, size, digest.hexdigest(), upload, True
                 )
@@ -206,7 +212,7 @@ class Publisher:
             await self._failed(name, None, _CANCELLED, upload)
             raise
         finally:
-            await _to_end(remove_tree, staged)
+            await to_end(remove_tree, staged)
 
     # --- the steps ----------------------------------------------------------------------------
 
@@ -226,36 +232,6 @@ class Publisher:
                 "another version"
             )
 
-    async def _receive(
-        self, chunks: AsyncIterator[bytes], path: Path, limit: int
-    ) -> tuple[int, str]:
-        digest = hashlib.sha256()
-        size = 0
-        pending: list[bytes] = []
-        pending_size = 0
-        with path.open("xb") as out:
-
-            def flush(parts: list[bytes]) -> None:
-                data = b"".join(parts)
-                digest.update(data)
-                self.write(out, data)
-
-            async for chunk in chunks:
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLargeError(f"the upload exceeds the limit of {limit} bytes")
-                pending.append(chunk)
-                pending_size += len(chunk)
-                if pending_size >= _BATCH:
-                    await _to_end(flush, pending)
-                    pending, pending_size = [], 0
-            if pending:
-                await _to_end(flush, pending)
-            await _to_end(out.flush)
-        if size == 0:
-            raise BadRequestError("the upload is empty: send the model file or an archive")
-        return size, digest.hexdigest()
-
     async def _publish(
         self,
         name: str,
@@ -272,7 +248,7 @@ class Publisher:
                 version = self._next_version(name)
             elif not replace:
                 self._check_free(name, version)
-            entry = await _to_end(
+            entry = await to_end(
                 self._commit, name, version, folder, config_file, size, digest, upload, replace
             )
         logger.info(
@@ -361,7 +337,7 @@ class Publisher:
     ) -> None:
         logger.warning("publishing model %s failed: %s", name, error.message)
         try:
-            await _to_end(
+            await to_end(
                 self.index.record_attempt,
                 name,
                 version,
@@ -454,18 +430,6 @@ class Publisher:
                 for a in attempts
             ],
         }
-
-
-async def _to_end(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``function`` in a worker thread, waited for to its end even when the request is
-    cancelled (its deadline): it owns staged files and sessions that must not be removed or
-    left behind under it."""
-    work = asyncio.ensure_future(asyncio.to_thread(function, *args, **kwargs))
-    try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError:
-        await asyncio.wait([work])
-        raise
 
 
 def _iso(seconds: float) -> str:
