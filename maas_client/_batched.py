@@ -49,6 +49,7 @@ __all__ = [
     "check_concurrency",
     "chunk_rows",
     "declared_max_batch_size",
+    "in_notebook",
     "infer_batched",
     "plan_batch",
     "progress_bar",
@@ -236,7 +237,8 @@ class _NoProgress:
         return None
 
 
-def _in_notebook() -> bool:
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel (a live widget bar, a redrawn figure)."""
     ipython = sys.modules.get("IPython")
     if ipython is None:
         return False
@@ -253,7 +255,7 @@ def progress_bar(
     scaled = unit == "B"
     if not progress:
         return _NoProgress()
-    notebook = _in_notebook()
+    notebook = in_notebook()
     if progress != "always" and not notebook and not sys.stderr.isatty():
         return _NoProgress()
     if notebook and importlib.util.find_spec("ipywidgets") is not None:

@@ -60,13 +60,6 @@ SUFFIX_FORMATS = {
 }
 """The format of a file, from its suffix."""
 DOWNLOAD_SUFFIXES = {"parquet": ".parquet", "csv": ".csv", "npz": ".npz"}
-_MEDIA_TYPES = {
-    "csv": "text/csv",
-    "parquet": "application/vnd.apache.parquet",
-    "jsonl": "application/x-ndjson",
-    "npy": "application/x-npy",
-    "npz": "application/x-npz",
-}
 
 
 class _Listed(_wire.DatasetList):
@@ -92,8 +85,10 @@ class DatasetListing(list[DatasetInfo]):
 def format_of_path(path: Path, format: str | None = None) -> str:
     """``format``, or the format the file's suffix says."""
     if format is not None:
-        if format not in _MEDIA_TYPES:
-            raise InputError(f"unknown dataset format {format!r}; use one of {list(_MEDIA_TYPES)}")
+        if format not in _wire.DATASET_MEDIA_TYPES:
+            raise InputError(
+                f"unknown dataset format {format!r}; use one of {list(_wire.DATASET_MEDIA_TYPES)}"
+            )
         return format
     found = SUFFIX_FORMATS.get(path.suffix.lower())
     if found is None:
@@ -201,7 +196,7 @@ def plan_dataset_upload(name: str, body: UploadBody, format: str) -> RequestPlan
         "POST",
         _dataset_path(name) + "?" + urlencode({"format": format}),
         content=body,
-        headers={"Content-Type": _MEDIA_TYPES[format]},
+        headers={"Content-Type": _wire.DATASET_MEDIA_TYPES[format]},
         idempotent=False,
     )
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from maas_wire.jobs import JobEvent, JobInfo
 
+from ._batched import in_notebook
 from ._exceptions import InputError
 
 __all__ = ["EpochWatcher", "LossCurve", "training_metrics", "training_spec"]
@@ -59,14 +59,6 @@ def training_metrics(info: JobInfo) -> dict[str, Any] | None:
         return None
     metrics = info.result.get("metrics")
     return dict(metrics) if isinstance(metrics, Mapping) else None
-
-
-def _in_notebook() -> bool:
-    ipython = sys.modules.get("IPython")
-    if ipython is None:
-        return False
-    shell = ipython.get_ipython()
-    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
 class LossCurve:
@@ -113,7 +105,7 @@ class EpochWatcher:
         self.bar = bar
         self.title = title
         self.curve: LossCurve | None = None
-        self._want_curve = _in_notebook() if curve is None else curve
+        self._want_curve = in_notebook() if curve is None else curve
         self.last: dict[str, Any] | None = None
 
     def event(self, event: JobEvent) -> None:

@@ -33,6 +33,7 @@ from starlette.routing import Route
 
 from maas_wire.datasets import (
     DATASET_FORMATS,
+    DATASET_MEDIA_TYPES,
     DOWNLOAD_FORMATS,
     DatasetInfo,
     DatasetList,
@@ -66,13 +67,6 @@ _CONTENT_TYPES = {
     "application/npz": "npz",
 }
 _SNIFFED = ("", "application/octet-stream")
-_MEDIA_TYPES = {
-    "csv": "text/csv",
-    "parquet": "application/vnd.apache.parquet",
-    "jsonl": "application/x-ndjson",
-    "npy": "application/x-npy",
-    "npz": "application/x-npz",
-}
 
 
 def dataset_store(app: Starlette) -> DatasetStore:
@@ -250,8 +244,8 @@ async def download_dataset(request: Request) -> Response:
         headers["X-Content-SHA256"] = info.sha256
     if request.method == "HEAD":
         file.close()
-        return Response(headers=headers, media_type=_MEDIA_TYPES[kind])
-    return StreamingResponse(_chunks(file), media_type=_MEDIA_TYPES[kind], headers=headers)
+        return Response(headers=headers, media_type=DATASET_MEDIA_TYPES[kind])
+    return StreamingResponse(_chunks(file), media_type=DATASET_MEDIA_TYPES[kind], headers=headers)
 
 
 async def delete_dataset(request: Request) -> Response:

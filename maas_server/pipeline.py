@@ -30,7 +30,6 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ from .image_steps import ImagePreprocessor
 from .output_steps import activate, l2_normalize, pool, top_k, truncate_dimensions
 from .pipeline_config import PipelineSteps
 from .pipeline_hooks import Hooks, load_hooks
-from .runtime import ModelLoadError, OnnxModel, TensorSpec, read_labels
+from .runtime import ModelLoadError, OnnxModel, TensorSpec, read_labels, wait_in_pool
 from .text_steps import TextEncoder, find_model_file
 
 __all__ = [
@@ -118,16 +117,7 @@ class PipelineRunner:
             )
         loop = asyncio.get_running_loop()
         future = self._executor.submit(self.run_sync, feeds)
-        try:
-            return await asyncio.wrap_future(future, loop=loop)
-        except asyncio.CancelledError:
-            if on_late_return is not None:
-                if future.cancelled() or future.cancel():
-                    on_late_return()
-                else:
-                    late = on_late_return
-                    future.add_done_callback(lambda _: _call_soon(loop, late))
-            raise
+        return await wait_in_pool(future, loop, on_late_return)
 
     def run_sync(self, feeds: dict[str, Array]) -> TimedOutputs:
         """Run a (merged) batch in chunks of at most the batch size."""
@@ -150,11 +140,6 @@ class PipelineRunner:
     def close(self) -> None:
         self._closed = True
         self._executor.shutdown(wait=True)
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
-    with suppress(RuntimeError):
-        loop.call_soon_threadsafe(callback)
 
 
 class Pipeline:

@@ -15,11 +15,11 @@ import queue
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
@@ -29,6 +29,8 @@ from maas_wire.codec import DATATYPES
 from .config import ConfigError, ExecutionProvider, ModelConfig
 from .errors import ModelUnavailableError
 from .threads import SMALL_MODEL_US, available_cpus
+
+T = TypeVar("T")
 
 __all__ = [
     "GPU_PROVIDERS",
@@ -457,15 +459,7 @@ class OnnxModel:
             if self._closed:  # closed between the check and the hand-over to the pool
                 raise self._unavailable() from None
             raise
-        try:
-            return await asyncio.wrap_future(future, loop=loop)
-        except asyncio.CancelledError:
-            if on_late_return is not None:
-                if future.cancelled() or future.cancel():
-                    on_late_return()
-                else:
-                    future.add_done_callback(lambda _: _call_soon(loop, on_late_return))
-            raise
+        return await wait_in_pool(future, loop, on_late_return)
 
     @property
     def closed(self) -> bool:
@@ -498,6 +492,26 @@ def _explicit_threads(providers: list[ExecutionProvider]) -> int:
             except (TypeError, ValueError):
                 return 0  # refused when the session is made
     return 0
+
+
+async def wait_in_pool(
+    future: Future[T],
+    loop: asyncio.AbstractEventLoop,
+    on_late_return: Callable[[], None] | None = None,
+) -> T:
+    """The result of work handed to a thread pool. When the waiter is cancelled, work not
+    started is cancelled; ``on_late_return`` is called on ``loop`` once the work is no longer
+    running (at once, or when work already under way returns)."""
+    try:
+        return await asyncio.wrap_future(future, loop=loop)
+    except asyncio.CancelledError:
+        if on_late_return is not None:
+            if future.cancelled() or future.cancel():
+                on_late_return()
+            else:
+                late = on_late_return
+                future.add_done_callback(lambda _: _call_soon(loop, late))
+        raise
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "DATASET_FORMATS",
+    "DATASET_MEDIA_TYPES",
     "DOWNLOAD_FORMATS",
     "DatasetField",
     "DatasetFormat",
@@ -34,6 +35,14 @@ DatasetFormat = Literal["csv", "parquet", "jsonl", "npy", "npz"]
 DatasetKind = Literal["table", "arrays"]
 DATASET_FORMATS: tuple[str, ...] = ("csv", "parquet", "jsonl", "npy", "npz")
 """The formats an upload may be in."""
+DATASET_MEDIA_TYPES: dict[str, str] = {
+    "csv": "text/csv",
+    "parquet": "application/vnd.apache.parquet",
+    "jsonl": "application/x-ndjson",
+    "npy": "application/x-npy",
+    "npz": "application/x-npz",
+}
+"""The ``Content-Type`` of each format, as uploads send it and downloads answer it."""
 DOWNLOAD_FORMATS: tuple[str, ...] = ("original", "parquet", "csv", "npz")
 """What ``GET /v2/datasets/{name}/data?format=`` may ask for (``original``: the uploaded bytes)."""
 
