@@ -3,15 +3,9 @@ the same folders, and the job finishes with every row's result exactly once and 
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -22,67 +16,23 @@ from maas_client import Client
 from maas_client.types import JobEvent
 from maas_server.datasets import DatasetStore
 from tests import models
-from tests.conftest import free_port
+from tests.server.served_process import ServedProcess, poll
 from tests.waiting import DEADLINE_S
 
-ROOT = Path(__file__).resolve().parents[2]
 ROWS = 2000
 
 
-def poll(check: Callable[[], Any], what: str, timeout: float = 2 * DEADLINE_S) -> Any:
-    """``check()`` until it returns something true (or raise); on the server's own state."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            found = check()
-        except httpx.TransportError:
-            found = None
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached in time")
-        time.sleep(0.01)
+class ServerProcess(ServedProcess):
+    """``tests.server.job_server``: maas with a gate that can hold the model's runs."""
 
-
-class ServerProcess:
     def __init__(
         self, repository: Path, data_dir: Path, log: Path, *extra: str, port: int | None = None
     ) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "tests.server.job_server"]
-        command += [str(repository), str(data_dir), str(self.port), *extra]
-        self.log = log.open("ab")
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        poll(self.ready, f"server on {self.url} ready")
+        self.arguments = [str(repository), str(data_dir), *extra]
+        super().__init__(log, port=port)
 
-    def ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"the server exited with {self.process.returncode}")
-        return httpx.get(f"{self.url}/v2/health/ready").status_code == 200
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        answer = httpx.get(f"{self.url}/v2/jobs/{job_id}")
-        assert answer.status_code == 200, answer.text
-        info: dict[str, Any] = answer.json()
-        return info
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(30)
-        self.log.close()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(30)
-        self.log.close()
+    def command(self, port: int) -> list[str]:
+        return ["tests.server.job_server", *self.arguments[:2], str(port), *self.arguments[2:]]
 
 
 @pytest.fixture

@@ -5,11 +5,7 @@ start and publishes exactly one version."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,28 +16,17 @@ import pytest
 from sklearn.datasets import load_digits
 
 from maas_server.datasets import DatasetStore
-from tests.conftest import free_port
+from tests.server.served_process import ServedProcess
+from tests.server.served_process import poll as served_poll
 from tests.waiting import DEADLINE_S
-
-ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="reads the server's children in /proc"
 )
 
 
-def poll(check: Callable[[], Any], what: str, timeout: float = 4 * DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            found = check()
-        except httpx.TransportError:
-            found = None
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached in time")
-        time.sleep(0.02)
+def poll(check: Callable[[], Any], what: str) -> Any:
+    return served_poll(check, what, timeout=4 * DEADLINE_S)  # trainings take longer
 
 
 def children(pid: int) -> set[int]:
@@ -60,50 +45,31 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-class Server:
+class Server(ServedProcess):
+    """``maas serve`` with a data folder; trainings at nice 0 (19 crawls on a busy machine)."""
+
     def __init__(self, repository: Path, data_dir: Path, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log.open("ab")
-        command = [sys.executable, "-m", "maas_cli", "serve", str(repository)]
-        command += ["--port", str(self.port), "--data-dir", str(data_dir)]
-        command += ["--log-level", "warning", "--training-nice", "0"]  # 19 crawls on a busy machine
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        poll(self.ready, f"server on {self.url} ready")
+        self.arguments = [str(repository), "--data-dir", str(data_dir)]
+        super().__init__(log)
 
-    def ready(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"the server exited with {self.process.returncode}")
-        return httpx.get(f"{self.url}/v2/health/ready").status_code == 200
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        answer = httpx.get(f"{self.url}/v2/jobs/{job_id}")
-        assert answer.status_code == 200, answer.text
-        info: dict[str, Any] = answer.json()
-        return info
+    def command(self, port: int) -> list[str]:
+        return [
+            "maas_cli",
+            "serve",
+            *self.arguments,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--training-nice",
+            "0",
+        ]
 
     def create(self, **spec: Any) -> str:
         answer = httpx.post(f"{self.url}/v2/jobs", json={"type": "training", **spec})
         assert answer.status_code == 201, answer.text
         job_id: str = answer.json()["id"]
         return job_id
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(30)
-        self.log.close()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(30)
-        self.log.close()
 
 
 def test_kill_9_mid_training_fails_it_cleanly_or_restarts_it(tmp_path: Path) -> None:
