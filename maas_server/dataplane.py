@@ -27,7 +27,7 @@ from maas_wire.protocol import TensorPayload
 from maas_wire.types import InferenceRequest, RequestInput, RequestOutput
 
 from . import __version__
-from .batching import ClientDisconnected, DrainRate, QueueFullError, retry_headers
+from .batching import ClientDisconnected, DrainRate, QueueFullError, Scheduler, retry_headers
 from .errors import BadRequestError, InternalError, PayloadTooLargeError, ServerError
 from .model_version import ModelVersion
 from .pipeline import Pipeline, wants_pipeline
@@ -241,22 +241,15 @@ class DataPlane:
         except BadRequestError:
             model.stats.record_failure(0, "invalid_request")
             raise
-        self.check_inflight(model)
-        self._inflight += 1
-        try:
-            results = await model.scheduler.infer(
-                feeds, [o.name for o in wanted], priority, timeout_us, disconnected
-            )
-        except (ServerError, ClientDisconnected):
-            raise
-        except _CLIENT_FAULTS as exc:
-            raise BadRequestError(f"model {name!r} refused the inputs: {exc}") from None
-        except Exception as exc:
-            logger.exception("inference failed on model %s", name)
-            raise InternalError(f"inference failed on model {name!r}: {exc}") from None
-        finally:
-            self._inflight -= 1
-            self._drain.add(1)
+        results = await self._schedule(
+            model,
+            model.scheduler,
+            feeds,
+            [o.name for o in wanted],
+            priority,
+            timeout_us,
+            disconnected,
+        )
         binary_default = bool((request.parameters or {}).get("binary_data_output", False))
         outputs = [self._output(model, out, results[out.name], binary_default) for out in wanted]
         return InferenceResult(model, request.id, outputs)
@@ -309,16 +302,27 @@ class DataPlane:
     ) -> dict[str, np.ndarray[Any, Any]]:
         scheduler = model.pipeline_scheduler
         assert scheduler is not None and model.pipeline is not None
+        outputs = [s.name for s in model.pipeline.runner.outputs]
+        return await self._schedule(
+            model, scheduler, feeds, outputs, priority, timeout_us, disconnected
+        )
+
+    async def _schedule(
+        self,
+        model: ModelVersion,
+        scheduler: Scheduler,
+        feeds: dict[str, np.ndarray[Any, Any]],
+        outputs: list[str],
+        priority: int | None,
+        timeout_us: int | None,
+        disconnected: Callable[[], Coroutine[Any, Any, None]] | None,
+    ) -> dict[str, np.ndarray[Any, Any]]:
+        """Run feeds through one of the model's schedulers, counted in flight; the model's
+        refusals are 400s, anything else a logged 500."""
         self.check_inflight(model)
         self._inflight += 1
         try:
-            return await scheduler.infer(
-                feeds,
-                [s.name for s in model.pipeline.runner.outputs],
-                priority,
-                timeout_us,
-                disconnected,
-            )
+            return await scheduler.infer(feeds, outputs, priority, timeout_us, disconnected)
         except (ServerError, ClientDisconnected):
             raise
         except _CLIENT_FAULTS as exc:
